@@ -1,1 +1,20 @@
+//! The Vigil matching engine: compiled rules ([`rule_lang::RuleSet`]) run over
+//! typed events per (rule, key), in event time, producing alerts.
+//!
+//! No I/O, no async, no wall clock: see [`engine::Engine`]. Events are decoded
+//! once at the edge by [`decode::Decoder`].
 #![forbid(unsafe_code)]
+
+pub mod alert;
+pub mod decode;
+pub mod engine;
+pub mod eval;
+pub mod pattern;
+pub mod time;
+pub mod value;
+pub mod window;
+
+pub use alert::Alert;
+pub use decode::{Decoder, Rejection};
+pub use engine::{Deployment, Engine, EngineConfig, Metrics, Snapshot};
+pub use value::{Event, Key, Value};

@@ -1,25 +1,553 @@
-//! Replay commands (filled in with the engine).
+//! `run`, `score`, `diff` and `gen`: the engine over recorded events.
+
+use anyhow::{Context, bail};
+use cep_engine::decode::DeadLetters;
+use cep_engine::{Alert, Decoder, Engine, EngineConfig};
 use clap::Args;
+use rule_lang::RuleSet;
+use rule_lang::program::Type;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Replay options shared by run, score and diff.
+#[derive(Args, Clone)]
+pub struct ReplayOpts {
+    /// Events: JSONL (one object per line) or CSV with a header row (`.csv`);
+    /// `.gz` is decompressed; `-` reads standard input (JSONL).
+    #[arg(long)]
+    pub events: String,
+    /// Allowed lateness: events up to this much older than the newest are reordered.
+    #[arg(long, default_value = "0s", value_parser = parse_dur)]
+    pub lateness: i64,
+    /// At end of input, move event time to infinity (fires every pending timer).
+    #[arg(long)]
+    pub flush_all: bool,
+    /// Cap on partial matches per (rule, key).
+    #[arg(long, default_value_t = EngineConfig::default().max_runs_per_key)]
+    pub max_runs_per_key: usize,
+}
 
 #[derive(Args)]
-pub struct RunArgs {}
-#[derive(Args)]
-pub struct ScoreArgs {}
-#[derive(Args)]
-pub struct DiffArgs {}
-#[derive(Args)]
-pub struct GenArgs {}
+pub struct RunArgs {
+    /// Rule file or directory.
+    #[arg(long)]
+    pub rules: PathBuf,
+    #[command(flatten)]
+    pub opts: ReplayOpts,
+    /// Write alerts here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write every kept rejected event (JSONL: source, line, offset, reason) here.
+    #[arg(long)]
+    pub rejects: Option<PathBuf>,
+    /// Print the summary as JSON on stderr.
+    #[arg(long)]
+    pub json_summary: bool,
+}
 
-pub fn run(_: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[arg(long)]
+    pub rules: PathBuf,
+    #[command(flatten)]
+    pub opts: ReplayOpts,
+    /// Labels (JSONL): `{"event": "<id>", "label": true}` or
+    /// `{"key": "<key>", "label": true}`, optionally with `"rule": "<name>"`.
+    #[arg(long)]
+    pub labels: PathBuf,
 }
-pub fn score(_: ScoreArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The candidate rule set.
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The rule set to compare against.
+    #[arg(long)]
+    pub against: PathBuf,
+    #[command(flatten)]
+    pub opts: ReplayOpts,
 }
-pub fn diff(_: DiffArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+
+#[derive(Args)]
+pub struct GenArgs {
+    /// Number of events.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Number of distinct cards (`card-<n>`).
+    #[arg(long, default_value_t = 100_000)]
+    pub cards: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
-pub fn gen_events(_: GenArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+
+fn parse_dur(s: &str) -> Result<i64, String> {
+    rule_lang::parse_duration(s)
+}
+
+fn load_rules(path: &Path) -> anyhow::Result<Arc<RuleSet>> {
+    let compiled = rule_lang::load_paths(&[path.to_path_buf()])?;
+    match compiled.program {
+        Some(p) => Ok(Arc::new(p)),
+        None => {
+            eprint!(
+                "{}",
+                compiled.diagnostics.render(std::io::stderr().is_terminal())
+            );
+            bail!("the rules in {} do not compile", path.display())
+        }
+    }
+}
+
+/// What a replay produced.
+pub struct Replay {
+    pub alerts: Vec<Alert>,
+    pub dead: DeadLetters,
+    pub engine_metrics: cep_engine::Metrics,
+    pub lines: u64,
+    pub secs: f64,
+}
+
+fn open_events(spec: &str) -> anyhow::Result<(Box<dyn BufRead>, bool, String)> {
+    if spec == "-" {
+        return Ok((
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
+            false,
+            "stdin".into(),
+        ));
+    }
+    let path = Path::new(spec);
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {spec}"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(spec);
+    let (inner, base): (Box<dyn Read>, &str) = match name.strip_suffix(".gz") {
+        Some(base) => (Box::new(flate2::read::MultiGzDecoder::new(f)), base),
+        None => (Box::new(f), name),
+    };
+    let csv = base.ends_with(".csv");
+    let source = base.rsplit_once('.').map_or(base, |(b, _)| b).to_string();
+    Ok((
+        Box::new(BufReader::with_capacity(1 << 20, inner)),
+        csv,
+        source,
+    ))
+}
+
+/// Runs events through an engine; `on_alert` sees alerts as they come.
+pub fn replay(
+    rules: Arc<RuleSet>,
+    opts: &ReplayOpts,
+    mut on_alert: impl FnMut(&Alert) -> anyhow::Result<()>,
+) -> anyhow::Result<Replay> {
+    let config = EngineConfig {
+        lateness_ms: opts.lateness,
+        max_runs_per_key: opts.max_runs_per_key,
+        ..EngineConfig::default()
+    };
+    let decoder = Decoder::new(&rules);
+    let mut engine = Engine::new(rules.clone(), config);
+    let wall = || chrono::Utc::now().timestamp_millis();
+    engine.set_wall_clock(wall());
+    let mut dead = DeadLetters::new(1000);
+    let (mut reader, csv, source) = open_events(&opts.events)?;
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {human_pos} events {per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        pb
+    });
+    let start = Instant::now();
+    let mut lines = 0u64;
+    let mut offset = 0u64;
+    let mut all = vec![];
+    let mut feed = |engine: &mut Engine,
+                    line: u64,
+                    off: u64,
+                    bytes: &[u8],
+                    dead: &mut DeadLetters|
+     -> anyhow::Result<()> {
+        match decoder.decode(bytes, || format!("{source}:{line}")) {
+            Ok(ev) => engine.push(ev),
+            Err(r) => dead.record(&source, line, off, &r),
+        }
+        if line % 4096 == 0 {
+            engine.set_wall_clock(wall());
+            if let Some(pb) = &progress {
+                pb.set_position(line);
+            }
+        }
+        for a in engine.drain_alerts() {
+            on_alert(&a)?;
+            all.push(a);
+        }
+        Ok(())
+    };
+    if csv {
+        let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+        let headers = rdr.headers()?.clone();
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i as u64 + 2;
+            lines += 1;
+            let pos = 0;
+            match rec {
+                Ok(rec) => {
+                    let json = csv_to_json(&rules, &headers, &rec);
+                    feed(&mut engine, line, pos, json.as_bytes(), &mut dead)?;
+                }
+                Err(e) => dead.record(
+                    &source,
+                    line,
+                    pos,
+                    &cep_engine::Rejection {
+                        reason: "malformed_csv",
+                        detail: e.to_string(),
+                    },
+                ),
+            }
+        }
+    } else {
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            lines += 1;
+            let trimmed = buf.trim_ascii();
+            if !trimmed.is_empty() {
+                feed(&mut engine, lines, offset, trimmed, &mut dead)?;
+            }
+            offset += n as u64;
+        }
+    }
+    engine.set_wall_clock(wall());
+    engine.finish(opts.flush_all);
+    for a in engine.drain_alerts() {
+        on_alert(&a)?;
+        all.push(a);
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    Ok(Replay {
+        alerts: all,
+        dead,
+        engine_metrics: engine.metrics().clone(),
+        lines,
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A CSV row → a JSON object text, typing declared fields by the row's `type`.
+fn csv_to_json(rules: &RuleSet, headers: &csv::StringRecord, rec: &csv::StringRecord) -> String {
+    let ty = headers
+        .iter()
+        .position(|h| h == "type")
+        .and_then(|i| rec.get(i))
+        .unwrap_or("");
+    let schema = rules.schemas.iter().find(|s| s.name == ty);
+    let mut obj = serde_json::Map::new();
+    for (h, v) in headers.iter().zip(rec.iter()) {
+        if v.is_empty() && h != "type" {
+            continue;
+        }
+        let fty = schema
+            .and_then(|s| s.fields.iter().find(|f| f.name == h))
+            .map(|f| f.ty);
+        let jv = match (h, fty) {
+            ("ts", _) | (_, Some(Type::Time)) => v
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| v.into()),
+            (_, Some(Type::Int)) => v
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| v.into()),
+            (_, Some(Type::Float)) => v
+                .parse::<f64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| v.into()),
+            (_, Some(Type::Bool)) => match v {
+                "true" => true.into(),
+                "false" => false.into(),
+                other => other.into(),
+            },
+            _ => v.into(),
+        };
+        obj.insert(h.to_string(), jv);
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let rules = load_rules(&a.rules)?;
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let r = replay(rules, &a.opts, |al| {
+        serde_json::to_writer(&mut out, al)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    })?;
+    out.flush()?;
+    if let Some(p) = &a.rejects {
+        let mut w = BufWriter::new(std::fs::File::create(p)?);
+        for d in &r.dead.sample {
+            serde_json::to_writer(&mut w, d)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let m = &r.engine_metrics;
+    let summary = serde_json::json!({
+        "lines": r.lines,
+        "events": m.events_in,
+        "rejected": r.dead.total(),
+        "rejected_by_reason": r.dead.by_reason,
+        "late": m.late,
+        "alerts": r.alerts.len(),
+        "alerts_by_rule": m.alerts,
+        "matches_by_rule": m.matches,
+        "suppressed_by_rule": m.suppressed,
+        "runs_dropped_cap": m.runs_dropped_cap,
+        "seconds": r.secs,
+        "events_per_sec": (r.lines as f64 / r.secs.max(1e-9)).round(),
+    });
+    if a.json_summary {
+        eprintln!("{summary}");
+    } else {
+        eprintln!(
+            "events: {} read, {} rejected, {} late; alerts: {}; {:.0} events/s ({:.2}s)",
+            r.lines,
+            r.dead.total(),
+            m.late,
+            r.alerts.len(),
+            r.lines as f64 / r.secs.max(1e-9),
+            r.secs
+        );
+        for (reason, n) in &r.dead.by_reason {
+            eprintln!("  rejected {reason}: {n}");
+        }
+        for d in r.dead.sample.iter().take(5) {
+            eprintln!(
+                "    line {} (offset {}): {}: {}",
+                d.line, d.offset, d.reason, d.detail
+            );
+        }
+        for (rule, n) in &m.matches {
+            let alerts = m.alerts.get(rule).copied().unwrap_or(0);
+            let sup = m.suppressed.get(rule).copied().unwrap_or(0);
+            eprintln!("  rule {rule}: {alerts} alerts, {n} matches, {sup} suppressed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Deserialize)]
+struct Label {
+    event: Option<serde_json::Value>,
+    key: Option<serde_json::Value>,
+    rule: Option<String>,
+    #[serde(default = "yes")]
+    label: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let rules = load_rules(&a.rules)?;
+    let text = std::fs::read_to_string(&a.labels)
+        .with_context(|| format!("cannot read {}", a.labels.display()))?;
+    // (rule or "*", kind, id) of positive labels.
+    let mut pos_events: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut pos_keys: HashMap<String, HashSet<String>> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Label =
+            serde_json::from_str(line).with_context(|| format!("labels line {}", i + 1))?;
+        if !l.label {
+            continue;
+        }
+        let scope = l.rule.clone().unwrap_or_else(|| "*".into());
+        match (l.event, l.key) {
+            (Some(e), _) => pos_events.entry(scope).or_default().insert(json_text(&e)),
+            (None, Some(k)) => pos_keys.entry(scope).or_default().insert(json_text(&k)),
+            _ => bail!("labels line {}: needs `event` or `key`", i + 1),
+        };
+    }
+    let r = replay(rules.clone(), &a.opts, |_| Ok(()))?;
+    let empty = HashSet::new();
+    println!("rule\talerts\ttrue_pos\tprecision\trecall\tf1");
+    for rule in &rules.rules {
+        let name = &rule.name;
+        let ev_pos: HashSet<&String> = pos_events
+            .get(name)
+            .unwrap_or(&empty)
+            .iter()
+            .chain(pos_events.get("*").unwrap_or(&empty))
+            .collect();
+        let key_pos: HashSet<&String> = pos_keys
+            .get(name)
+            .unwrap_or(&empty)
+            .iter()
+            .chain(pos_keys.get("*").unwrap_or(&empty))
+            .collect();
+        let mine: Vec<&Alert> = r.alerts.iter().filter(|al| al.rule == *name).collect();
+        let mut tp = 0u64;
+        let mut found_ev: HashSet<&str> = HashSet::new();
+        let mut found_key: HashSet<String> = HashSet::new();
+        for al in &mine {
+            let key = json_text(&al.key.to_json());
+            let mut hit = false;
+            if key_pos.contains(&key) {
+                hit = true;
+                found_key.insert(key);
+            }
+            for (_, ids) in &al.matched {
+                for id in ids {
+                    if ev_pos.contains(&id.to_string()) {
+                        hit = true;
+                        found_ev.insert(id);
+                    }
+                }
+            }
+            tp += u64::from(hit);
+        }
+        let positives = ev_pos.len() + key_pos.len();
+        let found = found_ev.len() + found_key.len();
+        let precision = if mine.is_empty() {
+            0.0
+        } else {
+            tp as f64 / mine.len() as f64
+        };
+        let recall = if positives == 0 {
+            0.0
+        } else {
+            found as f64 / positives as f64
+        };
+        let f1 = if precision + recall == 0.0 {
+            0.0
+        } else {
+            2.0 * precision * recall / (precision + recall)
+        };
+        println!(
+            "{name}\t{}\t{tp}\t{precision:.4}\t{recall:.4}\t{f1:.4}",
+            mine.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Identity of an alert for diffing: rule, key, at and matched ids.
+fn alert_identity(a: &Alert) -> String {
+    serde_json::json!([
+        a.rule,
+        a.key.to_json(),
+        a.at,
+        a.matched
+            .iter()
+            .map(|(k, v)| (k, v.iter().map(|x| x.to_string()).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    ])
+    .to_string()
+}
+
+pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    let ra = replay(load_rules(&a.rules)?, &a.opts, |_| Ok(()))?;
+    let rb = replay(load_rules(&a.against)?, &a.opts, |_| Ok(()))?;
+    let ia: HashMap<String, &Alert> = ra.alerts.iter().map(|x| (alert_identity(x), x)).collect();
+    let ib: HashMap<String, &Alert> = rb.alerts.iter().map(|x| (alert_identity(x), x)).collect();
+    let mut per_rule: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for x in &ra.alerts {
+        let side = if ib.contains_key(&alert_identity(x)) {
+            "both"
+        } else {
+            "only_rules"
+        };
+        per_rule.entry(x.rule.clone()).or_default()[if side == "both" { 2 } else { 0 }] += 1;
+        if side != "both" {
+            writeln!(out, "{}", serde_json::json!({"side": side, "alert": x}))?;
+        }
+    }
+    for x in &rb.alerts {
+        if !ia.contains_key(&alert_identity(x)) {
+            per_rule.entry(x.rule.clone()).or_default()[1] += 1;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"side": "only_against", "alert": x})
+            )?;
+        }
+    }
+    out.flush()?;
+    eprintln!("rule\tonly_rules\tonly_against\tboth");
+    for (rule, [a1, b1, both]) in &per_rule {
+        eprintln!("{rule}\t{a1}\t{b1}\t{both}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SplitMix64: a tiny fixed-seed generator so anyone can regenerate the data.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Base time of generated events: 2026-01-05T00:00:00Z.
+pub const GEN_BASE_MS: i64 = 1_767_571_200_000;
+
+pub fn gen_events(a: GenArgs) -> anyhow::Result<ExitCode> {
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut rng = SplitMix(a.seed);
+    for i in 0..a.events {
+        let card = rng.next_u64() % a.cards.max(1);
+        // amount uniform in [1, 100), two decimals
+        let cents = 100 + rng.next_u64() % 9900;
+        writeln!(
+            out,
+            "{{\"id\":\"e{i}\",\"type\":\"Txn\",\"ts\":{},\"card_id\":\"card-{card}\",\"amount\":{}.{:02}}}",
+            GEN_BASE_MS + i as i64,
+            cents / 100,
+            cents % 100
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

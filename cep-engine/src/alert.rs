@@ -1,0 +1,128 @@
+//! Alerts (spec §6) and their deterministic ids.
+
+use crate::time::format_ms;
+use crate::value::Key;
+use rule_lang::program::Severity;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: String,
+    pub rule: String,
+    pub version: u32,
+    pub severity: Severity,
+    pub key: Key,
+    /// Event time of the match, epoch ms.
+    pub at: i64,
+    /// Binding → event ids, in binding order.
+    pub matched: Vec<(String, Vec<Arc<str>>)>,
+    /// Aggregate rules: binding → full window count.
+    pub matched_count: Option<(String, u64)>,
+    /// Emitted fields in `emit` order.
+    pub fields: Vec<(String, serde_json::Value)>,
+    /// Wall clock when detected, epoch ms (the only field that varies between runs).
+    pub detected_at: i64,
+    /// `shadow` alerts come from rules deployed in shadow mode.
+    pub shadow: bool,
+}
+
+impl Alert {
+    /// `sha256(rule, version, key, matched ids[, at])`, first 128 bits as hex.
+    pub fn compute_id(
+        rule: &str,
+        version: u32,
+        key: &Key,
+        matched: &[(String, Vec<Arc<str>>)],
+        absence_at: Option<i64>,
+    ) -> String {
+        let mut h = Sha256::new();
+        h.update(rule.as_bytes());
+        h.update([0]);
+        h.update(version.to_le_bytes());
+        h.update(key.id_text().as_bytes());
+        h.update([0]);
+        for (name, ids) in matched {
+            h.update(name.as_bytes());
+            h.update([1]);
+            for id in ids {
+                h.update(id.as_bytes());
+                h.update([2]);
+            }
+        }
+        if let Some(at) = absence_at {
+            h.update(at.to_le_bytes());
+        }
+        let digest = h.finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Topic for the ZeroMQ alert publisher: `alert.<severity>.<rule>`.
+    pub fn topic(&self) -> String {
+        format!("alert.{}.{}", self.severity.as_str(), self.rule)
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+struct Matched<'a>(&'a [(String, Vec<Arc<str>>)]);
+
+impl Serialize for Matched<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, &v.iter().map(|x| &**x).collect::<Vec<&str>>())?;
+        }
+        m.end()
+    }
+}
+
+struct Fields<'a>(&'a [(String, serde_json::Value)]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+struct Count<'a>(&'a (String, u64));
+
+impl Serialize for Count<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(&self.0.0, &self.0.1)?;
+        m.end()
+    }
+}
+
+impl Serialize for Alert {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = 9 + usize::from(self.matched_count.is_some()) + usize::from(self.shadow);
+        let mut st = s.serialize_struct("Alert", n)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("severity", &self.severity)?;
+        st.serialize_field("key", &self.key.to_json())?;
+        st.serialize_field("at", &format_ms(self.at))?;
+        st.serialize_field("matched", &Matched(&self.matched))?;
+        if let Some(c) = &self.matched_count {
+            st.serialize_field("matched_count", &Count(c))?;
+        }
+        st.serialize_field("fields", &Fields(&self.fields))?;
+        st.serialize_field("detected_at", &format_ms(self.detected_at))?;
+        if self.shadow {
+            st.serialize_field("mode", "shadow")?;
+        }
+        st.end()
+    }
+}

@@ -1,0 +1,449 @@
+//! JSON → [`Event`], once, at the edge, using the declared schemas.
+//!
+//! The object is read in one pass into a small list of (name, scalar) pairs with
+//! serde_json (borrowing strings where it can), then mapped to slots by the
+//! schema of its `type`. Every way an event can be wrong is a [`Rejection`] with
+//! a stable reason code; nothing here panics on input.
+
+use crate::value::{Event, Value};
+use rule_lang::program::{RuleSet, Schema, Type, TypeId};
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why an event was rejected. `reason` is a stable code used in metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Every rejection reason code.
+pub const REJECTION_REASONS: [&str; 9] = [
+    "malformed_json",
+    "not_an_object",
+    "missing_type",
+    "missing_ts",
+    "bad_ts",
+    "unknown_type",
+    "wrong_type",
+    "missing_field",
+    "bad_id",
+];
+
+/// Decodes JSON events against a rule set's schemas.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    schemas: Vec<Schema>,
+    by_name: HashMap<String, TypeId>,
+}
+
+#[derive(Debug)]
+enum Raw<'a> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    /// Nested object or array: carried, not typed.
+    Other,
+}
+
+impl Decoder {
+    pub fn new(rules: &RuleSet) -> Decoder {
+        Decoder {
+            schemas: rules.schemas.clone(),
+            by_name: rules
+                .schemas
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i as TypeId))
+                .collect(),
+        }
+    }
+
+    pub fn schemas(&self) -> &[Schema] {
+        &self.schemas
+    }
+
+    /// Decodes one JSON text. `default_id` is used when the event has no `id`
+    /// (the caller passes `<source>:<sequence>`).
+    pub fn decode(
+        &self,
+        json: &[u8],
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Event, Rejection> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let pairs = match ObjectSeed.deserialize(&mut de) {
+            Ok(p) => p,
+            Err(e) if e.to_string().starts_with("not an object") => {
+                return Err(Rejection::new(
+                    "not_an_object",
+                    "an event must be a JSON object",
+                ));
+            }
+            Err(e) => return Err(Rejection::new("malformed_json", e.to_string())),
+        };
+        if let Err(e) = de.end() {
+            return Err(Rejection::new("malformed_json", e.to_string()));
+        }
+        self.build(pairs, default_id)
+    }
+
+    fn build(
+        &self,
+        pairs: Pairs<'_>,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Event, Rejection> {
+        let mut ty_name = None;
+        let mut ts = None;
+        let mut id = None;
+        for (k, v) in &pairs {
+            match k.as_ref() {
+                "type" => ty_name = Some(v),
+                "ts" => ts = Some(v),
+                "id" => id = Some(v),
+                _ => {}
+            }
+        }
+        let ty_name = match ty_name {
+            Some(Raw::Str(s)) => s,
+            Some(_) => return Err(Rejection::new("missing_type", "`type` must be a string")),
+            None => return Err(Rejection::new("missing_type", "the event has no `type`")),
+        };
+        let Some(&ty) = self.by_name.get(ty_name.as_ref()) else {
+            return Err(Rejection::new(
+                "unknown_type",
+                format!("`{ty_name}` is not a declared event type"),
+            ));
+        };
+        let ts = match ts {
+            None | Some(Raw::Null) => {
+                return Err(Rejection::new("missing_ts", "the event has no `ts`"));
+            }
+            Some(v) => time_value(&v).ok_or_else(|| {
+                Rejection::new(
+                    "bad_ts",
+                    "`ts` must be an RFC 3339 string or integer epoch milliseconds",
+                )
+            })?,
+        };
+        let id: Arc<str> = match id {
+            None | Some(Raw::Null) => default_id().into(),
+            Some(Raw::Str(s)) => Arc::from(s.as_ref()),
+            Some(Raw::I64(i)) => i.to_string().into(),
+            Some(Raw::U64(u)) => u.to_string().into(),
+            Some(_) => {
+                return Err(Rejection::new(
+                    "bad_id",
+                    "`id` must be a string or an integer",
+                ));
+            }
+        };
+        let schema = &self.schemas[ty as usize];
+        let mut fields: Vec<Value> = vec![Value::Missing; schema.fields.len()];
+        for (k, v) in pairs {
+            let Some(slot) = schema.slot(k.as_ref()) else {
+                continue; // undeclared: carried, not typed
+            };
+            let def = &schema.fields[slot as usize];
+            let val = match (def.ty, v) {
+                (_, Raw::Null) => Value::Missing,
+                (Type::String, Raw::Str(s)) => Value::Str(Arc::from(s.as_ref())),
+                (Type::Int, Raw::I64(i)) => Value::Int(i),
+                (Type::Int, Raw::U64(u)) if u <= i64::MAX as u64 => Value::Int(u as i64),
+                (Type::Float, Raw::F64(f)) => Value::Float(f),
+                (Type::Float, Raw::I64(i)) => Value::Float(i as f64),
+                (Type::Float, Raw::U64(u)) => Value::Float(u as f64),
+                (Type::Bool, Raw::Bool(b)) => Value::Bool(b),
+                (Type::Time, v) => match time_value(&v) {
+                    Some(t) => Value::Time(t),
+                    None => return Err(wrong(schema, &def.name, def.ty, &v)),
+                },
+                (_, v) => return Err(wrong(schema, &def.name, def.ty, &v)),
+            };
+            fields[slot as usize] = val;
+        }
+        for (i, def) in schema.fields.iter().enumerate() {
+            if !def.optional && fields[i].is_missing() {
+                return Err(Rejection::new(
+                    "missing_field",
+                    format!(
+                        "`{}` requires field `{}` ({})",
+                        schema.name, def.name, def.ty
+                    ),
+                ));
+            }
+        }
+        Ok(Event {
+            ty,
+            ts,
+            id,
+            fields: fields.into_boxed_slice(),
+            seq: 0,
+        })
+    }
+}
+
+fn wrong(schema: &Schema, field: &str, ty: Type, v: &Raw<'_>) -> Rejection {
+    let got = match v {
+        Raw::Null => "null",
+        Raw::Bool(_) => "a bool",
+        Raw::I64(_) | Raw::U64(_) => "an integer",
+        Raw::F64(_) => "a number with a fraction",
+        Raw::Str(_) => "a string",
+        Raw::Other => "an object or array",
+    };
+    Rejection::new(
+        "wrong_type",
+        format!("`{}.{field}` must be {ty}, got {got}", schema.name),
+    )
+}
+
+fn time_value(v: &Raw<'_>) -> Option<i64> {
+    match v {
+        Raw::Str(s) => crate::time::parse_rfc3339_ms(s),
+        Raw::I64(i) => Some(*i),
+        Raw::U64(u) => i64::try_from(*u).ok(),
+        _ => None,
+    }
+}
+
+type Pairs<'a> = SmallVec<[(Cow<'a, str>, Raw<'a>); 16]>;
+
+struct ObjectSeed;
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = Pairs<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ObjectVisitor)
+    }
+}
+
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Pairs<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("not an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Pairs::new();
+        while let Some(k) = map.next_key::<CowStr<'de>>()? {
+            let v = map.next_value::<RawSeed<'de>>()?;
+            out.push((k.0, v.0));
+        }
+        Ok(out)
+    }
+}
+
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct RawSeed<'a>(Raw<'a>);
+
+impl<'de> Deserialize<'de> for RawSeed<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSeed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::I64(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::U64(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::F64(v)))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Str(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Str(Cow::Owned(v))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Null))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(RawSeed(Raw::Null))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(RawSeed(Raw::Other))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RawSeed(Raw::Other))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        let rs = rule_lang::compile_str(
+            "t.vgl",
+            "event Txn { card_id: string, amount: float, n: int, ok: bool?, mcc: int?, at: time? }",
+        )
+        .expect("compiles");
+        Decoder::new(&rs)
+    }
+
+    fn reason(json: &str) -> &'static str {
+        match decoder().decode(json.as_bytes(), || "x:1".into()) {
+            Ok(_) => "ok",
+            Err(r) => r.reason,
+        }
+    }
+
+    #[test]
+    fn decodes_and_rejects() {
+        let ev = decoder()
+            .decode(
+                br#"{"type":"Txn","ts":"2026-01-05T10:00:03.250Z","card_id":"c1","amount":5,"n":2,"extra":{"a":[1]}}"#,
+                || "src:7".into(),
+            )
+            .expect("valid");
+        assert_eq!(&*ev.id, "src:7");
+        assert_eq!(ev.fields[1], Value::Float(5.0));
+        assert_eq!(ev.fields[3], Value::Missing);
+        assert_eq!(reason("[1,2]"), "not_an_object");
+        assert_eq!(reason("{\"type\":"), "malformed_json");
+        assert_eq!(reason(r#"{"ts":1,"card_id":"c"}"#), "missing_type");
+        assert_eq!(
+            reason(r#"{"type":"Txn","card_id":"c","amount":1.0,"n":1}"#),
+            "missing_ts"
+        );
+        assert_eq!(
+            reason(r#"{"type":"Txn","ts":"soon","card_id":"c","amount":1.0,"n":1}"#),
+            "bad_ts"
+        );
+        assert_eq!(reason(r#"{"type":"Txm","ts":1}"#), "unknown_type");
+        assert_eq!(
+            reason(r#"{"type":"Txn","ts":1,"card_id":"c","amount":1.0,"n":1.5}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            reason(r#"{"type":"Txn","ts":1,"card_id":"c","amount":"1","n":1}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            reason(r#"{"type":"Txn","ts":1,"card_id":"c","n":1}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            reason(r#"{"type":"Txn","ts":1,"id":[1],"card_id":"c","amount":1.0,"n":1}"#),
+            "bad_id"
+        );
+        assert_eq!(
+            reason(
+                r#"{"type":"Txn","ts":1,"id":7,"card_id":"c","amount":1.0,"n":1,"at":"2026-01-05T10:00:03Z"}"#
+            ),
+            "ok"
+        );
+    }
+}
+
+/// One rejected event kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub source: String,
+    /// 1-based line (or message sequence) where the event came from.
+    pub line: u64,
+    /// Byte offset of the line in its source.
+    pub offset: u64,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// Rejection counts by reason and a bounded sample of rejected events (the
+/// first `cap` are kept; later ones are counted only).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetters {
+    pub cap: usize,
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    pub sample: Vec<DeadLetter>,
+}
+
+impl DeadLetters {
+    pub fn new(cap: usize) -> DeadLetters {
+        DeadLetters {
+            cap,
+            ..Default::default()
+        }
+    }
+
+    pub fn record(&mut self, source: &str, line: u64, offset: u64, r: &Rejection) {
+        *self.by_reason.entry(r.reason.to_string()).or_default() += 1;
+        if self.sample.len() < self.cap {
+            self.sample.push(DeadLetter {
+                source: source.to_string(),
+                line,
+                offset,
+                reason: r.reason.to_string(),
+                detail: r.detail.clone(),
+            });
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason.values().sum()
+    }
+}

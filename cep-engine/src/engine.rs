@@ -1,0 +1,897 @@
+//! The engine: rules, per-(rule, key) state, event time and alerts.
+//!
+//! Shaped like a stream operator: [`Engine::push`] takes events (any order),
+//! [`Engine::advance_to`] / [`Engine::finish`] / [`Engine::tick`] move the
+//! watermark, [`Engine::drain_alerts`] hands out alerts, [`Engine::snapshot`]
+//! and [`Engine::restore`] checkpoint everything. No I/O and no wall clock: the
+//! caller passes wall-clock time where it matters (`detected_at`, idle advance).
+//!
+//! Event time (spec §5): each input's watermark is its highest `ts` minus the
+//! allowed lateness; the engine's is the minimum over inputs that are not idle.
+//! Events wait in a reorder buffer until the watermark reaches them, then are
+//! processed in `(ts, arrival)` order. Before an event at `ts` is processed, every
+//! timer due strictly before `ts` fires, so a negated event at exactly
+//! `first.ts + D` still counts and a timer due at `t` fires once time passes `t`.
+
+use crate::alert::Alert;
+use crate::eval::{Env, Lists, eval};
+use crate::pattern::{Limits, Match, Matcher, PatternState, RunCtx};
+use crate::value::{Event, Key};
+use crate::window::{WindowCtx, WindowState};
+use rule_lang::program::{Rule, RuleKind, RuleSet, TypeId};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Engine settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Allowed lateness in ms (events within it are reordered).
+    pub lateness_ms: i64,
+    /// Wall-clock ms without events after which an input is idle (and event
+    /// time follows the wall clock in live mode). 0 disables idle handling.
+    pub idle_ms: i64,
+    /// Cap on partial matches per (rule, key); the oldest run is dropped.
+    pub max_runs_per_key: usize,
+    /// Cap on partial matches in the whole engine; no new run starts above it.
+    pub max_runs_total: usize,
+    /// Cap on events held by one aggregate window; the oldest is dropped.
+    pub max_window_events: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lateness_ms: 0,
+            idle_ms: 0,
+            max_runs_per_key: 10_000,
+            max_runs_total: 5_000_000,
+            max_window_events: 100_000,
+        }
+    }
+}
+
+/// Counters (exported by the node and the replay summary).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub events_in: u64,
+    pub events_processed: u64,
+    pub late: u64,
+    /// Events that no rule reads.
+    pub unused: u64,
+    pub runs_started: u64,
+    pub runs_dropped_cap: u64,
+    pub runs_refused_cap: u64,
+    pub window_dropped_cap: u64,
+    pub matches: BTreeMap<String, u64>,
+    pub alerts: BTreeMap<String, u64>,
+    pub suppressed: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum States {
+    Pattern(FastMap<Key, PatternState>),
+    Window(FastMap<Key, WindowState>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RuleRt {
+    version: u32,
+    shadow: bool,
+    states: States,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Buffered {
+    ts: i64,
+    arrival: u64,
+    event: Event,
+}
+
+impl PartialEq for Buffered {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts, self.arrival) == (o.ts, o.arrival)
+    }
+}
+impl Eq for Buffered {}
+impl PartialOrd for Buffered {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Buffered {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.ts, self.arrival).cmp(&(o.ts, o.arrival))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Input {
+    max_ts: Option<i64>,
+    last_wall: i64,
+}
+
+/// Version and mode of a deployed rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub version: u32,
+    pub shadow: bool,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Deployment {
+            version: 1,
+            shadow: false,
+        }
+    }
+}
+
+/// Everything mutable, for checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    rules: Vec<(String, RuleRt)>,
+    identities: Vec<String>,
+    buffer: Vec<Buffered>,
+    inputs: BTreeMap<u32, Input>,
+    watermark: i64,
+    arrivals: u64,
+    next_seq: u64,
+    pub metrics: Metrics,
+    lists: Lists,
+}
+
+/// The matching engine.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    config: EngineConfig,
+    rts: Vec<RuleRt>,
+    by_type: Vec<Vec<usize>>,
+    type_names: Vec<Arc<str>>,
+    lists: Lists,
+    regexes: HashMap<String, regex::Regex>,
+    buffer: BinaryHeap<Reverse<Buffered>>,
+    timers: BinaryHeap<Reverse<(i64, usize, Key)>>,
+    inputs: BTreeMap<u32, Input>,
+    watermark: i64,
+    arrivals: u64,
+    next_seq: u64,
+    active_runs: usize,
+    wall_ms: i64,
+    alerts: Vec<Alert>,
+    metrics: Metrics,
+}
+
+fn identity(rs: &RuleSet, r: &Rule) -> String {
+    let schemas: Vec<_> = r.types.iter().map(|t| &rs.schemas[*t as usize]).collect();
+    let text = serde_json::to_string(&(r, schemas)).unwrap_or_default();
+    rule_lang::check::fnv_hex(&text)
+}
+
+impl Engine {
+    /// An engine running every rule of `rules` (version 1, active).
+    pub fn new(rules: Arc<RuleSet>, config: EngineConfig) -> Engine {
+        let deployments = vec![Deployment::default(); rules.rules.len()];
+        Engine::with_deployments(rules, config, &deployments)
+    }
+
+    /// An engine with explicit versions/modes per rule (same order as the set).
+    pub fn with_deployments(
+        rules: Arc<RuleSet>,
+        config: EngineConfig,
+        deployments: &[Deployment],
+    ) -> Engine {
+        let mut e = Engine {
+            rules: rules.clone(),
+            config,
+            rts: vec![],
+            by_type: vec![],
+            type_names: vec![],
+            lists: Lists::new(),
+            regexes: HashMap::new(),
+            buffer: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            inputs: BTreeMap::new(),
+            watermark: i64::MIN,
+            arrivals: 0,
+            next_seq: 1,
+            active_runs: 0,
+            wall_ms: 0,
+            alerts: vec![],
+            metrics: Metrics::default(),
+        };
+        e.install(rules, deployments, HashMap::new());
+        e
+    }
+
+    fn install(
+        &mut self,
+        rules: Arc<RuleSet>,
+        deployments: &[Deployment],
+        mut keep: HashMap<String, RuleRt>,
+    ) {
+        self.type_names = rules
+            .schemas
+            .iter()
+            .map(|s| Arc::from(s.name.as_str()))
+            .collect();
+        self.by_type = vec![vec![]; rules.schemas.len()];
+        self.regexes.clear();
+        self.rts.clear();
+        for (i, r) in rules.rules.iter().enumerate() {
+            for &t in &r.types {
+                self.by_type[t as usize].push(i);
+            }
+            collect_regexes(r, &mut self.regexes);
+            let dep = deployments.get(i).copied().unwrap_or_default();
+            let rt = match keep.remove(&format!("{}\u{0}{}", r.name, identity(&rules, r))) {
+                Some(mut rt) if rt.version == dep.version => {
+                    rt.shadow = dep.shadow;
+                    rt
+                }
+                _ => RuleRt {
+                    version: dep.version,
+                    shadow: dep.shadow,
+                    states: match r.kind {
+                        RuleKind::Pattern(_) => States::Pattern(FastMap::default()),
+                        RuleKind::Aggregate(_) => States::Window(FastMap::default()),
+                    },
+                },
+            };
+            self.rts.push(rt);
+        }
+        self.rules = rules;
+        self.rebuild_timers();
+    }
+
+    /// Replaces the rule set while running: a rule whose text, schema and version
+    /// are unchanged keeps its partial matches; a changed or new rule starts fresh.
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>, deployments: &[Deployment]) {
+        let mut keep = HashMap::new();
+        for (r, rt) in self.rules.rules.iter().zip(self.rts.drain(..)) {
+            keep.insert(format!("{}\u{0}{}", r.name, identity(&self.rules, r)), rt);
+        }
+        // Buffered events keep their place if their type is unchanged.
+        let old = self.rules.clone();
+        let buffered: Vec<Buffered> = std::mem::take(&mut self.buffer)
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        self.install(rules, deployments, keep);
+        for mut b in buffered {
+            let old_schema = &old.schemas[b.event.ty as usize];
+            if let Some(nt) = self.rules.schema_id(&old_schema.name)
+                && self.rules.schemas[nt as usize] == *old_schema
+            {
+                b.event.ty = nt;
+                self.buffer.push(Reverse(b));
+            }
+        }
+        self.active_runs = self.count_runs();
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Current number of partial matches.
+    pub fn active_runs(&self) -> usize {
+        self.active_runs
+    }
+
+    /// Number of (rule, key) states held.
+    pub fn active_keys(&self) -> usize {
+        self.rts
+            .iter()
+            .map(|rt| match &rt.states {
+                States::Pattern(m) => m.len(),
+                States::Window(m) => m.len(),
+            })
+            .sum()
+    }
+
+    /// Events waiting in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Sets the wall clock used for `detected_at` and idle detection.
+    pub fn set_wall_clock(&mut self, ms: i64) {
+        self.wall_ms = ms;
+    }
+
+    /// Replaces (or creates) a reference list.
+    pub fn set_list(&mut self, name: &str, entries: impl IntoIterator<Item = String>) {
+        let set: HashSet<Arc<str>> = entries.into_iter().map(Arc::from).collect();
+        self.lists.insert(name.to_string(), set);
+    }
+
+    pub fn drain_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// Feeds an event from input 0.
+    pub fn push(&mut self, ev: Event) {
+        self.push_from(0, ev);
+    }
+
+    /// Feeds an event from one input (a Kafka partition, a producer).
+    pub fn push_from(&mut self, input: u32, ev: Event) {
+        self.metrics.events_in += 1;
+        if ev.ts < self.watermark {
+            self.metrics.late += 1;
+            return;
+        }
+        let wall = self.wall_ms;
+        let inp = self.inputs.entry(input).or_default();
+        inp.max_ts = Some(inp.max_ts.map_or(ev.ts, |m| m.max(ev.ts)));
+        inp.last_wall = wall;
+        self.arrivals += 1;
+        self.buffer.push(Reverse(Buffered {
+            ts: ev.ts,
+            arrival: self.arrivals,
+            event: ev,
+        }));
+        let wm = self.input_watermark();
+        self.advance_to(wm);
+    }
+
+    /// Minimum over non-idle inputs of (max ts − lateness).
+    fn input_watermark(&self) -> i64 {
+        let idle = self.config.idle_ms;
+        let mut wm: Option<i64> = None;
+        for inp in self.inputs.values() {
+            let Some(m) = inp.max_ts else { continue };
+            if idle > 0 && self.wall_ms - inp.last_wall >= idle && self.inputs.len() > 1 {
+                continue;
+            }
+            let w = m.saturating_sub(self.config.lateness_ms);
+            wm = Some(wm.map_or(w, |x: i64| x.min(w)));
+        }
+        wm.unwrap_or(self.watermark).max(self.watermark)
+    }
+
+    /// Live mode: with no event for the idle period, event time follows the wall
+    /// clock (so absence rules fire on a silent stream).
+    pub fn tick(&mut self, wall_ms: i64) {
+        self.wall_ms = wall_ms;
+        let idle = self.config.idle_ms;
+        if idle <= 0 {
+            return;
+        }
+        let last_wall = self.inputs.values().map(|i| i.last_wall).max();
+        let max_ts = self.inputs.values().filter_map(|i| i.max_ts).max();
+        let mut wm = self.input_watermark();
+        if let (Some(lw), Some(mt)) = (last_wall, max_ts)
+            && wall_ms - lw >= idle
+        {
+            wm = wm.max(
+                mt.saturating_sub(self.config.lateness_ms)
+                    .saturating_add(wall_ms - lw),
+            );
+        }
+        self.advance_to(wm);
+    }
+
+    /// Moves the watermark forward to `wm`: releases buffered events up to it and
+    /// fires timers due before it.
+    pub fn advance_to(&mut self, wm: i64) {
+        if wm > self.watermark {
+            self.watermark = wm;
+        }
+        while let Some(Reverse(top)) = self.buffer.peek() {
+            if top.ts > self.watermark {
+                break;
+            }
+            let Some(Reverse(b)) = self.buffer.pop() else {
+                break;
+            };
+            self.fire_timers(b.ts);
+            self.process(b.event);
+        }
+        self.fire_timers(self.watermark);
+    }
+
+    /// End of input (replay): the watermark moves to the highest `ts` seen, or to
+    /// infinity with `to_infinity`, releasing everything buffered.
+    pub fn finish(&mut self, to_infinity: bool) {
+        let max_ts = self
+            .inputs
+            .values()
+            .filter_map(|i| i.max_ts)
+            .max()
+            .unwrap_or(self.watermark);
+        self.advance_to(if to_infinity { i64::MAX } else { max_ts });
+    }
+
+    fn fire_timers(&mut self, before: i64) {
+        while let Some(Reverse((due, _, _))) = self.timers.peek() {
+            if *due >= before {
+                break;
+            }
+            let Some(Reverse((_, ri, key))) = self.timers.pop() else {
+                break;
+            };
+            self.expire_key(ri, key, before);
+        }
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            type_names: &self.type_names,
+            lists: &self.lists,
+            regexes: &self.regexes,
+        }
+    }
+
+    fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let mut rt_states = std::mem::replace(
+            &mut self.rts[ri].states,
+            States::Pattern(FastMap::default()),
+        );
+        match (&mut rt_states, &rule.kind) {
+            (States::Pattern(map), RuleKind::Pattern(p)) => {
+                if let Some(mut st) = map.remove(&key) {
+                    let before = st.runs.len();
+                    let matches = {
+                        let env = self.env();
+                        Matcher {
+                            pattern: p,
+                            env: &env,
+                        }
+                        .expire(&mut st, now)
+                    };
+                    self.active_runs = self.active_runs.saturating_sub(before) + st.runs.len();
+                    for m in matches {
+                        self.emit_pattern(ri, rule, &key, &mut st.last_alert_at, m);
+                    }
+                    let env = self.env();
+                    let next = Matcher {
+                        pattern: p,
+                        env: &env,
+                    }
+                    .next_deadline(&st);
+                    let suppress_until =
+                        st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms));
+                    let due = [next, suppress_until.filter(|t| *t >= now)]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    if let Some(due) = due {
+                        self.timers.push(Reverse((due, ri, key.clone())));
+                        map.insert(key, st);
+                    }
+                }
+            }
+            (States::Window(map), RuleKind::Aggregate(a)) => {
+                if let Some(st) = map.get(&key) {
+                    let window_end = st.newest_ts().map(|t| t.saturating_add(a.over_ms));
+                    let suppress_until =
+                        st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms));
+                    let due = [window_end, suppress_until].into_iter().flatten().max();
+                    match due {
+                        Some(d) if d >= now => self.timers.push(Reverse((d, ri, key))),
+                        _ => {
+                            map.remove(&key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.rts[ri].states = rt_states;
+    }
+
+    fn process(&mut self, mut ev: Event) {
+        ev.seq = self.next_seq;
+        self.next_seq += 1;
+        self.metrics.events_processed += 1;
+        let ty = ev.ty;
+        let Some(rule_ids) = self.by_type.get(ty as usize) else {
+            return;
+        };
+        if rule_ids.is_empty() {
+            self.metrics.unused += 1;
+            return;
+        }
+        let rule_ids = rule_ids.clone();
+        let ev = Arc::new(ev);
+        let rules = self.rules.clone();
+        for ri in rule_ids {
+            let rule = &rules.rules[ri];
+            let key = match &rule.key {
+                None => Key::Global,
+                Some(_) => {
+                    let slot = rule.key_slots.get(ty as usize).copied().flatten();
+                    match slot.and_then(|s| Key::from_value(ev.slot(s))) {
+                        Some(k) => k,
+                        None => continue,
+                    }
+                }
+            };
+            match &rule.kind {
+                RuleKind::Pattern(p) => self.pattern_event(ri, rule, p, key, &ev),
+                RuleKind::Aggregate(a) => self.window_event(ri, rule, a, key, &ev),
+            }
+        }
+    }
+
+    fn pattern_event(
+        &mut self,
+        ri: usize,
+        rule: &Rule,
+        p: &rule_lang::program::Pattern,
+        key: Key,
+        ev: &Arc<Event>,
+    ) {
+        let States::Pattern(map) = &mut self.rts[ri].states else {
+            return;
+        };
+        // Cheap exit: no state for this key and the event cannot start a run.
+        let (mut st, existed) = match map.remove(&key) {
+            Some(st) => (st, true),
+            None => (PatternState::default(), false),
+        };
+        let before = st.runs.len();
+        let mut limits = Limits {
+            max_runs_per_key: self.config.max_runs_per_key,
+            may_start: self.active_runs < self.config.max_runs_total,
+            dropped: 0,
+            refused: 0,
+            started: 0,
+        };
+        let matches = {
+            let env = Env {
+                type_names: &self.type_names,
+                lists: &self.lists,
+                regexes: &self.regexes,
+            };
+            Matcher {
+                pattern: p,
+                env: &env,
+            }
+            .on_event(&mut st, ev, &mut limits)
+        };
+        self.metrics.runs_started += limits.started;
+        self.metrics.runs_dropped_cap += limits.dropped;
+        self.metrics.runs_refused_cap += limits.refused;
+        for m in matches {
+            self.emit_pattern(ri, rule, &key, &mut st.last_alert_at, m);
+        }
+        self.active_runs = (self.active_runs + st.runs.len()).saturating_sub(before);
+        let keep = !st.runs.is_empty()
+            || st
+                .last_alert_at
+                .is_some_and(|t| t.saturating_add(rule.suppress_ms) > ev.ts);
+        if keep {
+            // Invariant: a state with runs has a timer at or before its earliest
+            // deadline; a state kept only for `suppress` has one at its end.
+            let due = if before == 0 && !st.runs.is_empty() {
+                st.runs
+                    .first()
+                    .map(|r| r.start_ts.saturating_add(p.within_ms))
+            } else if !existed && st.runs.is_empty() {
+                st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms))
+            } else {
+                None
+            };
+            if let Some(d) = due {
+                self.timers.push(Reverse((d, ri, key.clone())));
+            }
+            if let States::Pattern(map) = &mut self.rts[ri].states {
+                map.insert(key, st);
+            }
+        }
+    }
+
+    fn window_event(
+        &mut self,
+        ri: usize,
+        rule: &Rule,
+        a: &rule_lang::program::Aggregate,
+        key: Key,
+        ev: &Arc<Event>,
+    ) {
+        let env = Env {
+            type_names: &self.type_names,
+            lists: &self.lists,
+            regexes: &self.regexes,
+        };
+        if let Some(pred) = &a.pred {
+            let ok = crate::eval::eval_bool(
+                pred,
+                &WindowCtx {
+                    agg: a,
+                    window: &WindowState::default(),
+                    trigger: ev,
+                },
+                &env,
+            );
+            if !ok {
+                return;
+            }
+        }
+        let States::Window(map) = &mut self.rts[ri].states else {
+            return;
+        };
+        let is_new = !map.contains_key(&key);
+        let st = map.entry(key.clone()).or_default();
+        self.metrics.window_dropped_cap += st.push(a, ev, &env, self.config.max_window_events);
+        let ctx = WindowCtx {
+            agg: a,
+            window: st,
+            trigger: ev,
+        };
+        if !crate::eval::eval_bool(&a.having, &ctx, &env) {
+            if is_new {
+                self.timers
+                    .push(Reverse((ev.ts.saturating_add(a.over_ms), ri, key)));
+            }
+            return;
+        }
+        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+        if st
+            .last_alert_at
+            .is_some_and(|t| ev.ts < t.saturating_add(rule.suppress_ms))
+        {
+            *self
+                .metrics
+                .suppressed
+                .entry(rule.name.clone())
+                .or_default() += 1;
+        } else {
+            let fields = rule
+                .emit
+                .iter()
+                .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
+                .collect();
+            let matched = vec![(a.binding.clone(), st.matched_ids())];
+            let count = st.len() as u64;
+            st.last_alert_at = Some(ev.ts);
+            let (version, shadow) = (self.rts[ri].version, self.rts[ri].shadow);
+            let alert = Alert {
+                id: Alert::compute_id(&rule.name, version, &key, &matched, None),
+                rule: rule.name.clone(),
+                version,
+                severity: rule.severity,
+                key: key.clone(),
+                at: ev.ts,
+                matched,
+                matched_count: Some((a.binding.clone(), count)),
+                fields,
+                detected_at: self.wall_ms,
+                shadow,
+            };
+            *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
+            self.alerts.push(alert);
+        }
+        if is_new {
+            self.timers
+                .push(Reverse((ev.ts.saturating_add(a.over_ms), ri, key)));
+        }
+    }
+
+    fn emit_pattern(
+        &mut self,
+        ri: usize,
+        rule: &Rule,
+        key: &Key,
+        last_alert_at: &mut Option<i64>,
+        m: Match,
+    ) {
+        let RuleKind::Pattern(p) = &rule.kind else {
+            return;
+        };
+        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+        if last_alert_at.is_some_and(|t| m.at < t.saturating_add(rule.suppress_ms)) {
+            *self
+                .metrics
+                .suppressed
+                .entry(rule.name.clone())
+                .or_default() += 1;
+            return;
+        }
+        *last_alert_at = Some(m.at);
+        let env = self.env();
+        let ctx = RunCtx {
+            pattern: p,
+            events: &m.run.events,
+            current: None,
+        };
+        let fields = rule
+            .emit
+            .iter()
+            .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
+            .collect();
+        let matched: Vec<(String, Vec<Arc<str>>)> = p
+            .bindings
+            .iter()
+            .filter_map(|b| {
+                let ids: Vec<Arc<str>> = m
+                    .run
+                    .events
+                    .iter()
+                    .filter(|(s, _)| *s == b.step)
+                    .map(|(_, e)| e.id.clone())
+                    .collect();
+                (!ids.is_empty()).then(|| (b.name.clone(), ids))
+            })
+            .collect();
+        let rt = &self.rts[ri];
+        let alert = Alert {
+            id: Alert::compute_id(
+                &rule.name,
+                rt.version,
+                key,
+                &matched,
+                m.absence.then_some(m.at),
+            ),
+            rule: rule.name.clone(),
+            version: rt.version,
+            severity: rule.severity,
+            key: key.clone(),
+            at: m.at,
+            matched,
+            matched_count: None,
+            fields,
+            detected_at: self.wall_ms,
+            shadow: rt.shadow,
+        };
+        *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
+        self.alerts.push(alert);
+    }
+
+    fn count_runs(&self) -> usize {
+        self.rts
+            .iter()
+            .map(|rt| match &rt.states {
+                States::Pattern(m) => m.values().map(|s| s.runs.len()).sum(),
+                States::Window(_) => 0,
+            })
+            .sum()
+    }
+
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        for (ri, (rule, rt)) in self.rules.rules.iter().zip(&self.rts).enumerate() {
+            match (&rt.states, &rule.kind) {
+                (States::Pattern(m), RuleKind::Pattern(p)) => {
+                    for (k, st) in m {
+                        let due = st
+                            .runs
+                            .iter()
+                            .map(|r| r.start_ts.saturating_add(p.within_ms))
+                            .min()
+                            .or_else(|| {
+                                st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms))
+                            });
+                        if let Some(d) = due {
+                            self.timers.push(Reverse((d, ri, k.clone())));
+                        }
+                    }
+                }
+                (States::Window(m), RuleKind::Aggregate(a)) => {
+                    for (k, st) in m {
+                        if let Some(t) = st.newest_ts() {
+                            self.timers
+                                .push(Reverse((t.saturating_add(a.over_ms), ri, k.clone())));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The complete mutable state (for checkpoints).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            rules: self
+                .rules
+                .rules
+                .iter()
+                .map(|r| r.name.clone())
+                .zip(self.rts.iter().cloned())
+                .collect(),
+            identities: self
+                .rules
+                .rules
+                .iter()
+                .map(|r| identity(&self.rules, r))
+                .collect(),
+            buffer: self.buffer.iter().map(|r| r.0.clone()).collect(),
+            inputs: self.inputs.clone(),
+            watermark: self.watermark,
+            arrivals: self.arrivals,
+            next_seq: self.next_seq,
+            metrics: self.metrics.clone(),
+            lists: self.lists.clone(),
+        }
+    }
+
+    /// An engine resumed from a snapshot. Rules that changed since start fresh.
+    pub fn restore(
+        rules: Arc<RuleSet>,
+        config: EngineConfig,
+        deployments: &[Deployment],
+        snap: Snapshot,
+    ) -> Engine {
+        let mut e = Engine::with_deployments(rules.clone(), config, deployments);
+        let keep: HashMap<String, RuleRt> = snap
+            .rules
+            .into_iter()
+            .zip(snap.identities)
+            .map(|((name, rt), id)| (format!("{name}\u{0}{id}"), rt))
+            .collect();
+        e.install(rules, deployments, keep);
+        e.buffer = snap.buffer.into_iter().map(Reverse).collect();
+        e.inputs = snap.inputs;
+        e.watermark = snap.watermark;
+        e.arrivals = snap.arrivals;
+        e.next_seq = snap.next_seq;
+        e.metrics = snap.metrics;
+        e.lists = snap.lists;
+        e.active_runs = e.count_runs();
+        e
+    }
+
+    /// Event types read by at least one rule.
+    pub fn used_types(&self) -> Vec<TypeId> {
+        (0..self.by_type.len() as TypeId)
+            .filter(|t| !self.by_type[*t as usize].is_empty())
+            .collect()
+    }
+}
+
+fn collect_regexes(r: &Rule, out: &mut HashMap<String, regex::Regex>) {
+    fn walk(e: &rule_lang::program::Expr, out: &mut HashMap<String, regex::Regex>) {
+        use rule_lang::program::Expr as E;
+        match e {
+            E::Regex(a, pat) => {
+                if !out.contains_key(pat)
+                    && let Ok(re) = regex::Regex::new(pat)
+                {
+                    out.insert(pat.clone(), re);
+                }
+                walk(a, out);
+            }
+            E::Lit(_) | E::Field { .. } | E::Agg { .. } => {}
+            E::Not(a) | E::Neg(_, a) | E::ToFloat(a) | E::InSet(_, a, _) | E::InList(a, _) => {
+                walk(a, out)
+            }
+            E::And(a, b) | E::Or(a, b) | E::Cmp(_, _, a, b) | E::Arith(_, _, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            E::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
+        }
+    }
+    let mut exprs: Vec<&rule_lang::program::Expr> = r.emit.iter().map(|(_, e)| e).collect();
+    match &r.kind {
+        RuleKind::Pattern(p) => {
+            exprs.extend(p.steps.iter().filter_map(|s| s.pred.as_ref()));
+            exprs.extend(p.negations.iter().filter_map(|n| n.pred.as_ref()));
+            exprs.extend(p.where_.as_ref());
+        }
+        RuleKind::Aggregate(a) => {
+            exprs.extend(a.pred.as_ref());
+            exprs.push(&a.having);
+        }
+    }
+    for e in exprs {
+        walk(e, out);
+    }
+}
