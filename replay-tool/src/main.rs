@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod run;
+use vigil_replay::replay as run;
 
 /// Check, explain and replay Vigil rules over recorded events.
 #[derive(Parser)]

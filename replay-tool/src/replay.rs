@@ -29,6 +29,22 @@ pub struct ReplayOpts {
     /// Cap on partial matches per (rule, key).
     #[arg(long, default_value_t = EngineConfig::default().max_runs_per_key)]
     pub max_runs_per_key: usize,
+    /// Reference lists for `in list "name"`: a JSON file `{"name": ["a", "b"], ...}`.
+    #[arg(long)]
+    pub lists: Option<PathBuf>,
+}
+
+impl ReplayOpts {
+    /// Options for a plain replay of a file.
+    pub fn for_events(events: impl Into<String>) -> ReplayOpts {
+        ReplayOpts {
+            events: events.into(),
+            lateness: 0,
+            flush_all: false,
+            max_runs_per_key: EngineConfig::default().max_runs_per_key,
+            lists: None,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -153,6 +169,15 @@ pub fn replay(
     };
     let decoder = Decoder::new(&rules);
     let mut engine = Engine::new(rules.clone(), config);
+    if let Some(p) = &opts.lists {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let lists: BTreeMap<String, Vec<String>> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected {{\"name\": [\"entry\", ...]}}", p.display()))?;
+        for (name, entries) in lists {
+            engine.set_list(&name, entries);
+        }
+    }
     let wall = || chrono::Utc::now().timestamp_millis();
     engine.set_wall_clock(wall());
     let mut dead = DeadLetters::new(1000);

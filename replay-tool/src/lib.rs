@@ -1,0 +1,7 @@
+//! The library behind `vigil-replay`: replay recorded events through the same
+//! engine the nodes run. The binary (`main.rs`) is a thin clap front end.
+#![forbid(unsafe_code)]
+
+pub mod replay;
+
+pub use replay::{Replay, ReplayOpts, replay};
