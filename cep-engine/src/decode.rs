@@ -96,13 +96,14 @@ impl Decoder {
         let mut de = serde_json::Deserializer::from_slice(json);
         let pairs = match ObjectSeed.deserialize(&mut de) {
             Ok(p) => p,
-            Err(e) if e.to_string().starts_with("not an object") => {
-                return Err(Rejection::new(
-                    "not_an_object",
-                    "an event must be a JSON object",
-                ));
+            Err(e) => {
+                // Valid JSON that is not an object, or not JSON at all?
+                return Err(if serde_json::from_slice::<IgnoredAny>(json).is_ok() {
+                    Rejection::new("not_an_object", "an event must be a JSON object")
+                } else {
+                    Rejection::new("malformed_json", e.to_string())
+                });
             }
-            Err(e) => return Err(Rejection::new("malformed_json", e.to_string())),
         };
         if let Err(e) = de.end() {
             return Err(Rejection::new("malformed_json", e.to_string()));

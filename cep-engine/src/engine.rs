@@ -73,8 +73,8 @@ pub struct Metrics {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum States {
-    Pattern(FastMap<Key, PatternState>),
-    Window(FastMap<Key, WindowState>),
+    Pattern(#[serde(with = "crate::value::map_as_pairs")] FastMap<Key, PatternState>),
+    Window(#[serde(with = "crate::value::map_as_pairs")] FastMap<Key, WindowState>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,9 +18,7 @@ pub const MATCHED_LIMIT: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
-    ts: i64,
-    seq: u64,
-    id: Arc<str>,
+    ev: Arc<Event>,
     vals: SmallVec<[Value; 2]>,
 }
 
@@ -53,6 +51,7 @@ struct FieldAgg {
     comp: f64,
     mins: VecDeque<(u64, Value)>,
     maxs: VecDeque<(u64, Value)>,
+    #[serde(with = "crate::value::map_as_pairs")]
     distinct: HashMap<DKey, u32>,
 }
 
@@ -97,12 +96,12 @@ impl WindowState {
 
     /// Newest event time in the window.
     pub fn newest_ts(&self) -> Option<i64> {
-        self.entries.back().map(|e| e.ts)
+        self.entries.back().map(|e| e.ev.ts)
     }
 
     /// Adds a qualifying event and evicts what fell out of `(ts - D, ts]`.
     /// Returns how many entries were dropped by the size cap.
-    pub fn push(&mut self, agg: &Aggregate, e: &Event, env: &Env, cap: usize) -> u64 {
+    pub fn push(&mut self, agg: &Aggregate, e: &Arc<Event>, env: &Env, cap: usize) -> u64 {
         if self.fields.len() != agg.tracked.len() {
             self.fields = vec![FieldAgg::default(); agg.tracked.len()];
         }
@@ -146,15 +145,13 @@ impl WindowState {
             }
         }
         self.entries.push_back(Entry {
-            ts: e.ts,
-            seq: e.seq,
-            id: e.id.clone(),
+            ev: e.clone(),
             vals,
         });
         let lower = e.ts.saturating_sub(agg.over_ms);
         let mut dropped = 0;
         while let Some(front) = self.entries.front() {
-            let too_old = front.ts <= lower;
+            let too_old = front.ev.ts <= lower;
             let too_many = self.entries.len() > cap;
             if !too_old && !too_many {
                 break;
@@ -196,10 +193,10 @@ impl WindowState {
                     f.sum_i = 0;
                 }
             }
-            if f.mins.front().is_some_and(|(s, _)| *s == old.seq) {
+            if f.mins.front().is_some_and(|(s, _)| *s == old.ev.seq) {
                 f.mins.pop_front();
             }
-            if f.maxs.front().is_some_and(|(s, _)| *s == old.seq) {
+            if f.maxs.front().is_some_and(|(s, _)| *s == old.ev.seq) {
                 f.maxs.pop_front();
             }
             if t.distinct
@@ -220,7 +217,7 @@ impl WindowState {
         self.entries
             .iter()
             .skip(skip)
-            .map(|e| e.id.clone())
+            .map(|e| e.ev.id.clone())
             .collect()
     }
 }
@@ -237,8 +234,12 @@ impl EvalCtx for WindowCtx<'_> {
         Some(self.trigger)
     }
 
-    fn binding(&self, _b: BindingId, _which: Which) -> Option<&Event> {
-        Some(self.trigger)
+    /// `first(t)` / `last(t)`: the oldest / newest event in the window.
+    fn binding(&self, _b: BindingId, which: Which) -> Option<&Event> {
+        match which {
+            Which::First => self.window.entries.front().map(|e| &*e.ev),
+            Which::Last => self.window.entries.back().map(|e| &*e.ev),
+        }
     }
 
     fn agg(

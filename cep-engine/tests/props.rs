@@ -1,0 +1,294 @@
+//! Property tests: the engine's output does not depend on how the input is cut
+//! into batches, on a snapshot/restore in the middle, or on arrival order within
+//! the allowed lateness.
+
+use cep_engine::{Alert, Engine, EngineConfig, Event, Value};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+const RULES: &str = r#"
+event Txn { card: string, amount: float, country: string }
+event Ping { card: string }
+
+rule tiny_then_big {
+  key card
+  pattern s: Txn[amount < 5]{2,} -> b: Txn[amount > 50]
+  within 30s
+  where b.country != last(s).country
+}
+rule strict_pair {
+  key card
+  pattern a: Txn[amount > 80] ->> b: Txn[amount > 80]
+  within 20s
+  after match no skip
+}
+rule no_ping {
+  key card
+  pattern t: Txn[amount > 90] -> not Ping
+  within 15s
+  suppress 10s
+}
+rule guarded {
+  key card
+  pattern a: Txn -> not Txn[country == "XX"] -> b: Txn[amount > a.amount * 3]
+  within 25s
+  after match skip to next
+}
+rule burst {
+  key card
+  aggregate t: Txn over 10s
+  having count(t) >= 3 and sum(t.amount) > 60
+  suppress 5s
+}
+"#;
+
+fn rules() -> Arc<rule_lang::RuleSet> {
+    Arc::new(rule_lang::compile_str("props.vgl", RULES).expect("rules compile"))
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    ping: bool,
+    card: u8,
+    amount: f64,
+    country: u8,
+}
+
+fn events() -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec(
+        (
+            prop::bool::weighted(0.15),
+            0u8..3,
+            prop_oneof![0.5f64..5.0, 5.0f64..100.0],
+            0u8..3,
+        )
+            .prop_map(|(ping, card, amount, country)| Ev {
+                ping,
+                card,
+                amount,
+                country,
+            }),
+        1..120,
+    )
+}
+
+/// Distinct, increasing timestamps: 0.2s to 3s apart.
+fn stamp(evs: &[Ev], gaps: &[u16]) -> Vec<Event> {
+    let mut ts = 1_700_000_000_000i64;
+    evs.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            ts += 200 + i64::from(gaps[i % gaps.len()] % 2800);
+            let card = Value::Str(Arc::from(format!("c{}", e.card)));
+            let (ty, fields) = if e.ping {
+                (1, vec![card])
+            } else {
+                let country = ["US", "FR", "XX"][e.country as usize];
+                (
+                    0,
+                    vec![card, Value::Float(e.amount), Value::Str(Arc::from(country))],
+                )
+            };
+            Event {
+                ty,
+                ts,
+                id: Arc::from(format!("e{i}")),
+                fields: fields.into_boxed_slice(),
+                seq: 0,
+            }
+        })
+        .collect()
+}
+
+fn key(a: &Alert) -> String {
+    let mut v = serde_json::to_value(a).expect("alert json");
+    v.as_object_mut().map(|o| o.remove("detected_at"));
+    v.to_string()
+}
+
+fn run(evs: &[Event], lateness: i64) -> Vec<String> {
+    let mut e = Engine::new(
+        rules(),
+        EngineConfig {
+            lateness_ms: lateness,
+            ..Default::default()
+        },
+    );
+    for ev in evs {
+        e.push(ev.clone());
+    }
+    e.finish(false);
+    e.drain_alerts().iter().map(key).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn batch_boundaries_do_not_matter(evs in events(), gaps in prop::collection::vec(any::<u16>(), 1..8), cuts in prop::collection::vec(1usize..20, 1..10)) {
+        let evs = stamp(&evs, &gaps);
+        let whole = run(&evs, 0);
+        let mut e = Engine::new(rules(), EngineConfig::default());
+        let mut out = vec![];
+        let mut i = 0;
+        let mut c = 0;
+        while i < evs.len() {
+            let n = cuts[c % cuts.len()];
+            c += 1;
+            for ev in &evs[i..(i + n).min(evs.len())] {
+                e.push(ev.clone());
+            }
+            i += n;
+            out.extend(e.drain_alerts().iter().map(key));
+        }
+        e.finish(false);
+        out.extend(e.drain_alerts().iter().map(key));
+        prop_assert_eq!(whole, out);
+    }
+
+    #[test]
+    fn snapshot_restore_anywhere(evs in events(), gaps in prop::collection::vec(any::<u16>(), 1..8), at in any::<prop::sample::Index>()) {
+        let evs = stamp(&evs, &gaps);
+        let whole = run(&evs, 0);
+        let cut = at.index(evs.len() + 1);
+        let mut e = Engine::new(rules(), EngineConfig::default());
+        let mut out = vec![];
+        for ev in &evs[..cut] {
+            e.push(ev.clone());
+        }
+        out.extend(e.drain_alerts().iter().map(key));
+        let snap = serde_json::to_string(&e.snapshot()).expect("snapshot serialises");
+        drop(e);
+        let snap = serde_json::from_str(&snap).expect("snapshot deserialises");
+        let mut e = Engine::restore(rules(), EngineConfig::default(), &[], snap);
+        for ev in &evs[cut..] {
+            e.push(ev.clone());
+        }
+        e.finish(false);
+        out.extend(e.drain_alerts().iter().map(key));
+        prop_assert_eq!(whole, out);
+    }
+
+    #[test]
+    fn shuffling_within_lateness_changes_nothing(evs in events(), gaps in prop::collection::vec(any::<u16>(), 1..8), seed in any::<u64>()) {
+        let evs = stamp(&evs, &gaps);
+        let lateness = 5_000;
+        let mut sorted_alerts = run(&evs, 0);
+        // Shuffle inside blocks whose time span is within the lateness.
+        let mut shuffled = vec![];
+        let mut block: Vec<Event> = vec![];
+        let mut s = seed | 1;
+        for ev in &evs {
+            if block.first().is_some_and(|f| ev.ts - f.ts > lateness) {
+                shuffle(&mut block, &mut s);
+                shuffled.append(&mut block);
+            }
+            block.push(ev.clone());
+        }
+        shuffle(&mut block, &mut s);
+        shuffled.append(&mut block);
+        let mut e = Engine::new(rules(), EngineConfig { lateness_ms: lateness, ..Default::default() });
+        for ev in &shuffled {
+            e.push(ev.clone());
+        }
+        e.finish(false);
+        prop_assert_eq!(e.metrics().late, 0);
+        let mut got: Vec<String> = e.drain_alerts().iter().map(key).collect();
+        sorted_alerts.sort();
+        got.sort();
+        prop_assert_eq!(sorted_alerts, got);
+    }
+}
+
+fn shuffle(v: &mut [Event], s: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        let j = (*s % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+#[test]
+fn late_events_are_counted_not_matched() {
+    let mut e = Engine::new(
+        rules(),
+        EngineConfig {
+            lateness_ms: 1_000,
+            ..Default::default()
+        },
+    );
+    let mk = |i: i64, ts: i64| Event {
+        ty: 0,
+        ts,
+        id: Arc::from(format!("x{i}")),
+        fields: vec![
+            Value::Str(Arc::from("c")),
+            Value::Float(95.0),
+            Value::Str(Arc::from("US")),
+        ]
+        .into_boxed_slice(),
+        seq: 0,
+    };
+    e.push(mk(1, 10_000));
+    e.push(mk(2, 9_500)); // within lateness: reordered
+    e.push(mk(3, 8_000)); // older than watermark 9_000: late
+    e.finish(false);
+    assert_eq!(e.metrics().late, 1);
+    assert_eq!(e.metrics().events_processed, 2);
+}
+
+#[test]
+fn per_key_run_cap_drops_oldest() {
+    let rs = Arc::new(rule_lang::compile_str("cap.vgl", "event T { k: string }\nrule r { key k pattern a: T -> b: T[false] within 1h after match no skip }").expect("compiles"));
+    let mut e = Engine::new(
+        rs,
+        EngineConfig {
+            max_runs_per_key: 5,
+            ..Default::default()
+        },
+    );
+    for i in 0..20 {
+        e.push(Event {
+            ty: 0,
+            ts: i,
+            id: Arc::from(format!("e{i}")),
+            fields: vec![Value::Str(Arc::from("k"))].into_boxed_slice(),
+            seq: 0,
+        });
+    }
+    assert_eq!(e.active_runs(), 5);
+    assert_eq!(e.metrics().runs_dropped_cap, 15);
+}
+
+#[test]
+fn quiet_keys_release_their_state() {
+    let rs = rules();
+    let mut e = Engine::new(rs, EngineConfig::default());
+    for i in 0..50i64 {
+        e.push(Event {
+            ty: 0,
+            ts: 1_000 + i,
+            id: Arc::from(format!("q{i}")),
+            fields: vec![
+                Value::Str(Arc::from(format!("k{i}"))),
+                Value::Float(3.0),
+                Value::Str(Arc::from("US")),
+            ]
+            .into_boxed_slice(),
+            seq: 0,
+        });
+    }
+    assert!(e.active_keys() > 0);
+    // One hour later, a single event on another key moves the watermark.
+    e.push(Event {
+        ty: 1,
+        ts: 3_700_000,
+        id: Arc::from("late-ping"),
+        fields: vec![Value::Str(Arc::from("other"))].into_boxed_slice(),
+        seq: 0,
+    });
+    assert_eq!(e.active_runs(), 0);
+    assert_eq!(e.active_keys(), 0, "state of quiet keys must be released");
+}
