@@ -21,7 +21,7 @@ use crate::window::{WindowCtx, WindowState};
 use rule_lang::program::{Rule, RuleKind, RuleSet, TypeId};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -154,7 +154,7 @@ pub struct Engine {
     lists: Lists,
     regexes: HashMap<String, regex::Regex>,
     buffer: BinaryHeap<Reverse<Buffered>>,
-    timers: BinaryHeap<Reverse<(i64, usize, Key)>>,
+    timers: Timers,
     inputs: BTreeMap<u32, Input>,
     watermark: i64,
     arrivals: u64,
@@ -193,7 +193,7 @@ impl Engine {
             lists: Lists::new(),
             regexes: HashMap::new(),
             buffer: BinaryHeap::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             inputs: BTreeMap::new(),
             watermark: i64::MIN,
             arrivals: 0,
@@ -338,6 +338,15 @@ impl Engine {
         inp.max_ts = Some(inp.max_ts.map_or(ev.ts, |m| m.max(ev.ts)));
         inp.last_wall = wall;
         self.arrivals += 1;
+        let wm = self.input_watermark();
+        if self.buffer.is_empty() && ev.ts <= wm {
+            // In order and already released: skip the reorder buffer.
+            self.watermark = self.watermark.max(wm);
+            self.fire_timers(ev.ts);
+            self.process(ev);
+            self.fire_timers(self.watermark);
+            return;
+        }
         self.buffer.push(Reverse(Buffered {
             ts: ev.ts,
             arrival: self.arrivals,
@@ -416,106 +425,98 @@ impl Engine {
     }
 
     fn fire_timers(&mut self, before: i64) {
-        while let Some(Reverse((due, _, _))) = self.timers.peek() {
-            if *due >= before {
-                break;
-            }
-            let Some(Reverse((_, ri, key))) = self.timers.pop() else {
-                break;
-            };
-            self.expire_key(ri, key, before);
+        while let Some((q, key)) = self.timers.pop_due(before) {
+            self.expire_key(q / 2, key, before);
         }
     }
 
-    fn env(&self) -> Env<'_> {
-        Env {
-            type_names: &self.type_names,
-            lists: &self.lists,
-            regexes: &self.regexes,
-        }
-    }
-
+    /// A timer of `key` fired: expire what is due before `now`, emit absence
+    /// alerts, release the state if nothing is left to wait for.
     fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
         let rules = self.rules.clone();
         let rule = &rules.rules[ri];
-        let mut rt_states = std::mem::replace(
-            &mut self.rts[ri].states,
-            States::Pattern(FastMap::default()),
-        );
-        match (&mut rt_states, &rule.kind) {
+        let Engine {
+            rts,
+            type_names,
+            lists,
+            regexes,
+            metrics,
+            alerts,
+            timers,
+            active_runs,
+            wall_ms,
+            ..
+        } = self;
+        let env = Env {
+            type_names,
+            lists,
+            regexes,
+        };
+        let rt = &mut rts[ri];
+        let out = Out {
+            metrics,
+            alerts,
+            timers,
+            version: rt.version,
+            shadow: rt.shadow,
+            wall_ms: *wall_ms,
+        };
+        match (&mut rt.states, &rule.kind) {
             (States::Pattern(map), RuleKind::Pattern(p)) => {
-                if let Some(mut st) = map.remove(&key) {
-                    let before = st.runs.len();
-                    let matches = {
-                        let env = self.env();
-                        Matcher {
-                            pattern: p,
-                            env: &env,
-                        }
-                        .expire(&mut st, now)
-                    };
-                    self.active_runs = self.active_runs.saturating_sub(before) + st.runs.len();
-                    for m in matches {
-                        self.emit_pattern(ri, rule, &key, &mut st.last_alert_at, m);
-                    }
-                    let env = self.env();
-                    let next = Matcher {
-                        pattern: p,
-                        env: &env,
-                    }
-                    .next_deadline(&st);
-                    let suppress_until =
-                        st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms));
-                    let due = [next, suppress_until.filter(|t| *t >= now)]
-                        .into_iter()
-                        .flatten()
-                        .min();
-                    if let Some(due) = due {
-                        self.timers.push(Reverse((due, ri, key.clone())));
-                        map.insert(key, st);
-                    }
+                let Some(st) = map.get_mut(&key) else { return };
+                let before = st.runs.len();
+                let matches = Matcher {
+                    pattern: p,
+                    env: &env,
+                }
+                .expire(st, now);
+                *active_runs = active_runs.saturating_sub(before) + st.runs.len();
+                let mut out = out;
+                for m in matches {
+                    emit_pattern(&mut out, ri, rule, p, &key, &mut st.last_alert_at, m, &env);
+                }
+                let suppressing = st
+                    .last_alert_at
+                    .is_some_and(|t| t.saturating_add(rule.suppress_ms) >= now);
+                if st.runs.is_empty() && !suppressing {
+                    map.remove(&key);
                 }
             }
             (States::Window(map), RuleKind::Aggregate(a)) => {
-                if let Some(st) = map.get(&key) {
-                    let window_end = st.newest_ts().map(|t| t.saturating_add(a.over_ms));
-                    let suppress_until =
-                        st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms));
-                    let due = [window_end, suppress_until].into_iter().flatten().max();
-                    match due {
-                        Some(d) if d >= now => self.timers.push(Reverse((d, ri, key))),
-                        _ => {
-                            map.remove(&key);
-                        }
-                    }
+                let Some(st) = map.get(&key) else { return };
+                let live = st
+                    .newest_ts()
+                    .is_some_and(|t| t.saturating_add(a.over_ms) >= now);
+                let suppressing = st
+                    .last_alert_at
+                    .is_some_and(|t| t.saturating_add(rule.suppress_ms) >= now);
+                if !live && !suppressing {
+                    map.remove(&key);
                 }
             }
             _ => {}
         }
-        self.rts[ri].states = rt_states;
     }
 
     fn process(&mut self, mut ev: Event) {
         ev.seq = self.next_seq;
         self.next_seq += 1;
         self.metrics.events_processed += 1;
-        let ty = ev.ty;
-        let Some(rule_ids) = self.by_type.get(ty as usize) else {
-            return;
-        };
-        if rule_ids.is_empty() {
+        let ty = ev.ty as usize;
+        let n_rules = self.by_type.get(ty).map_or(0, Vec::len);
+        if n_rules == 0 {
             self.metrics.unused += 1;
             return;
         }
-        let rule_ids = rule_ids.clone();
         let ev = Arc::new(ev);
         let rules = self.rules.clone();
-        for ri in rule_ids {
+        for k in 0..n_rules {
+            let ri = self.by_type[ty][k];
             let rule = &rules.rules[ri];
             let key = match &rule.key {
                 None => Key::Global,
                 Some(_) => {
-                    let slot = rule.key_slots.get(ty as usize).copied().flatten();
+                    let slot = rule.key_slots.get(ty).copied().flatten();
                     match slot.and_then(|s| Key::from_value(ev.slot(s))) {
                         Some(k) => k,
                         None => continue,
@@ -537,63 +538,69 @@ impl Engine {
         key: Key,
         ev: &Arc<Event>,
     ) {
-        let States::Pattern(map) = &mut self.rts[ri].states else {
+        let Engine {
+            rts,
+            type_names,
+            lists,
+            regexes,
+            metrics,
+            alerts,
+            timers,
+            active_runs,
+            config,
+            wall_ms,
+            ..
+        } = self;
+        let env = Env {
+            type_names,
+            lists,
+            regexes,
+        };
+        let rt = &mut rts[ri];
+        let States::Pattern(map) = &mut rt.states else {
             return;
         };
-        // Cheap exit: no state for this key and the event cannot start a run.
-        let (mut st, existed) = match map.remove(&key) {
-            Some(st) => (st, true),
-            None => (PatternState::default(), false),
+        let st = match map.get_mut(&key) {
+            Some(st) => st,
+            None => map.entry(key.clone()).or_default(),
         };
         let before = st.runs.len();
         let mut limits = Limits {
-            max_runs_per_key: self.config.max_runs_per_key,
-            may_start: self.active_runs < self.config.max_runs_total,
+            max_runs_per_key: config.max_runs_per_key,
+            may_start: *active_runs < config.max_runs_total,
             dropped: 0,
             refused: 0,
             started: 0,
         };
-        let matches = {
-            let env = Env {
-                type_names: &self.type_names,
-                lists: &self.lists,
-                regexes: &self.regexes,
-            };
-            Matcher {
-                pattern: p,
-                env: &env,
-            }
-            .on_event(&mut st, ev, &mut limits)
-        };
-        self.metrics.runs_started += limits.started;
-        self.metrics.runs_dropped_cap += limits.dropped;
-        self.metrics.runs_refused_cap += limits.refused;
-        for m in matches {
-            self.emit_pattern(ri, rule, &key, &mut st.last_alert_at, m);
+        let matches = Matcher {
+            pattern: p,
+            env: &env,
         }
-        self.active_runs = (self.active_runs + st.runs.len()).saturating_sub(before);
-        let keep = !st.runs.is_empty()
-            || st
-                .last_alert_at
-                .is_some_and(|t| t.saturating_add(rule.suppress_ms) > ev.ts);
-        if keep {
-            // Invariant: a state with runs has a timer at or before its earliest
-            // deadline; a state kept only for `suppress` has one at its end.
-            let due = if before == 0 && !st.runs.is_empty() {
-                st.runs
-                    .first()
-                    .map(|r| r.start_ts.saturating_add(p.within_ms))
-            } else if !existed && st.runs.is_empty() {
-                st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms))
-            } else {
-                None
-            };
-            if let Some(d) = due {
-                self.timers.push(Reverse((d, ri, key.clone())));
-            }
-            if let States::Pattern(map) = &mut self.rts[ri].states {
-                map.insert(key, st);
-            }
+        .on_event(st, ev, &mut limits);
+        metrics.runs_started += limits.started;
+        metrics.runs_dropped_cap += limits.dropped;
+        metrics.runs_refused_cap += limits.refused;
+        if limits.started > 0 {
+            // One timer per run: its window closes at first.ts + within.
+            timers.push(2 * ri, ev.ts.saturating_add(p.within_ms), key.clone());
+        }
+        let mut out = Out {
+            metrics,
+            alerts,
+            timers,
+            version: rt.version,
+            shadow: rt.shadow,
+            wall_ms: *wall_ms,
+        };
+        for m in matches {
+            emit_pattern(&mut out, ri, rule, p, &key, &mut st.last_alert_at, m, &env);
+        }
+        *active_runs = (*active_runs + st.runs.len()).saturating_sub(before);
+        let suppressing = st
+            .last_alert_at
+            .is_some_and(|t| t.saturating_add(rule.suppress_ms) > ev.ts);
+        if st.runs.is_empty() && !suppressing {
+            map.remove(&key);
         }
     }
 
@@ -605,153 +612,90 @@ impl Engine {
         key: Key,
         ev: &Arc<Event>,
     ) {
+        let Engine {
+            rts,
+            type_names,
+            lists,
+            regexes,
+            metrics,
+            alerts,
+            timers,
+            config,
+            wall_ms,
+            ..
+        } = self;
         let env = Env {
-            type_names: &self.type_names,
-            lists: &self.lists,
-            regexes: &self.regexes,
+            type_names,
+            lists,
+            regexes,
         };
         if let Some(pred) = &a.pred {
-            let ok = crate::eval::eval_bool(
-                pred,
-                &WindowCtx {
-                    agg: a,
-                    window: &WindowState::default(),
-                    trigger: ev,
-                },
-                &env,
-            );
-            if !ok {
+            let empty = WindowState::default();
+            let ctx = WindowCtx {
+                agg: a,
+                window: &empty,
+                trigger: ev,
+            };
+            if !crate::eval::eval_bool(pred, &ctx, &env) {
                 return;
             }
         }
-        let States::Window(map) = &mut self.rts[ri].states else {
+        let rt = &mut rts[ri];
+        let States::Window(map) = &mut rt.states else {
             return;
         };
-        let is_new = !map.contains_key(&key);
-        let st = map.entry(key.clone()).or_default();
-        self.metrics.window_dropped_cap += st.push(a, ev, &env, self.config.max_window_events);
+        let st = match map.get_mut(&key) {
+            Some(st) => st,
+            None => map.entry(key.clone()).or_default(),
+        };
+        metrics.window_dropped_cap += st.push(a, ev, &env, config.max_window_events);
+        // The window empties at ts + over unless more events come.
+        timers.push(2 * ri, ev.ts.saturating_add(a.over_ms), key.clone());
         let ctx = WindowCtx {
             agg: a,
             window: st,
             trigger: ev,
         };
         if !crate::eval::eval_bool(&a.having, &ctx, &env) {
-            if is_new {
-                self.timers
-                    .push(Reverse((ev.ts.saturating_add(a.over_ms), ri, key)));
-            }
             return;
         }
-        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+        *metrics.matches.entry(rule.name.clone()).or_default() += 1;
         if st
             .last_alert_at
             .is_some_and(|t| ev.ts < t.saturating_add(rule.suppress_ms))
         {
-            *self
-                .metrics
-                .suppressed
-                .entry(rule.name.clone())
-                .or_default() += 1;
-        } else {
-            let fields = rule
-                .emit
-                .iter()
-                .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
-                .collect();
-            let matched = vec![(a.binding.clone(), st.matched_ids())];
-            let count = st.len() as u64;
-            st.last_alert_at = Some(ev.ts);
-            let (version, shadow) = (self.rts[ri].version, self.rts[ri].shadow);
-            let alert = Alert {
-                id: Alert::compute_id(&rule.name, version, &key, &matched, None),
-                rule: rule.name.clone(),
-                version,
-                severity: rule.severity,
-                key: key.clone(),
-                at: ev.ts,
-                matched,
-                matched_count: Some((a.binding.clone(), count)),
-                fields,
-                detected_at: self.wall_ms,
-                shadow,
-            };
-            *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
-            self.alerts.push(alert);
-        }
-        if is_new {
-            self.timers
-                .push(Reverse((ev.ts.saturating_add(a.over_ms), ri, key)));
-        }
-    }
-
-    fn emit_pattern(
-        &mut self,
-        ri: usize,
-        rule: &Rule,
-        key: &Key,
-        last_alert_at: &mut Option<i64>,
-        m: Match,
-    ) {
-        let RuleKind::Pattern(p) = &rule.kind else {
-            return;
-        };
-        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
-        if last_alert_at.is_some_and(|t| m.at < t.saturating_add(rule.suppress_ms)) {
-            *self
-                .metrics
-                .suppressed
-                .entry(rule.name.clone())
-                .or_default() += 1;
+            *metrics.suppressed.entry(rule.name.clone()).or_default() += 1;
             return;
         }
-        *last_alert_at = Some(m.at);
-        let env = self.env();
-        let ctx = RunCtx {
-            pattern: p,
-            events: &m.run.events,
-            current: None,
-        };
         let fields = rule
             .emit
             .iter()
             .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
             .collect();
-        let matched: Vec<(String, Vec<Arc<str>>)> = p
-            .bindings
-            .iter()
-            .filter_map(|b| {
-                let ids: Vec<Arc<str>> = m
-                    .run
-                    .events
-                    .iter()
-                    .filter(|(s, _)| *s == b.step)
-                    .map(|(_, e)| e.id.clone())
-                    .collect();
-                (!ids.is_empty()).then(|| (b.name.clone(), ids))
-            })
-            .collect();
-        let rt = &self.rts[ri];
-        let alert = Alert {
-            id: Alert::compute_id(
-                &rule.name,
-                rt.version,
-                key,
-                &matched,
-                m.absence.then_some(m.at),
-            ),
+        let matched = vec![(a.binding.clone(), st.matched_ids())];
+        let count = st.len() as u64;
+        st.last_alert_at = Some(ev.ts);
+        if rule.suppress_ms > 0 {
+            timers.push(
+                2 * ri + 1,
+                ev.ts.saturating_add(rule.suppress_ms),
+                key.clone(),
+            );
+        }
+        alerts.push(Alert {
+            id: Alert::compute_id(&rule.name, rt.version, &key, &matched, None),
             rule: rule.name.clone(),
             version: rt.version,
             severity: rule.severity,
-            key: key.clone(),
-            at: m.at,
+            key,
+            at: ev.ts,
             matched,
-            matched_count: None,
+            matched_count: Some((a.binding.clone(), count)),
             fields,
-            detected_at: self.wall_ms,
+            detected_at: *wall_ms,
             shadow: rt.shadow,
-        };
-        *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
-        self.alerts.push(alert);
+        });
+        *metrics.alerts.entry(rule.name.clone()).or_default() += 1;
     }
 
     fn count_runs(&self) -> usize {
@@ -765,33 +709,35 @@ impl Engine {
     }
 
     fn rebuild_timers(&mut self) {
-        self.timers.clear();
+        self.timers = Timers::new(self.rules.rules.len());
         for (ri, (rule, rt)) in self.rules.rules.iter().zip(&self.rts).enumerate() {
+            let mut due: Vec<(i64, usize, Key)> = vec![];
             match (&rt.states, &rule.kind) {
                 (States::Pattern(m), RuleKind::Pattern(p)) => {
                     for (k, st) in m {
-                        let due = st
-                            .runs
-                            .iter()
-                            .map(|r| r.start_ts.saturating_add(p.within_ms))
-                            .min()
-                            .or_else(|| {
-                                st.last_alert_at.map(|t| t.saturating_add(rule.suppress_ms))
-                            });
-                        if let Some(d) = due {
-                            self.timers.push(Reverse((d, ri, k.clone())));
+                        for r in &st.runs {
+                            due.push((r.start_ts.saturating_add(p.within_ms), 2 * ri, k.clone()));
+                        }
+                        if let Some(t) = st.last_alert_at {
+                            due.push((t.saturating_add(rule.suppress_ms), 2 * ri + 1, k.clone()));
                         }
                     }
                 }
                 (States::Window(m), RuleKind::Aggregate(a)) => {
                     for (k, st) in m {
                         if let Some(t) = st.newest_ts() {
-                            self.timers
-                                .push(Reverse((t.saturating_add(a.over_ms), ri, k.clone())));
+                            due.push((t.saturating_add(a.over_ms), 2 * ri, k.clone()));
+                        }
+                        if let Some(t) = st.last_alert_at {
+                            due.push((t.saturating_add(rule.suppress_ms), 2 * ri + 1, k.clone()));
                         }
                     }
                 }
                 _ => {}
+            }
+            due.sort();
+            for (d, q, k) in due {
+                self.timers.push(q, d, k);
             }
         }
     }
@@ -853,6 +799,128 @@ impl Engine {
         (0..self.by_type.len() as TypeId)
             .filter(|t| !self.by_type[*t as usize].is_empty())
             .collect()
+    }
+}
+
+/// Where alerts and their bookkeeping go.
+struct Out<'a> {
+    metrics: &'a mut Metrics,
+    alerts: &'a mut Vec<Alert>,
+    timers: &'a mut Timers,
+    version: u32,
+    shadow: bool,
+    wall_ms: i64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_pattern(
+    out: &mut Out,
+    ri: usize,
+    rule: &Rule,
+    p: &rule_lang::program::Pattern,
+    key: &Key,
+    last_alert_at: &mut Option<i64>,
+    m: Match,
+    env: &Env,
+) {
+    *out.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+    if last_alert_at.is_some_and(|t| m.at < t.saturating_add(rule.suppress_ms)) {
+        *out.metrics.suppressed.entry(rule.name.clone()).or_default() += 1;
+        return;
+    }
+    *last_alert_at = Some(m.at);
+    if rule.suppress_ms > 0 {
+        out.timers.push(
+            2 * ri + 1,
+            m.at.saturating_add(rule.suppress_ms),
+            key.clone(),
+        );
+    }
+    let ctx = RunCtx {
+        pattern: p,
+        events: &m.run.events,
+        current: None,
+    };
+    let fields = rule
+        .emit
+        .iter()
+        .map(|(n, e)| (n.clone(), eval(e, &ctx, env).to_json()))
+        .collect();
+    let matched: Vec<(String, Vec<Arc<str>>)> = p
+        .bindings
+        .iter()
+        .filter_map(|b| {
+            let ids: Vec<Arc<str>> = m
+                .run
+                .events
+                .iter()
+                .filter(|(s, _)| *s == b.step)
+                .map(|(_, e)| e.id.clone())
+                .collect();
+            (!ids.is_empty()).then(|| (b.name.clone(), ids))
+        })
+        .collect();
+    out.alerts.push(Alert {
+        id: Alert::compute_id(
+            &rule.name,
+            out.version,
+            key,
+            &matched,
+            m.absence.then_some(m.at),
+        ),
+        rule: rule.name.clone(),
+        version: out.version,
+        severity: rule.severity,
+        key: key.clone(),
+        at: m.at,
+        matched,
+        matched_count: None,
+        fields,
+        detected_at: out.wall_ms,
+        shadow: out.shadow,
+    });
+    *out.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
+}
+
+/// Timer queues, two per rule (window deadlines, suppression ends). Within a
+/// queue, deadlines are pushed in nondecreasing order (event time only moves
+/// forward), so each queue is a FIFO and no heap is needed; a rare out-of-order
+/// push is inserted in place. A popped entry is a hint: the key's state is
+/// checked as of the firing time.
+#[derive(Debug, Clone, Default)]
+struct Timers {
+    queues: Vec<VecDeque<(i64, Key)>>,
+}
+
+impl Timers {
+    fn new(rules: usize) -> Timers {
+        Timers {
+            queues: vec![VecDeque::new(); 2 * rules],
+        }
+    }
+
+    fn push(&mut self, q: usize, due: i64, key: Key) {
+        let Some(queue) = self.queues.get_mut(q) else {
+            return;
+        };
+        if queue.back().is_none_or(|(d, _)| *d <= due) {
+            queue.push_back((due, key));
+        } else {
+            let pos = queue.partition_point(|(d, _)| *d <= due);
+            queue.insert(pos, (due, key));
+        }
+    }
+
+    /// The next entry due strictly before `before`, earliest first across queues.
+    fn pop_due(&mut self, before: i64) -> Option<(usize, Key)> {
+        let (q, _) = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|(d, _)| (i, *d)))
+            .filter(|(_, d)| *d < before)
+            .min_by_key(|(i, d)| (*d, *i))?;
+        self.queues[q].pop_front().map(|(_, k)| (q, k))
     }
 }
 
