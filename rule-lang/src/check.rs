@@ -70,14 +70,21 @@ pub enum PNode {
 
 /// Checks parsed files (with the source text of each, for rule hashes).
 pub fn check(files: &[(ast::File, &str)]) -> (Checked, Vec<Diagnostic>) {
-    let mut cx = Checker::default();
+    let mut cx = Checker {
+        texts: files.iter().map(|(_, t)| t.to_string()).collect(),
+        ..Checker::default()
+    };
     cx.schemas(files);
     let mut rules = vec![];
     let mut seen: HashMap<String, Span> = HashMap::new();
     for (file, text) in files {
         for r in &file.rules {
             if let Some(prev) = seen.get(&r.name.name) {
-                let _ = prev;
+                let hint = format!(
+                    "the first `{}` is {}; rule names are unique across all files of a rule set",
+                    r.name.name,
+                    cx.where_is(*prev, r.name.span)
+                );
                 cx.err(
                     Diagnostic::error(
                         "duplicate-rule",
@@ -85,7 +92,7 @@ pub fn check(files: &[(ast::File, &str)]) -> (Checked, Vec<Diagnostic>) {
                         format!("duplicate rule name `{}`", r.name.name),
                     )
                     .with_label("this name is already used by another rule in the set")
-                    .with_hint("rule names are unique across all files of a rule set"),
+                    .with_hint(hint),
                 );
                 continue;
             }
@@ -112,6 +119,8 @@ struct Checker {
     schemas: Vec<Schema>,
     type_spans: Vec<Span>,
     diags: Vec<Diagnostic>,
+    /// The source text of each file, by file index (for "first defined on line N").
+    texts: Vec<String>,
 }
 
 const RESERVED_FIELDS: [&str; 3] = ["type", "ts", "id"];
@@ -121,11 +130,31 @@ impl Checker {
         self.diags.push(d);
     }
 
+    /// One-based line of a span's start.
+    fn line_of(&self, span: Span) -> Option<usize> {
+        let text = self.texts.get(span.file as usize)?;
+        let before = text.get(..span.start as usize)?;
+        Some(before.matches('\n').count() + 1)
+    }
+
+    /// Where an earlier definition is, said from the point of view of `here`.
+    fn where_is(&self, first: Span, here: Span) -> String {
+        match self.line_of(first) {
+            Some(l) if first.file == here.file => format!("on line {l}"),
+            Some(l) => format!("on line {l} of another file of the set"),
+            None => "elsewhere in the set".to_string(),
+        }
+    }
+
     fn schemas(&mut self, files: &[(ast::File, &str)]) {
         for (file, _) in files {
             for ev in &file.events {
                 if let Some(i) = self.schemas.iter().position(|s| s.name == ev.name.name) {
-                    let _ = i;
+                    let hint = format!(
+                        "the first `{}` is {}; event type names are unique across all files of a rule set",
+                        ev.name.name,
+                        self.where_is(self.type_spans[i], ev.name.span)
+                    );
                     self.err(
                         Diagnostic::error(
                             "duplicate-type",
@@ -133,7 +162,7 @@ impl Checker {
                             format!("duplicate event type `{}`", ev.name.name),
                         )
                         .with_label("this type is already declared in the rule set")
-                        .with_hint("event type names are unique across all files of a rule set"),
+                        .with_hint(hint),
                     );
                     continue;
                 }
@@ -155,7 +184,9 @@ impl Checker {
                                     format!("unknown field type `{other}`"),
                                 )
                                 .with_label("expected string, int, float, bool or time")
-                                .with_hint_opt(hint),
+                                .with_hint(hint.unwrap_or_else(|| {
+                                    "mark an optional field with `?` after its type, e.g. `mcc: int?`".into()
+                                })),
                             );
                             continue;
                         }
@@ -170,18 +201,31 @@ impl Checker {
                                     f.name.name
                                 ),
                             )
-                            .with_label("reserved field name"),
+                            .with_label("reserved field name")
+                            .with_hint("remove it: every event has `type` (string), `ts` (time) and `id` (string)"),
                         );
                         continue;
                     }
-                    if fields.iter().any(|g| g.name == f.name.name) {
+                    if let Some(first) = ev
+                        .fields
+                        .iter()
+                        .find(|g| g.name.name == f.name.name)
+                        .filter(|g| g.name.span != f.name.span)
+                        .map(|g| g.name.span)
+                    {
+                        let hint = format!(
+                            "the first `{}` is {}; rename or remove one of them",
+                            f.name.name,
+                            self.where_is(first, f.name.span)
+                        );
                         self.err(
                             Diagnostic::error(
                                 "duplicate-field",
                                 f.name.span,
                                 format!("duplicate field `{}`", f.name.name),
                             )
-                            .with_label("already declared in this event type"),
+                            .with_label("already declared in this event type")
+                            .with_hint(hint),
                         );
                         continue;
                     }
@@ -239,7 +283,8 @@ impl Checker {
                         d.span,
                         "duration must be greater than zero",
                     )
-                    .with_label("zero duration"),
+                    .with_label("zero duration")
+                    .with_hint("for example `250ms`, `30s`, `10m`, `2h`, `1d`"),
                 );
                 None
             }
@@ -260,14 +305,20 @@ impl Checker {
         // Clauses: each at most once.
         let mut by_kw: HashMap<&'static str, &Clause> = HashMap::new();
         for c in &r.clauses {
-            if by_kw.contains_key(c.keyword()) {
+            if let Some(first) = by_kw.get(c.keyword()) {
+                let hint = format!(
+                    "the first `{}` is {}; keep one of them",
+                    c.keyword(),
+                    self.where_is(first.span(), c.span())
+                );
                 self.err(
                     Diagnostic::error(
                         "duplicate-clause",
                         c.span(),
                         format!("`{}` is given twice in rule `{}`", c.keyword(), r.name.name),
                     )
-                    .with_label("each clause may appear at most once"),
+                    .with_label("each clause may appear at most once")
+                    .with_hint(hint),
                 );
                 continue;
             }
@@ -299,7 +350,9 @@ impl Checker {
                                 format!("unknown severity `{}`", s.name),
                             )
                             .with_label("expected low, medium, high or critical")
-                            .with_hint_opt(hint),
+                            .with_hint(hint.unwrap_or_else(|| {
+                                "without a `severity` clause a rule is `medium`".into()
+                            })),
                         );
                     }
                 },
@@ -402,7 +455,8 @@ impl Checker {
                             span,
                             "`after match` belongs to pattern rules",
                         )
-                        .with_label("not allowed in an aggregate rule"),
+                        .with_label("not allowed in an aggregate rule")
+                        .with_hint("an aggregate rule evaluates `having` on every event; limit repeated alerts with `suppress D`"),
                     );
                 }
                 let over_ms = self.duration(over).unwrap_or(1);
@@ -424,7 +478,7 @@ impl Checker {
         // The key must exist, with one type, in every type the rule uses.
         let mut key_slots = vec![None; self.schemas.len()];
         if let Some(k) = key {
-            let mut key_ty: Option<Type> = None;
+            let mut key_ty: Option<(Type, TypeId)> = None;
             for &t in &types {
                 let schema = &self.schemas[t as usize];
                 match schema.slot(&k.name) {
@@ -437,19 +491,43 @@ impl Checker {
                                     k.span,
                                     format!("key field `{}` is {fty} in `{}`", k.name, schema.name),
                                 )
-                                .with_label("a key must be a string, int or bool field"),
+                                .with_label("a key must be a string, int or bool field")
+                                .with_hint({
+                                    let ok: Vec<String> = schema
+                                        .fields
+                                        .iter()
+                                        .filter(|f| {
+                                            matches!(f.ty, Type::String | Type::Int | Type::Bool)
+                                        })
+                                        .map(|f| format!("`{}`", f.name))
+                                        .collect();
+                                    if ok.is_empty() {
+                                        "omit `key` for a global rule".to_string()
+                                    } else {
+                                        format!(
+                                            "key by an identifier such as {}, or omit `key` for a global rule",
+                                            ok.join(", ")
+                                        )
+                                    }
+                                }),
                             );
-                        } else if key_ty.is_some_and(|kt| kt != fty) {
+                        } else if let Some((kt, first)) = key_ty.filter(|(kt, _)| *kt != fty) {
+                            let first_name = self.schemas[first as usize].name.clone();
                             self.err(
                                 Diagnostic::error(
                                     "key-type-mismatch",
                                     k.span,
                                     format!("key field `{}` has different types across the rule's event types", k.name),
                                 )
-                                .with_label(format!("it is {fty} in `{}`", schema.name)),
+                                .with_label(format!("it is {fty} in `{}`", schema.name))
+                                .with_hint(format!(
+                                    "it is {kt} in `{first_name}`; a key must have one type in every event type the rule uses"
+                                )),
                             );
                         }
-                        key_ty = Some(fty);
+                        if key_ty.is_none() {
+                            key_ty = Some((fty, t));
+                        }
                         key_slots[t as usize] = Some(slot);
                     }
                     None => {
@@ -469,10 +547,24 @@ impl Checker {
                                 schema.name, k.name
                             ))
                             .with_hint_opt(hint.or_else(|| {
-                                Some(format!(
-                                    "add `{}` to `event {}` or choose another key",
-                                    k.name, schema.name
-                                ))
+                                let common = common_key_fields(&self.schemas, &types);
+                                Some(if common.is_empty() {
+                                    format!(
+                                        "add `{}` to `event {}` or choose another key",
+                                        k.name, schema.name
+                                    )
+                                } else {
+                                    format!(
+                                        "add `{}` to `event {}`, or key by {}, which every event type of this rule has",
+                                        k.name,
+                                        schema.name,
+                                        common
+                                            .iter()
+                                            .map(|c| format!("`{c}`"))
+                                            .collect::<Vec<_>>()
+                                            .join(" or ")
+                                    )
+                                })
                             })),
                         );
                     }
@@ -595,7 +687,20 @@ impl Checker {
         emit: &[(ast::Ident, ast::Expr)],
         within_ms: i64,
         has_within: bool,
-    ) -> Option<(CheckedPattern, Vec<TypeId>, Vec<(String, Expr)>)> {
+    ) -> Option<CheckedBody<CheckedPattern>> {
+        let n = count_steps(seq);
+        if n > MAX_STEPS {
+            self.err(
+                Diagnostic::error(
+                    "too-complex",
+                    seq.span,
+                    format!("this pattern has {n} steps; at most {MAX_STEPS}"),
+                )
+                .with_label("too many steps")
+                .with_hint("use a quantifier (`{n}`, `{n,m}`) instead of repeating a step"),
+            );
+            return None;
+        }
         let mut pb = PatternBuilder::default();
         // Pass 1: all binding names in order, so "used before matched" can be told
         // apart from "undefined".
@@ -623,8 +728,11 @@ impl Checker {
             );
         }
         let absence = seq.steps.last().is_some_and(|s| s.negated) && seq.steps.len() > 1;
-        if absence && !has_within {
-            if let Some(s) = seq.steps.last() {
+        if absence
+            && !has_within
+            && let Some(s) = seq.steps.last()
+        {
+            {
                 self.err(
                     Diagnostic::error("absence-without-within", s.span, "a trailing `not` needs `within D`")
                         .with_label("absence of what, for how long?")
@@ -661,6 +769,25 @@ impl Checker {
         ecx.no_bare_fields = true;
         let where_expr = where_.and_then(|w| ecx.bool_expr(w, "`where`"));
         let emits = ecx.emits(emit);
+        // Lint: an optional last item never takes an event, because a match
+        // completes as soon as everything before it has matched.
+        if let (PNode::Seq(items, _), Some(last)) = (&tree, seq.steps.last())
+            && items.len() > 1
+            && !last.negated
+            && items.last().is_some_and(|n| nullable(n, &pb))
+        {
+            self.err(
+                Diagnostic::warning(
+                    "optional-last-step",
+                    last.span,
+                    "an optional last step never matches anything",
+                )
+                .with_label("the match completes before this step is tried")
+                .with_hint(
+                    "remove it, or make it required; to alert on its absence use `-> not ...` with `within`",
+                ),
+            );
+        }
         // Lint: unbounded Kleene steps that accept any event of their type.
         for (i, s) in pb.steps.iter().enumerate() {
             if s.max == u32::MAX && s.pred.is_none() {
@@ -686,21 +813,30 @@ impl Checker {
             .collect();
         types.sort_unstable();
         types.dedup();
-        Some((
-            CheckedPattern {
-                steps: pb.steps,
-                bindings: pb.bindings,
-                negations: pb.negations,
-                tree,
-                counters: pb.counters,
-                within_ms,
-                where_: where_expr,
-                after_match: AfterMatch::default(),
-                absence,
-            },
-            types,
-            emits,
-        ))
+        let pattern = CheckedPattern {
+            steps: pb.steps,
+            bindings: pb.bindings,
+            negations: pb.negations,
+            tree,
+            counters: pb.counters,
+            within_ms,
+            where_: where_expr,
+            after_match: AfterMatch::default(),
+            absence,
+        };
+        if !crate::compile::pattern_fits(&pattern) {
+            self.err(
+                Diagnostic::error(
+                    "too-complex",
+                    seq.span,
+                    "this pattern is too complex to compile",
+                )
+                .with_label("too many optional steps or nested groups in a row")
+                .with_hint("make some steps required, flatten nested groups, or split the rule"),
+            );
+            return None;
+        }
+        Some((pattern, types, emits))
     }
 
     /// Checks a sequence; `visible` holds the bindings matched before it and gets
@@ -735,7 +871,10 @@ impl Checker {
                             q.span,
                             "a negated step cannot have a quantifier",
                         )
-                        .with_label("remove this quantifier"),
+                        .with_label("remove this quantifier")
+                        .with_hint(
+                            "one `not` already forbids every such event until the next step",
+                        ),
                     );
                     ok = false;
                 }
@@ -782,7 +921,8 @@ impl Checker {
                                 step.span,
                                 "`not` applies to a single event step, not a group",
                             )
-                            .with_label("write one `not Type[...]` per forbidden event"),
+                            .with_label("a group cannot be negated")
+                            .with_hint("write one `not Type[...]` per forbidden event, e.g. `a: Txn -> not Login -> not Logout -> b: Txn`"),
                         );
                         ok = false;
                     }
@@ -800,11 +940,23 @@ impl Checker {
                             Diagnostic::error(
                                 "bad-quantifier",
                                 q.span,
-                                format!("quantifier {{{}, {}}} matches nothing", q.min, max),
+                                format!(
+                                    "quantifier {} matches nothing",
+                                    if q.max == Some(q.min) {
+                                        format!("{{{}}}", q.min)
+                                    } else {
+                                        format!("{{{},{max}}}", q.min)
+                                    }
+                                ),
                             )
                             .with_label(
                                 "the upper bound must be at least 1 and not below the lower bound",
-                            ),
+                            )
+                            .with_hint(if max == 0 {
+                                "for an optional step write `?` (that is `{0,1}`)".to_string()
+                            } else {
+                                format!("did you mean `{{{max},{}}}`?", q.min)
+                            }),
                         );
                         ok = false;
                     }
@@ -835,7 +987,8 @@ impl Checker {
                                     b.span,
                                     format!("binding `{}` is defined twice", b.name),
                                 )
-                                .with_label("each step needs its own name"),
+                                .with_label("each step needs its own name")
+                                .with_hint(format!("rename this step, e.g. `{}2`", b.name)),
                             );
                         }
                         pb.bindings.push(Binding {
@@ -904,7 +1057,8 @@ impl Checker {
                                     step.span,
                                     "a repeated group must contain a required step",
                                 )
-                                .with_label("this group can repeat without consuming an event"),
+                                .with_label("this group can repeat without consuming an event")
+                                .with_hint("make a step of the group required, or quantify the steps instead of the group"),
                             );
                             ok = false;
                         }
@@ -923,6 +1077,9 @@ impl Checker {
         ok.then(|| PNode::Seq(items, seq.connectors.clone()))
     }
 }
+
+/// A checked rule body with the event types it reads and its emit fields.
+type CheckedBody<T> = (T, Vec<TypeId>, Vec<(String, Expr)>);
 
 #[derive(Clone, Copy)]
 struct Ctx {
@@ -953,6 +1110,20 @@ impl PatternBuilder {
             })
             .collect()
     }
+}
+
+/// At most this many steps and negations in one pattern (ids are 16-bit).
+const MAX_STEPS: usize = 1000;
+
+/// Steps and negations of a pattern, groups included.
+fn count_steps(seq: &ast::Seq) -> usize {
+    seq.steps
+        .iter()
+        .map(|s| match &s.atom {
+            Atom::Event { .. } => 1,
+            Atom::Group(bs) => 1 + bs.iter().map(count_steps).sum::<usize>(),
+        })
+        .sum()
 }
 
 fn collect_binding_names(seq: &ast::Seq, out: &mut Vec<String>) {
@@ -1100,7 +1271,8 @@ impl<'c> ExprCx<'c> {
                         name.span,
                         format!("emit field `{}` is given twice", name.name),
                     )
-                    .with_label("already emitted"),
+                    .with_label("already emitted")
+                    .with_hint("rename one of them: each becomes a key of the alert's `fields`"),
                 );
                 continue;
             }
@@ -1154,7 +1326,7 @@ impl<'c> ExprCx<'c> {
                 return Some(b.clone());
             }
         }
-        if self.all_names.iter().any(|n| *n == name.name) {
+        if self.all_names.contains(&name.name) {
             self.cx.err(
                 Diagnostic::error("binding-not-yet-matched", name.span, format!("binding `{}` is used before it is matched", name.name))
                     .with_label("this step comes later in the pattern (or in another branch)")
@@ -1214,7 +1386,11 @@ impl<'c> ExprCx<'c> {
                     Type::Float => Kind::Float,
                     Type::Bool => Kind::Bool,
                     _ => {
-                        return self.mismatch(a.span, format!("`in [...]` does not work on {t}"), t);
+                        return self.mismatch(
+                            a.span,
+                            format!("`in [...]` does not work on {t}"),
+                            t,
+                        );
                     }
                 };
                 let mut lits = vec![];
@@ -1305,11 +1481,32 @@ impl<'c> ExprCx<'c> {
             );
             return None;
         }
-        let hint = did_you_mean(&n.name, self.bindings.iter().map(|b| b.name.as_str()));
+        // Which bindings have a field of this name?
+        let owners: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|b| {
+                RESERVED_FIELDS.contains(&n.name.as_str())
+                    || self.schema(b.ty).slot(&n.name).is_some()
+            })
+            .map(|b| {
+                if b.quantified && !self.aggregate_rule {
+                    format!("`last({}).{}`", b.name, n.name)
+                } else {
+                    format!("`{}.{}`", b.name, n.name)
+                }
+            })
+            .collect();
+        let hint = if owners.is_empty() {
+            did_you_mean(&n.name, self.bindings.iter().map(|b| b.name.as_str()))
+                .unwrap_or_else(|| format!("write `binding.{}`", n.name))
+        } else {
+            format!("read it through a step's name: {}", owners.join(" or "))
+        };
         self.cx.err(
             Diagnostic::error("unknown-name", n.span, format!("unknown name `{}`", n.name))
                 .with_label("fields here must be read through a binding")
-                .with_hint_opt(hint.or_else(|| Some(format!("write `binding.{}`", n.name)))),
+                .with_hint(hint),
         );
         None
     }
@@ -1372,7 +1569,8 @@ impl<'c> ExprCx<'c> {
                         span,
                         "`.field` can only follow a binding name or first(x)/last(x)",
                     )
-                    .with_label("not a binding"),
+                    .with_label("not a binding")
+                    .with_hint("read a field through a step's name (`a.amount`) or through `first(xs)` / `last(xs)` (`last(xs).amount`)"),
                 );
                 None
             }
@@ -1393,7 +1591,11 @@ impl<'c> ExprCx<'c> {
                     span,
                     format!("`{}` takes one binding", func.name),
                 )
-                .with_label(format!("e.g. `{}(x)`", func.name)),
+                .with_label(format!("e.g. `{}(x)`", func.name))
+                .with_hint(format!(
+                    "`{}` takes the name of a repeated step, e.g. `{}(xs)`",
+                    func.name, func.name
+                )),
             );
             return None;
         };
@@ -1404,7 +1606,11 @@ impl<'c> ExprCx<'c> {
                     arg.span,
                     format!("`{}` takes a binding name", func.name),
                 )
-                .with_label("expected the name of a repeated step"),
+                .with_label("expected the name of a repeated step")
+                .with_hint(format!(
+                    "`{}` takes the name of a repeated step, e.g. `{}(xs)`",
+                    func.name, func.name
+                )),
             );
             return None;
         };
@@ -1465,7 +1671,11 @@ impl<'c> ExprCx<'c> {
                         span,
                         format!("`{}` takes one field of a binding", f.name),
                     )
-                    .with_label(format!("e.g. `{}(x.amount)`", f.name)),
+                    .with_label(format!("e.g. `{}(x.amount)`", f.name))
+                    .with_hint(format!(
+                        "`{}` aggregates one field over a repeated step: `{}(xs.amount)`",
+                        f.name, f.name
+                    )),
                 );
                 return None;
             };
@@ -1476,7 +1686,11 @@ impl<'c> ExprCx<'c> {
                         arg.span,
                         format!("`{}` takes a field of a binding", f.name),
                     )
-                    .with_label(format!("expected e.g. `{}(x.amount)`", f.name)),
+                    .with_label(format!("expected e.g. `{}(x.amount)`", f.name))
+                    .with_hint(format!(
+                        "`{}` aggregates one field over a repeated step: `{}(xs.amount)`",
+                        f.name, f.name
+                    )),
                 );
                 return None;
             };
@@ -1487,7 +1701,11 @@ impl<'c> ExprCx<'c> {
                         arg.span,
                         format!("`{}` takes a field of a binding", f.name),
                     )
-                    .with_label("expected `binding.field`"),
+                    .with_label("expected `binding.field`")
+                    .with_hint(format!(
+                        "`{}` aggregates one field over a repeated step: `{}(xs.amount)`",
+                        f.name, f.name
+                    )),
                 );
                 return None;
             };
@@ -1544,7 +1762,19 @@ impl<'c> ExprCx<'c> {
                     span,
                     format!("`{}(x)` must be followed by a field", f.name),
                 )
-                .with_label(format!("write `{}(x).field`", f.name)),
+                .with_label(format!("write `{}(x).field`", f.name))
+                .with_hint(match args {
+                    [
+                        ast::Expr {
+                            kind: ExprKind::Name(b),
+                            ..
+                        },
+                    ] => format!(
+                        "`{}({})` is an event; read one of its fields, e.g. `{}({}).ts`",
+                        f.name, b.name, f.name, b.name
+                    ),
+                    _ => format!("e.g. `{}(xs).ts` for a repeated step `xs`", f.name),
+                }),
             );
             return None;
         }
@@ -1589,7 +1819,9 @@ impl<'c> ExprCx<'c> {
                         format!("unknown function `{other}`"),
                     )
                     .with_label("not a built-in function")
-                    .with_hint_opt(hint),
+                    .with_hint(hint.unwrap_or_else(|| {
+                        "built-in functions: abs, lower, upper, len, contains, starts_with, hour, geo_km; aggregates: count, sum, avg, min, max, distinct_count, first, last".into()
+                    })),
                 );
                 return None;
             }
@@ -1606,7 +1838,8 @@ impl<'c> ExprCx<'c> {
                         args.len()
                     ),
                 )
-                .with_label("wrong number of arguments"),
+                .with_label("wrong number of arguments")
+                .with_hint(format!("the signature is `{}`", signature(func))),
             );
             return None;
         }
@@ -1684,7 +1917,8 @@ impl<'c> ExprCx<'c> {
                             b.span,
                             "the right side of `=~` must be a string literal",
                         )
-                        .with_label("expected \"regex\""),
+                        .with_label("expected \"regex\"")
+                        .with_hint("a regex is checked and compiled once, so it must be written in the rule; compare two fields with `==` or `contains(a, b)`"),
                     );
                     return None;
                 };
@@ -1692,11 +1926,10 @@ impl<'c> ExprCx<'c> {
                     let msg = e.to_string();
                     let last = msg
                         .lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .next_back()
+                        .rfind(|l| !l.trim().is_empty())
                         .unwrap_or("")
-                        .trim()
-                        .to_string();
+                        .trim();
+                    let last = last.strip_prefix("error: ").unwrap_or(last).to_string();
                     self.cx.err(
                         Diagnostic::error("invalid-regex", b.span, format!("invalid regular expression: {last}"))
                             .with_label("this regex does not compile")
@@ -1789,6 +2022,41 @@ impl<'c> ExprCx<'c> {
                 }
             }
         }
+    }
+}
+
+/// Fields usable as a key that every one of `types` declares, with one type.
+fn common_key_fields(schemas: &[Schema], types: &[TypeId]) -> Vec<String> {
+    let Some(first) = types.first().and_then(|t| schemas.get(*t as usize)) else {
+        return vec![];
+    };
+    first
+        .fields
+        .iter()
+        .filter(|f| matches!(f.ty, Type::String | Type::Int | Type::Bool))
+        .filter(|f| {
+            types.iter().all(|t| {
+                schemas[*t as usize]
+                    .fields
+                    .iter()
+                    .any(|g| g.name == f.name && g.ty == f.ty)
+            })
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// A built-in function's signature, as documented.
+fn signature(f: Func) -> &'static str {
+    match f {
+        Func::Abs => "abs(x)",
+        Func::Lower => "lower(s)",
+        Func::Upper => "upper(s)",
+        Func::Len => "len(s)",
+        Func::Contains => "contains(s, sub)",
+        Func::StartsWith => "starts_with(s, prefix)",
+        Func::Hour => "hour(t)",
+        Func::GeoKm => "geo_km(lat1, lon1, lat2, lon2)",
     }
 }
 

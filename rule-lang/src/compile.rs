@@ -55,9 +55,17 @@ struct Pending {
 
 struct Builder<'a> {
     steps: &'a [Step],
+    /// Set when the construction hit [`MAX_DEPTH`] or [`MAX_WORK`] and dropped
+    /// edges; the checker rejects such patterns, so compiled programs are whole.
+    overflow: std::cell::Cell<bool>,
+    /// Work left.
+    budget: std::cell::Cell<usize>,
 }
 
-const MAX_DEPTH: usize = 64;
+/// How far one point's continuation walk may recurse.
+const MAX_DEPTH: usize = 128;
+/// Units of construction work (continuation steps) per pattern, over all its points.
+const MAX_WORK: usize = 20_000;
 
 impl<'a> Builder<'a> {
     fn enter(
@@ -67,7 +75,8 @@ impl<'a> Builder<'a> {
         cont: &[Frame<'a>],
         depth: usize,
     ) -> Option<Choice> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || !self.spend() {
+            self.overflow.set(true);
             return None;
         }
         match node {
@@ -138,8 +147,16 @@ impl<'a> Builder<'a> {
         self.enter(&items[i], p, &c, depth + 1)
     }
 
+    /// Counts one unit of work; false once the budget is spent.
+    fn spend(&self) -> bool {
+        let left = self.budget.get();
+        self.budget.set(left.saturating_sub(1));
+        left > 0
+    }
+
     fn next(&self, mut p: Pending, cont: &[Frame<'a>], depth: usize) -> Option<Choice> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || !self.spend() {
+            self.overflow.set(true);
             return None;
         }
         let Some((top, rest)) = cont.split_last() else {
@@ -231,8 +248,35 @@ fn prefix_ops(c: &mut Choice, ops: &[CounterOp]) {
     }
 }
 
+/// Whether a checked pattern's NFA can be built whole (not too many optional
+/// items in a row, not too many edges). The checker reports those that cannot.
+pub(crate) fn pattern_fits(p: &CheckedPattern) -> bool {
+    build_points(p).1
+}
+
 fn compile_pattern(p: CheckedPattern) -> Pattern {
-    let b = Builder { steps: &p.steps };
+    let (points, fits) = build_points(&p);
+    debug_assert!(fits, "the checker rejects patterns that do not fit");
+    Pattern {
+        steps: p.steps,
+        bindings: p.bindings,
+        negations: p.negations,
+        points,
+        counters: p.counters,
+        within_ms: p.within_ms,
+        where_: p.where_,
+        after_match: p.after_match,
+        absence: p.absence,
+    }
+}
+
+/// The points of a pattern, and whether they are complete.
+fn build_points(p: &CheckedPattern) -> (Vec<Point>, bool) {
+    let b = Builder {
+        steps: &p.steps,
+        overflow: std::cell::Cell::new(false),
+        budget: std::cell::Cell::new(MAX_WORK),
+    };
     let start = b
         .enter(&p.tree, Pending::default(), &[], 0)
         .unwrap_or(Choice::First(vec![]));
@@ -255,15 +299,5 @@ fn compile_pattern(p: CheckedPattern) -> Pattern {
             repeat: (s.max > 1).then_some(i as StepId),
         });
     }
-    Pattern {
-        steps: p.steps.clone(),
-        bindings: p.bindings,
-        negations: p.negations,
-        points,
-        counters: p.counters,
-        within_ms: p.within_ms,
-        where_: p.where_,
-        after_match: p.after_match,
-        absence: p.absence,
-    }
+    (points, !b.overflow.get())
 }

@@ -287,6 +287,34 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Edit distance where swapping two adjacent characters counts as one edit
+/// (optimal string alignment), so `hihg` is one edit from `high`.
+pub fn typo_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
+}
+
 /// The closest candidate within a small edit distance, formatted as a hint.
 pub fn did_you_mean<'a>(
     name: &str,
@@ -295,8 +323,37 @@ pub fn did_you_mean<'a>(
     let limit = (name.chars().count() / 3).max(1) + usize::from(name.len() > 6);
     candidates
         .into_iter()
-        .map(|c| (levenshtein(&name.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|c| *c != name)
+        .map(|c| (typo_distance(&name.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, c)| (*d, c.to_string()))
         .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_distance_counts_a_swap_as_one_edit() {
+        assert_eq!(typo_distance("hihg", "high"), 1);
+        assert_eq!(typo_distance("flaot", "float"), 1);
+        assert_eq!(typo_distance("Txm", "Txn"), 1);
+        assert_eq!(typo_distance("", "abc"), 3);
+        assert_eq!(typo_distance("abc", "abc"), 0);
+        assert_eq!(levenshtein("hihg", "high"), 2);
+    }
+
+    #[test]
+    fn did_you_mean_picks_the_closest() {
+        assert_eq!(
+            did_you_mean("Txm", ["Txn", "Login"]).as_deref(),
+            Some("did you mean `Txn`?")
+        );
+        assert_eq!(did_you_mean("Transfer", ["Txn", "Login"]), None);
+        assert_eq!(
+            did_you_mean("hihg", ["low", "medium", "high", "critical"]).as_deref(),
+            Some("did you mean `high`?")
+        );
+    }
 }

@@ -40,6 +40,9 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 /// is recorded in every span. On syntax errors, returns the declarations that did
 /// parse together with one diagnostic per broken declaration.
 pub fn parse(file: u32, text: &str) -> (File, Vec<Diagnostic>) {
+    if too_deep(text).is_some() {
+        return recover(file, text);
+    }
     match VglParser::parse(Rule::file, text) {
         Ok(mut pairs) => {
             let mut b = Builder {
@@ -62,18 +65,24 @@ fn recover(file: u32, text: &str) -> (File, Vec<Diagnostic>) {
     let mut diags = vec![];
     let starts = decl_starts(text);
     if starts.is_empty() {
-        if let Err(e) = VglParser::parse(Rule::file, text) {
-            diags.push(syntax_error(file, 0, &e));
+        if let Some(at) = too_deep(text) {
+            diags.push(nesting_error(file, text, at));
+        } else if let Err(e) = VglParser::parse(Rule::file, text) {
+            diags.push(syntax_error(file, 0, text, &e));
         }
         return (out, diags);
     }
     // Anything before the first declaration must be blank or comments.
     if let Err(e) = VglParser::parse(Rule::file, &text[..starts[0]]) {
-        diags.push(syntax_error(file, 0, &e));
+        diags.push(syntax_error(file, 0, &text[..starts[0]], &e));
     }
     for (i, &start) in starts.iter().enumerate() {
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
         let chunk = &text[start..end];
+        if let Some(at) = too_deep(chunk) {
+            diags.push(nesting_error(file, text, start + at));
+            continue;
+        }
         match VglParser::parse(Rule::single_decl, chunk) {
             Ok(mut pairs) => {
                 let mut b = Builder {
@@ -86,10 +95,72 @@ fn recover(file: u32, text: &str) -> (File, Vec<Diagnostic>) {
                 }
                 diags.extend(b.diags);
             }
-            Err(e) => diags.push(syntax_error(file, start, &e)),
+            Err(e) => diags.push(syntax_error(file, start, chunk, &e)),
         }
     }
     (out, diags)
+}
+
+/// How deeply brackets (`(`, `[`, `{`) may nest. Parsing, checking and
+/// compiling recurse on nesting, so a bound keeps them within a small stack
+/// whatever the input.
+pub const MAX_NESTING: usize = 32;
+/// How deeply an expression's syntax tree may nest (operators included).
+pub const MAX_EXPR_DEPTH: usize = 64;
+/// A cheap bound checked before building an expression's tree: operators in a
+/// row plus those of nested sub-expressions.
+const MAX_EXPR_OPS: usize = 256;
+
+/// The byte offset of the first bracket that nests deeper than [`MAX_NESTING`]
+/// (strings and comments skipped).
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if in_string {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' | '\n' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '#' => {
+                for (_, c) in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn nesting_error(file: u32, text: &str, at: usize) -> Diagnostic {
+    let len = text[at..].chars().next().map_or(1, char::len_utf8);
+    Diagnostic::error(
+        "too-complex",
+        Span::new(file, at, at + len),
+        format!("brackets are nested more than {MAX_NESTING} levels deep"),
+    )
+    .with_label("too deep")
+    .with_hint(format!(
+        "at most {MAX_NESTING} levels of `(`, `[` and `{{` (the rule's own braces included); split the expression or the pattern"
+    ))
 }
 
 /// Byte offsets of lines that begin (at column 1) with `event` or `rule`.
@@ -114,34 +185,183 @@ struct ShiftedPairs {
     offset: usize,
 }
 
-fn syntax_error(file: u32, offset: usize, e: &pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(file: u32, offset: usize, text: &str, e: &pest::error::Error<Rule>) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match e.location {
         InputLocation::Pos(p) => (p, p + 1),
         InputLocation::Span((s, e)) => (s, e.max(s + 1)),
     };
-    let expected = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            let mut words: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
-            words.sort();
-            words.dedup();
-            match words.len() {
-                0 => "something else".to_string(),
-                1 => words[0].to_string(),
-                _ => {
-                    let last = words.pop().unwrap_or_default();
-                    format!("{} or {}", words.join(", "), last)
-                }
-            }
+    let found = token_at(text, start);
+    let (start, end) = if found.is_empty() {
+        // At the end of the text: point at its last character rather than at
+        // whatever follows (in recovery, the next declaration).
+        let trimmed = text.trim_end();
+        match trimmed.char_indices().next_back() {
+            Some((i, c)) => (i, i + c.len_utf8()),
+            None => (start, end),
         }
-        ErrorVariant::CustomError { message } => message.clone(),
+    } else {
+        // Underline the whole offending token, not just its first byte.
+        (start, end.max(start + found.len()))
+    };
+    let followed_by_colon = text
+        .get(start + found.len()..)
+        .is_some_and(|r| r.trim_start().starts_with(':'));
+    let mut words: Vec<&str> = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            positives.iter().filter_map(|r| rule_name(*r)).collect()
+        }
+        ErrorVariant::CustomError { .. } => vec![],
+    };
+    words.sort();
+    words.dedup();
+    // "an expression" already covers its kinds of operand.
+    if words.contains(&EXPRESSION) {
+        words.retain(|w| !OPERAND_WORDS.contains(w));
+    }
+    if let ErrorVariant::CustomError { message } = &e.variant {
+        // pest's own resource limits ("stack limit reached", "call limit reached").
+        return Diagnostic::error(
+            "too-complex",
+            Span::new(file, offset + start, offset + end),
+            format!("the parser gave up here: {message}"),
+        )
+        .with_label("too complex to parse")
+        .with_hint("simplify this declaration");
+    }
+    let expected = match words.len() {
+        0 => "something else".to_string(),
+        1 => words[0].to_string(),
+        _ => {
+            let last = words.pop().unwrap_or_default();
+            let s = format!("{} or {}", words.join(", "), last);
+            words.push(last);
+            s
+        }
+    };
+    let label = if found.is_empty() {
+        format!("expected {expected} after this, but the declaration ends")
+    } else {
+        format!("expected {expected}, found `{found}`")
     };
     Diagnostic::error(
         "syntax",
         Span::new(file, offset + start, offset + end),
         format!("syntax error: expected {expected}"),
     )
-    .with_label(format!("expected {expected} here"))
+    .with_label(label)
+    .with_hint_opt(syntax_hint(found, &words, followed_by_colon))
+}
+
+const EXPRESSION: &str = "an expression";
+const OPERAND_WORDS: [&str; 4] = ["a duration (e.g. `10m`)", "a name", "a number", "a string"];
+const CLAUSE_WORDS: [&str; 12] = [
+    "description",
+    "severity",
+    "tags",
+    "key",
+    "pattern",
+    "within",
+    "where",
+    "aggregate",
+    "having",
+    "emit",
+    "suppress",
+    "after",
+];
+const KEYWORDS: [&str; 22] = [
+    "event",
+    "rule",
+    "pattern",
+    "within",
+    "where",
+    "emit",
+    "suppress",
+    "aggregate",
+    "over",
+    "having",
+    "key",
+    "severity",
+    "tags",
+    "description",
+    "after",
+    "not",
+    "and",
+    "or",
+    "in",
+    "list",
+    "true",
+    "false",
+];
+
+/// The token starting at byte `pos`: a word, a run of operator characters, or
+/// one other character; empty at the end of the text (or only blanks left).
+fn token_at(text: &str, pos: usize) -> &str {
+    let Some(rest) = text.get(pos..) else {
+        return "";
+    };
+    if rest.trim().is_empty() {
+        return "";
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let is_op = |c: char| "=!<>&|-".contains(c);
+    let first = rest.chars().next().unwrap_or(' ');
+    let len = if is_word(first) {
+        rest.find(|c: char| !is_word(c)).unwrap_or(rest.len())
+    } else if is_op(first) {
+        rest.find(|c: char| !is_op(c)).unwrap_or(rest.len())
+    } else {
+        first.len_utf8()
+    };
+    &rest[..len]
+}
+
+/// A suggestion for common syntax mistakes.
+fn syntax_hint(found: &str, expected: &[&str], followed_by_colon: bool) -> Option<String> {
+    let expects = |w: &str| expected.contains(&w);
+    let clause = "a clause (pattern, within, where, emit, ...)";
+    if found.is_empty() {
+        return Some("is a closing `}`, `]` or `)` missing?".into());
+    }
+    match found {
+        "=" => return Some("compare with `==` (`=` alone is not an operator)".into()),
+        "&&" => return Some("write `and`".into()),
+        "||" => return Some("write `or`".into()),
+        "!" => return Some("write `not`".into()),
+        "=>" => return Some("a pattern step is followed by `->` (or `->>`)".into()),
+        "'" => return Some("strings are written in double quotes: \"text\"".into()),
+        _ => {}
+    }
+    if KEYWORDS.contains(&found) && (expects("a name") || followed_by_colon) {
+        return Some(format!(
+            "`{found}` is a keyword and cannot be used as a name"
+        ));
+    }
+    let is_word = found.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+    if is_word && expects(clause) {
+        return Some(
+            crate::diag::did_you_mean(found, CLAUSE_WORDS).unwrap_or_else(|| {
+                format!(
+                    "a rule's clauses are: {}",
+                    CLAUSE_WORDS.join(", ").replace("after", "after match")
+                )
+            }),
+        );
+    }
+    if is_word && expects("`event` or `rule`") {
+        return Some(
+            crate::diag::did_you_mean(found, ["event", "rule"]).unwrap_or_else(|| {
+                "a file holds `event` and `rule` declarations and `#` comments".into()
+            }),
+        );
+    }
+    if expects(EXPRESSION) && matches!(found, "]" | ")" | "," | "}") {
+        return Some("a value is missing here".into());
+    }
+    if expects("a quantifier") && found.starts_with(|c: char| c.is_ascii_digit()) {
+        return Some("a quantifier is written `?`, `+`, `{n}`, `{n,}` or `{n,m}`".into());
+    }
+    None
 }
 
 /// Grammar rule names in words, for syntax errors.
@@ -171,7 +391,7 @@ pub fn rule_name(r: Rule) -> Option<&'static str> {
         }
         Rule::emit_field => "an emit field (`name: expr`)",
         Rule::seq | Rule::step | Rule::atom | Rule::event_step | Rule::group => "a pattern step",
-        Rule::negation => "`not`",
+        Rule::negation | Rule::not_kw => "`not`",
         Rule::connector | Rule::strict_arrow | Rule::relaxed_arrow => "`->` or `->>`",
         Rule::predicate => "`[`",
         Rule::quant | Rule::quant_opt | Rule::quant_plus | Rule::quant_range => "a quantifier",
@@ -197,7 +417,8 @@ pub fn rule_name(r: Rule) -> Option<&'static str> {
         | Rule::rem_op => "an operator",
         Rule::not_op | Rule::neg_op => "an expression",
         Rule::field_access => "`.field`",
-        Rule::in_list | Rule::in_set => "`in`",
+        Rule::in_list | Rule::in_set | Rule::in_kw => "`in`",
+        Rule::list_kw => "`list`",
         Rule::duration | Rule::duration_lit => "a duration (e.g. `10m`)",
         Rule::number | Rule::integer => "a number",
         Rule::string | Rule::string_inner => "a string",
@@ -400,7 +621,10 @@ impl ShiftBuilder<'_> {
             match q.as_rule() {
                 Rule::negation => {
                     negated = true;
-                    atom = q.into_inner().next().map(|a| self.atom(a));
+                    atom = q
+                        .into_inner()
+                        .find(|a| a.as_rule() == Rule::atom)
+                        .map(|a| self.atom(a));
                 }
                 Rule::atom => atom = Some(self.atom(q)),
                 Rule::quant => quant = Some(self.quant(q)),
@@ -496,14 +720,36 @@ impl ShiftBuilder<'_> {
                         self.span(p),
                         "quantifier bound is too large",
                     )
-                    .with_label("at most 100000"),
+                    .with_label("at most 100000")
+                    .with_hint("collect fewer events, or use an aggregate rule to count them"),
                 );
-                0
+                100_000
             }
         }
     }
 
     fn expr(&mut self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        // A harmless stand-in for an expression that was rejected.
+        let dummy = Expr {
+            kind: ExprKind::Bool(true),
+            span,
+        };
+        let ops = op_bound(&p);
+        if ops > MAX_EXPR_OPS {
+            self.diags.push(
+                Diagnostic::error(
+                    "too-complex",
+                    span,
+                    format!("expression is too long ({ops} operators; at most {MAX_EXPR_OPS})"),
+                )
+                .with_label("too many operators")
+                .with_hint(
+                    "split the condition across steps, `where` and `having`, or into several rules",
+                ),
+            );
+            return dummy;
+        }
         let pairs = p.into_inner();
         // The Pratt parser needs closures that borrow self mutably; collect errors
         // through a RefCell-free path by cloning what we need.
@@ -518,7 +764,70 @@ impl ShiftBuilder<'_> {
             pratt_expr(pairs, &mk_span, &diags)
         };
         *self.diags = diags.into_inner();
+        let depth = expr_depth(&result);
+        if depth > MAX_EXPR_DEPTH {
+            self.diags.push(
+                Diagnostic::error(
+                    "too-complex",
+                    span,
+                    format!(
+                        "expression is nested too deeply ({depth} levels; at most {MAX_EXPR_DEPTH})"
+                    ),
+                )
+                .with_label("too deeply nested")
+                .with_hint(
+                    "split the condition across steps, `where` and `having`, or into several rules",
+                ),
+            );
+            return dummy;
+        }
         result
+    }
+}
+
+/// An upper bound of an expression tree's depth, from its pairs: the operators
+/// at this level plus the deepest nested expression (parentheses, call
+/// arguments, list items). Recurses only on nesting, which is bounded.
+fn op_bound(p: &Pair<Rule>) -> usize {
+    let mut here = 0;
+    let mut nested = 0;
+    for q in p.clone().into_inner() {
+        match q.as_rule() {
+            Rule::paren | Rule::call | Rule::in_set => {
+                if q.as_rule() == Rule::in_set {
+                    here += 1;
+                }
+                for r in q.clone().into_inner() {
+                    if r.as_rule() == Rule::expr {
+                        nested = nested.max(op_bound(&r));
+                    }
+                }
+            }
+            Rule::duration | Rule::number | Rule::string | Rule::boolean | Rule::name => {}
+            _ => here += 1,
+        }
+    }
+    here + nested + 1
+}
+
+/// The depth of an expression tree.
+fn expr_depth(e: &Expr) -> usize {
+    1 + match &e.kind {
+        ExprKind::Int(_)
+        | ExprKind::Float(_)
+        | ExprKind::Str(_)
+        | ExprKind::Bool(_)
+        | ExprKind::Duration(_)
+        | ExprKind::Name(_) => 0,
+        ExprKind::Field(a, _) | ExprKind::Unary(_, a) | ExprKind::InList(a, _) => expr_depth(a),
+        ExprKind::Binary(_, a, b) => expr_depth(a).max(expr_depth(b)),
+        ExprKind::Call(_, args) => args.iter().map(expr_depth).max().unwrap_or(0),
+        ExprKind::InSet(a, items) => items
+            .iter()
+            .map(expr_depth)
+            .max()
+            .unwrap_or(0)
+            .max(expr_depth(a)),
     }
 }
 
@@ -555,12 +864,16 @@ fn pratt_expr(
                     )
                 }
                 Rule::in_list => {
-                    let s = op.into_inner().next().expect("grammar: list name");
+                    let s = op
+                        .into_inner()
+                        .find(|p| p.as_rule() == Rule::string)
+                        .expect("grammar: list name");
                     ExprKind::InList(Box::new(lhs), unescape(s))
                 }
                 _ => ExprKind::InSet(
                     Box::new(lhs),
                     op.into_inner()
+                        .filter(|e| e.as_rule() == Rule::expr)
                         .map(|e| pratt_expr(e.into_inner(), mk_span, diags))
                         .collect(),
                 ),
@@ -610,7 +923,10 @@ fn primary(
                     Err(_) => {
                         diags.borrow_mut().push(
                             Diagnostic::error("bad-number", span, "integer literal is too large")
-                                .with_label("does not fit in 64 bits"),
+                                .with_label("does not fit in 64 bits")
+                                .with_hint(
+                                    "integers go up to 9223372036854775807; add `.0` for a float",
+                                ),
                         );
                         ExprKind::Int(0)
                     }
@@ -673,9 +989,10 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         "d" => 86_400_000,
         "" => return Err(format!("duration `{text}` has no unit")),
         u if u.starts_with('.') => {
-            return Err(format!(
-                "duration `{text}` has a fraction; use a smaller unit (e.g. `1500ms`)"
-            ));
+            return Err(match fraction_in_smaller_unit(text) {
+                Some(s) => format!("duration `{text}` has a fraction; write it as `{s}`"),
+                None => format!("duration `{text}` has a fraction; use a smaller unit"),
+            });
         }
         u => return Err(format!("unknown duration unit `{u}`")),
     };
@@ -685,6 +1002,45 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
     n.checked_mul(mult)
         .filter(|ms| *ms < 100 * 365 * 86_400_000)
         .ok_or_else(|| format!("duration `{text}` is too large"))
+}
+
+/// `1.5h` → `90m`: the exact value in the largest unit that makes it whole.
+fn fraction_in_smaller_unit(text: &str) -> Option<String> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = text.split_at(split);
+    let (whole, frac) = num.split_once('.')?;
+    if frac.is_empty() || frac.contains('.') || frac.len() > 9 {
+        return None;
+    }
+    let mult: u128 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    // value = (whole * 10^k + frac) / 10^k units, in ms exactly when divisible.
+    let scale = 10u128.pow(frac.len() as u32);
+    let n: u128 = format!("{whole}{frac}").parse().ok()?;
+    let scaled = n.checked_mul(mult)?;
+    if !scaled.is_multiple_of(scale) {
+        return None;
+    }
+    let ms = scaled / scale;
+    if ms == 0 {
+        return None;
+    }
+    let (name, per) = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ]
+    .into_iter()
+    .find(|(_, per)| ms.is_multiple_of(*per))?;
+    Some(format!("{}{name}", ms / per))
 }
 
 fn unescape(p: Pair<Rule>) -> String {

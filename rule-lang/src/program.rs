@@ -385,6 +385,22 @@ pub enum Func {
     GeoKm,
 }
 
+impl Func {
+    /// The function's name as written in rules.
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Abs => "abs",
+            Func::Lower => "lower",
+            Func::Upper => "upper",
+            Func::Len => "len",
+            Func::Contains => "contains",
+            Func::StartsWith => "starts_with",
+            Func::Hour => "hour",
+            Func::GeoKm => "geo_km",
+        }
+    }
+}
+
 /// A typed, resolved expression.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Expr {
@@ -722,7 +738,7 @@ impl Names<'_> {
             Expr::Regex(e, r) => format!("{} =~ {r:?}", self.expr(e)),
             Expr::Call(f, args) => format!(
                 "{}({})",
-                format!("{f:?}").to_lowercase(),
+                f.name(),
                 args.iter()
                     .map(|a| self.expr(a))
                     .collect::<Vec<_>>()
