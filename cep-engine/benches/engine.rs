@@ -53,7 +53,9 @@ fn decoded(rules: &rule_lang::RuleSet, lines: &[String]) -> Vec<Event> {
     lines
         .iter()
         .map(|l| {
-            let mut e = d.decode(l.as_bytes(), || unreachable!()).expect("valid event");
+            let mut e = d
+                .decode(l.as_bytes(), || unreachable!())
+                .expect("valid event");
             if let Value::Str(s) = &e.fields[0] {
                 let s = cards.entry(s.clone()).or_insert_with(|| s.clone()).clone();
                 e.fields[0] = Value::Str(s);
@@ -89,7 +91,12 @@ fn bench(c: &mut Criterion) {
     let rules = rule_lang::compile_str("w.vgl", W1).expect("compiles");
     let d = Decoder::new(&rules);
     g.bench_function("decode_json", |b| {
-        b.iter(|| lines.iter().filter(|l| d.decode(l.as_bytes(), String::new).is_ok()).count())
+        b.iter(|| {
+            lines
+                .iter()
+                .filter(|l| d.decode(l.as_bytes(), String::new).is_ok())
+                .count()
+        })
     });
     g.finish();
 }

@@ -10,7 +10,11 @@ use std::sync::Arc;
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -25,7 +29,13 @@ fn main() {
     );
     let keys: Vec<Arc<str>> = (0..RUNS).map(|i| Arc::from(format!("card-{i}"))).collect();
     let ids: Vec<Arc<str>> = (0..RUNS).map(|i| Arc::from(format!("e{i}"))).collect();
-    let mut engine = Engine::new(rules, EngineConfig { max_runs_total: usize::MAX, ..Default::default() });
+    let mut engine = Engine::new(
+        rules,
+        EngineConfig {
+            max_runs_total: usize::MAX,
+            ..Default::default()
+        },
+    );
     let before = rss_kb();
     for i in 0..RUNS {
         engine.push(Event {

@@ -142,7 +142,7 @@ impl Decoder {
             None | Some(Raw::Null) => {
                 return Err(Rejection::new("missing_ts", "the event has no `ts`"));
             }
-            Some(v) => time_value(&v).ok_or_else(|| {
+            Some(v) => time_value(v).ok_or_else(|| {
                 Rejection::new(
                     "bad_ts",
                     "`ts` must be an RFC 3339 string or integer epoch milliseconds",

@@ -9,6 +9,7 @@
 //! 3. otherwise a quantified step below its maximum adds the event;
 //! 4. otherwise a strict (`->>`) open edge kills the run;
 //! 5. otherwise the event is skipped.
+//!
 //! After a consumption, a reachable `Accept` completes the run at once.
 
 use crate::eval::{Env, EvalCtx, Which, aggregate, eval_bool};

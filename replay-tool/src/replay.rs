@@ -206,7 +206,7 @@ pub fn replay(
             Ok(ev) => engine.push(ev),
             Err(r) => dead.record(&source, line, off, &r),
         }
-        if line % 4096 == 0 {
+        if line.is_multiple_of(4096) {
             engine.set_wall_clock(wall());
             if let Some(pb) = &progress {
                 pb.set_position(line);

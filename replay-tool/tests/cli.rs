@@ -1,0 +1,156 @@
+//! The `vigil-replay` binary as a user runs it: exit codes, formats, files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil-replay"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn check_exits_zero_on_the_rule_library_and_one_on_errors() {
+    let ok = bin()
+        .arg("check")
+        .arg(root().join("rules"))
+        .output()
+        .expect("runs");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = bin()
+        .arg("check")
+        .arg(root().join("rule-lang/tests/data/five_mistakes.vgl"))
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(text.contains("5 error(s)"), "{text}");
+}
+
+#[test]
+fn check_json_lists_every_diagnostic_with_position() {
+    let out = bin()
+        .args(["check", "--format", "json"])
+        .arg(root().join("rule-lang/tests/data/five_mistakes.vgl"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let items = v.as_array().expect("array");
+    assert_eq!(items.iter().filter(|d| d["severity"] == "error").count(), 5);
+    for d in items {
+        assert!(
+            d["line"].as_u64().unwrap_or(0) > 0 && d["column"].as_u64().unwrap_or(0) > 0,
+            "{d}"
+        );
+        assert!(
+            d["file"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("five_mistakes.vgl")
+        );
+    }
+}
+
+#[test]
+fn explain_prints_the_nfa_and_rejects_unknown_rules() {
+    let out = bin()
+        .arg("explain")
+        .arg(root().join("rules"))
+        .arg("card_testing")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("@start:") && text.contains("=> accept"),
+        "{text}"
+    );
+    let missing = bin()
+        .arg("explain")
+        .arg(root().join("rules"))
+        .arg("no_such_rule")
+        .output()
+        .expect("runs");
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn run_writes_alerts_and_reports_rejections_without_stopping() {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let rules = dir.join("r.vgl");
+    std::fs::write(
+        &rules,
+        "event T { k: string, v: int }\nrule big { key k pattern a: T[v > 10] within 1m }\n",
+    )
+    .expect("write");
+    let events = dir.join("e.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            "{\"type\":\"T\",\"ts\":1000,\"k\":\"a\",\"v\":50}\n",
+            "not json\n",
+            "{\"type\":\"T\",\"ts\":2000,\"k\":\"a\",\"v\":1.5}\n",
+            "{\"type\":\"U\",\"ts\":3000}\n",
+            "{\"type\":\"T\",\"ts\":4000,\"k\":\"b\",\"v\":99}\n",
+        ),
+    )
+    .expect("write");
+    let out_file = dir.join("alerts.jsonl");
+    let rejects = dir.join("rejects.jsonl");
+    let out = bin()
+        .args(["run", "--rules"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&events)
+        .arg("--out")
+        .arg(&out_file)
+        .arg("--rejects")
+        .arg(&rejects)
+        .arg("--json-summary")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts: Vec<serde_json::Value> = std::fs::read_to_string(&out_file)
+        .expect("alerts")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("alert json"))
+        .collect();
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(
+        alerts[0]["matched"]["a"][0], "e:1",
+        "default id is <source>:<line>"
+    );
+    assert_eq!(alerts[1]["key"], "b");
+    let summary: serde_json::Value =
+        serde_json::from_slice(out.stderr.trim_ascii()).expect("summary json");
+    assert_eq!(summary["rejected"], 3);
+    assert_eq!(summary["rejected_by_reason"]["malformed_json"], 1);
+    assert_eq!(summary["rejected_by_reason"]["wrong_type"], 1);
+    assert_eq!(summary["rejected_by_reason"]["unknown_type"], 1);
+    let rej = std::fs::read_to_string(&rejects).expect("rejects");
+    let lines: Vec<serde_json::Value> = rej
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["line"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
