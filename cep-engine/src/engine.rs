@@ -430,11 +430,8 @@ impl Engine {
         }
     }
 
-    /// A timer of `key` fired: expire what is due before `now`, emit absence
-    /// alerts, release the state if nothing is left to wait for.
-    fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
-        let rules = self.rules.clone();
-        let rule = &rules.rules[ri];
+    /// Splits the engine into what expressions read and what matching writes.
+    fn split(&mut self) -> (Env<'_>, Work<'_>) {
         let Engine {
             rts,
             type_names,
@@ -444,23 +441,44 @@ impl Engine {
             alerts,
             timers,
             active_runs,
+            config,
             wall_ms,
             ..
         } = self;
-        let env = Env {
-            type_names,
-            lists,
-            regexes,
-        };
+        (
+            Env {
+                type_names,
+                lists,
+                regexes,
+            },
+            Work {
+                rts,
+                out: Out {
+                    metrics,
+                    alerts,
+                    timers,
+                    wall_ms: *wall_ms,
+                },
+                active_runs,
+                config,
+            },
+        )
+    }
+
+    /// A timer of `key` fired: expire what is due before `now`, emit absence
+    /// alerts, release the state if nothing is left to wait for.
+    fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let (env, w) = self.split();
+        let Work {
+            rts,
+            mut out,
+            active_runs,
+            ..
+        } = w;
         let rt = &mut rts[ri];
-        let out = Out {
-            metrics,
-            alerts,
-            timers,
-            version: rt.version,
-            shadow: rt.shadow,
-            wall_ms: *wall_ms,
-        };
+        let (version, shadow) = (rt.version, rt.shadow);
         match (&mut rt.states, &rule.kind) {
             (States::Pattern(map), RuleKind::Pattern(p)) => {
                 let Some(st) = map.get_mut(&key) else { return };
@@ -471,14 +489,18 @@ impl Engine {
                 }
                 .expire(st, now);
                 *active_runs = active_runs.saturating_sub(before) + st.runs.len();
-                let mut out = out;
                 for m in matches {
-                    emit_pattern(&mut out, ri, rule, p, &key, &mut st.last_alert_at, m, &env);
+                    out.pattern_match(
+                        ri,
+                        rule,
+                        (version, shadow),
+                        &key,
+                        &mut st.last_alert_at,
+                        m,
+                        &env,
+                    );
                 }
-                let suppressing = st
-                    .last_alert_at
-                    .is_some_and(|t| t.saturating_add(rule.suppress_ms) >= now);
-                if st.runs.is_empty() && !suppressing {
+                if st.runs.is_empty() && !suppressing(rule, st.last_alert_at, now) {
                     map.remove(&key);
                 }
             }
@@ -487,10 +509,7 @@ impl Engine {
                 let live = st
                     .newest_ts()
                     .is_some_and(|t| t.saturating_add(a.over_ms) >= now);
-                let suppressing = st
-                    .last_alert_at
-                    .is_some_and(|t| t.saturating_add(rule.suppress_ms) >= now);
-                if !live && !suppressing {
+                if !live && !suppressing(rule, st.last_alert_at, now) {
                     map.remove(&key);
                 }
             }
@@ -538,25 +557,15 @@ impl Engine {
         key: Key,
         ev: &Arc<Event>,
     ) {
-        let Engine {
+        let (env, w) = self.split();
+        let Work {
             rts,
-            type_names,
-            lists,
-            regexes,
-            metrics,
-            alerts,
-            timers,
+            mut out,
             active_runs,
             config,
-            wall_ms,
-            ..
-        } = self;
-        let env = Env {
-            type_names,
-            lists,
-            regexes,
-        };
+        } = w;
         let rt = &mut rts[ri];
+        let (version, shadow) = (rt.version, rt.shadow);
         let States::Pattern(map) = &mut rt.states else {
             return;
         };
@@ -577,29 +586,27 @@ impl Engine {
             env: &env,
         }
         .on_event(st, ev, &mut limits);
-        metrics.runs_started += limits.started;
-        metrics.runs_dropped_cap += limits.dropped;
-        metrics.runs_refused_cap += limits.refused;
+        out.metrics.runs_started += limits.started;
+        out.metrics.runs_dropped_cap += limits.dropped;
+        out.metrics.runs_refused_cap += limits.refused;
         if limits.started > 0 {
             // One timer per run: its window closes at first.ts + within.
-            timers.push(2 * ri, ev.ts.saturating_add(p.within_ms), key.clone());
+            out.timers
+                .push(2 * ri, ev.ts.saturating_add(p.within_ms), key.clone());
         }
-        let mut out = Out {
-            metrics,
-            alerts,
-            timers,
-            version: rt.version,
-            shadow: rt.shadow,
-            wall_ms: *wall_ms,
-        };
         for m in matches {
-            emit_pattern(&mut out, ri, rule, p, &key, &mut st.last_alert_at, m, &env);
+            out.pattern_match(
+                ri,
+                rule,
+                (version, shadow),
+                &key,
+                &mut st.last_alert_at,
+                m,
+                &env,
+            );
         }
         *active_runs = (*active_runs + st.runs.len()).saturating_sub(before);
-        let suppressing = st
-            .last_alert_at
-            .is_some_and(|t| t.saturating_add(rule.suppress_ms) > ev.ts);
-        if st.runs.is_empty() && !suppressing {
+        if st.runs.is_empty() && !suppressing(rule, st.last_alert_at, ev.ts) {
             map.remove(&key);
         }
     }
@@ -612,23 +619,13 @@ impl Engine {
         key: Key,
         ev: &Arc<Event>,
     ) {
-        let Engine {
+        let (env, w) = self.split();
+        let Work {
             rts,
-            type_names,
-            lists,
-            regexes,
-            metrics,
-            alerts,
-            timers,
+            mut out,
             config,
-            wall_ms,
             ..
-        } = self;
-        let env = Env {
-            type_names,
-            lists,
-            regexes,
-        };
+        } = w;
         if let Some(pred) = &a.pred {
             let empty = WindowState::default();
             let ctx = WindowCtx {
@@ -641,6 +638,7 @@ impl Engine {
             }
         }
         let rt = &mut rts[ri];
+        let (version, shadow) = (rt.version, rt.shadow);
         let States::Window(map) = &mut rt.states else {
             return;
         };
@@ -648,9 +646,10 @@ impl Engine {
             Some(st) => st,
             None => map.entry(key.clone()).or_default(),
         };
-        metrics.window_dropped_cap += st.push(a, ev, &env, config.max_window_events);
+        out.metrics.window_dropped_cap += st.push(a, ev, &env, config.max_window_events);
         // The window empties at ts + over unless more events come.
-        timers.push(2 * ri, ev.ts.saturating_add(a.over_ms), key.clone());
+        out.timers
+            .push(2 * ri, ev.ts.saturating_add(a.over_ms), key.clone());
         let ctx = WindowCtx {
             agg: a,
             window: st,
@@ -659,43 +658,28 @@ impl Engine {
         if !crate::eval::eval_bool(&a.having, &ctx, &env) {
             return;
         }
-        *metrics.matches.entry(rule.name.clone()).or_default() += 1;
-        if st
-            .last_alert_at
-            .is_some_and(|t| ev.ts < t.saturating_add(rule.suppress_ms))
-        {
-            *metrics.suppressed.entry(rule.name.clone()).or_default() += 1;
-            return;
-        }
         let fields = rule
             .emit
             .iter()
             .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
             .collect();
         let matched = vec![(a.binding.clone(), st.matched_ids())];
-        let count = st.len() as u64;
-        st.last_alert_at = Some(ev.ts);
-        if rule.suppress_ms > 0 {
-            timers.push(
-                2 * ri + 1,
-                ev.ts.saturating_add(rule.suppress_ms),
-                key.clone(),
-            );
-        }
-        alerts.push(Alert {
-            id: Alert::compute_id(&rule.name, rt.version, &key, &matched, None),
-            rule: rule.name.clone(),
-            version: rt.version,
-            severity: rule.severity,
-            key,
+        let count = (a.binding.clone(), st.len() as u64);
+        let found = Found {
             at: ev.ts,
             matched,
-            matched_count: Some((a.binding.clone(), count)),
+            matched_count: Some(count),
             fields,
-            detected_at: *wall_ms,
-            shadow: rt.shadow,
-        });
-        *metrics.alerts.entry(rule.name.clone()).or_default() += 1;
+            absence: false,
+        };
+        out.alert(
+            ri,
+            rule,
+            (version, shadow),
+            &key,
+            &mut st.last_alert_at,
+            found,
+        );
     }
 
     fn count_runs(&self) -> usize {
@@ -802,84 +786,133 @@ impl Engine {
     }
 }
 
+/// The parts of the engine that matching writes.
+struct Work<'a> {
+    rts: &'a mut [RuleRt],
+    out: Out<'a>,
+    active_runs: &'a mut usize,
+    config: &'a EngineConfig,
+}
+
 /// Where alerts and their bookkeeping go.
 struct Out<'a> {
     metrics: &'a mut Metrics,
     alerts: &'a mut Vec<Alert>,
     timers: &'a mut Timers,
-    version: u32,
-    shadow: bool,
     wall_ms: i64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit_pattern(
-    out: &mut Out,
-    ri: usize,
-    rule: &Rule,
-    p: &rule_lang::program::Pattern,
-    key: &Key,
-    last_alert_at: &mut Option<i64>,
-    m: Match,
-    env: &Env,
-) {
-    *out.metrics.matches.entry(rule.name.clone()).or_default() += 1;
-    if last_alert_at.is_some_and(|t| m.at < t.saturating_add(rule.suppress_ms)) {
-        *out.metrics.suppressed.entry(rule.name.clone()).or_default() += 1;
-        return;
+/// A match ready to become an alert.
+struct Found {
+    at: i64,
+    matched: Vec<(String, Vec<Arc<str>>)>,
+    matched_count: Option<(String, u64)>,
+    fields: Vec<(String, serde_json::Value)>,
+    absence: bool,
+}
+
+fn suppressing(rule: &Rule, last_alert_at: Option<i64>, now: i64) -> bool {
+    last_alert_at.is_some_and(|t| t.saturating_add(rule.suppress_ms) > now)
+}
+
+impl Out<'_> {
+    /// Counts a match and emits its alert unless `suppress` holds it back.
+    fn alert(
+        &mut self,
+        ri: usize,
+        rule: &Rule,
+        (version, shadow): (u32, bool),
+        key: &Key,
+        last_alert_at: &mut Option<i64>,
+        f: Found,
+    ) {
+        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+        if last_alert_at.is_some_and(|t| f.at < t.saturating_add(rule.suppress_ms)) {
+            *self
+                .metrics
+                .suppressed
+                .entry(rule.name.clone())
+                .or_default() += 1;
+            return;
+        }
+        *last_alert_at = Some(f.at);
+        if rule.suppress_ms > 0 {
+            self.timers.push(
+                2 * ri + 1,
+                f.at.saturating_add(rule.suppress_ms),
+                key.clone(),
+            );
+        }
+        self.alerts.push(Alert {
+            id: Alert::compute_id(
+                &rule.name,
+                version,
+                key,
+                &f.matched,
+                f.absence.then_some(f.at),
+            ),
+            rule: rule.name.clone(),
+            version,
+            severity: rule.severity,
+            key: key.clone(),
+            at: f.at,
+            matched: f.matched,
+            matched_count: f.matched_count,
+            fields: f.fields,
+            detected_at: self.wall_ms,
+            shadow,
+        });
+        *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
     }
-    *last_alert_at = Some(m.at);
-    if rule.suppress_ms > 0 {
-        out.timers.push(
-            2 * ri + 1,
-            m.at.saturating_add(rule.suppress_ms),
-            key.clone(),
-        );
+
+    /// A completed pattern match: bindings in declaration order, emit fields.
+    #[allow(clippy::too_many_arguments)]
+    fn pattern_match(
+        &mut self,
+        ri: usize,
+        rule: &Rule,
+        deployment: (u32, bool),
+        key: &Key,
+        last_alert_at: &mut Option<i64>,
+        m: Match,
+        env: &Env,
+    ) {
+        let RuleKind::Pattern(p) = &rule.kind else {
+            return;
+        };
+        let ctx = RunCtx {
+            pattern: p,
+            events: &m.run.events,
+            current: None,
+        };
+        let fields = rule
+            .emit
+            .iter()
+            .map(|(n, e)| (n.clone(), eval(e, &ctx, env).to_json()))
+            .collect();
+        let matched = p
+            .bindings
+            .iter()
+            .filter_map(|b| {
+                let ids: Vec<Arc<str>> = m
+                    .run
+                    .events
+                    .iter()
+                    .filter(|(s, _)| *s == b.step)
+                    .map(|(_, e)| e.id.clone())
+                    .collect();
+                (!ids.is_empty()).then(|| (b.name.clone(), ids))
+            })
+            .collect();
+        let found = Found {
+            at: m.at,
+            matched,
+            matched_count: None,
+            fields,
+            absence: m.absence,
+        };
+        self.alert(ri, rule, deployment, key, last_alert_at, found);
     }
-    let ctx = RunCtx {
-        pattern: p,
-        events: &m.run.events,
-        current: None,
-    };
-    let fields = rule
-        .emit
-        .iter()
-        .map(|(n, e)| (n.clone(), eval(e, &ctx, env).to_json()))
-        .collect();
-    let matched: Vec<(String, Vec<Arc<str>>)> = p
-        .bindings
-        .iter()
-        .filter_map(|b| {
-            let ids: Vec<Arc<str>> = m
-                .run
-                .events
-                .iter()
-                .filter(|(s, _)| *s == b.step)
-                .map(|(_, e)| e.id.clone())
-                .collect();
-            (!ids.is_empty()).then(|| (b.name.clone(), ids))
-        })
-        .collect();
-    out.alerts.push(Alert {
-        id: Alert::compute_id(
-            &rule.name,
-            out.version,
-            key,
-            &matched,
-            m.absence.then_some(m.at),
-        ),
-        rule: rule.name.clone(),
-        version: out.version,
-        severity: rule.severity,
-        key: key.clone(),
-        at: m.at,
-        matched,
-        matched_count: None,
-        fields,
-        detected_at: out.wall_ms,
-        shadow: out.shadow,
-    });
-    *out.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
 }
 
 /// Timer queues, two per rule (window deadlines, suppression ends). Within a
