@@ -292,3 +292,127 @@ fn quiet_keys_release_their_state() {
     assert_eq!(e.active_runs(), 0);
     assert_eq!(e.active_keys(), 0, "state of quiet keys must be released");
 }
+
+fn txn(i: i64, ts: i64, card: &str, amount: f64) -> Event {
+    // Big amounts come from another country, so `tiny_then_big`'s `where` holds.
+    let country = if amount > 50.0 { "FR" } else { "US" };
+    Event {
+        ty: 0,
+        ts,
+        id: Arc::from(format!("r{i}")),
+        fields: vec![
+            Value::Str(Arc::from(card)),
+            Value::Float(amount),
+            Value::Str(Arc::from(country)),
+        ]
+        .into_boxed_slice(),
+        seq: 0,
+    }
+}
+
+#[test]
+fn replacing_one_rule_keeps_the_other_rules_partial_matches() {
+    let mut e = Engine::new(rules(), EngineConfig::default());
+    // Two tiny charges open runs of `tiny_then_big`; a big one would complete them.
+    e.push(txn(1, 1_000, "c", 1.0));
+    e.push(txn(2, 2_000, "c", 1.5));
+    let runs_before = e.active_runs();
+    assert!(runs_before > 0);
+    // Change only `strict_pair` (a different threshold).
+    let changed = RULES.replace(
+        "a: Txn[amount > 80] ->> b: Txn[amount > 80]",
+        "a: Txn[amount > 70] ->> b: Txn[amount > 70]",
+    );
+    let new_rules = Arc::new(rule_lang::compile_str("props.vgl", &changed).expect("compiles"));
+    e.replace_rules(new_rules, &[]);
+    e.push(txn(3, 3_000, "c", 60.0));
+    e.finish(false);
+    let alerts = e.drain_alerts();
+    let tiny: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.rule == "tiny_then_big")
+        .collect();
+    assert_eq!(
+        tiny.len(),
+        1,
+        "the unchanged rule kept its runs across the replacement"
+    );
+    assert_eq!(tiny[0].matched[0].1.len(), 2);
+}
+
+#[test]
+fn replacing_a_rule_starts_it_fresh() {
+    let mut e = Engine::new(rules(), EngineConfig::default());
+    e.push(txn(1, 1_000, "c", 1.0));
+    e.push(txn(2, 2_000, "c", 1.5));
+    let changed = RULES.replace(
+        "pattern s: Txn[amount < 5]{2,}",
+        "pattern s: Txn[amount < 6]{2,}",
+    );
+    e.replace_rules(
+        Arc::new(rule_lang::compile_str("props.vgl", &changed).expect("compiles")),
+        &[],
+    );
+    e.push(txn(3, 3_000, "c", 60.0));
+    e.finish(false);
+    assert!(
+        e.drain_alerts().iter().all(|a| a.rule != "tiny_then_big"),
+        "a changed rule must not inherit runs"
+    );
+    // Control: without the replacement the same events do alert.
+    let mut e = Engine::new(rules(), EngineConfig::default());
+    for ev in [
+        txn(1, 1_000, "c", 1.0),
+        txn(2, 2_000, "c", 1.5),
+        txn(3, 3_000, "c", 60.0),
+    ] {
+        e.push(ev);
+    }
+    e.finish(false);
+    assert!(e.drain_alerts().iter().any(|a| a.rule == "tiny_then_big"));
+}
+
+#[test]
+fn idle_stream_advances_event_time_with_the_wall_clock() {
+    let mut e = Engine::new(
+        rules(),
+        EngineConfig {
+            idle_ms: 1_000,
+            ..Default::default()
+        },
+    );
+    e.set_wall_clock(50_000);
+    e.push(txn(1, 10_000, "c", 95.0)); // opens `no_ping` (absence, within 15s)
+    e.tick(50_500);
+    assert!(e.drain_alerts().is_empty(), "not idle yet");
+    e.tick(70_000); // 20s of silence: event time follows the wall clock
+    let alerts = e.drain_alerts();
+    assert!(
+        alerts.iter().any(|a| a.rule == "no_ping" && a.at == 25_000),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn reference_lists_can_be_replaced_while_running() {
+    let rs = Arc::new(
+        rule_lang::compile_str("l.vgl", "event T { k: string, m: string }\nrule blocked { key k pattern a: T[m in list \"bad\"] within 1m }")
+            .expect("compiles"),
+    );
+    let mut e = Engine::new(rs, EngineConfig::default());
+    let ev = |i: i64| Event {
+        ty: 0,
+        ts: i * 1000,
+        id: Arc::from(format!("l{i}")),
+        fields: vec![Value::Str(Arc::from("k")), Value::Str(Arc::from("m1"))].into_boxed_slice(),
+        seq: 0,
+    };
+    e.push(ev(1));
+    assert!(e.drain_alerts().is_empty());
+    e.set_list("bad", ["m1".to_string()]);
+    e.push(ev(2));
+    assert_eq!(e.drain_alerts().len(), 1);
+    e.set_list("bad", Vec::<String>::new());
+    e.push(ev(3));
+    assert!(e.drain_alerts().is_empty());
+}

@@ -154,3 +154,151 @@ fn run_writes_alerts_and_reports_rejections_without_stopping() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    dir
+}
+
+const RULES: &str = "event T { k: string, v: int, ok: bool }\nrule big { key k pattern a: T[v > 10 and ok] within 1m }\n";
+
+fn alerts_of(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("alert json"))
+        .collect()
+}
+
+#[test]
+fn run_reads_csv_gzip_and_stdin_alike() {
+    let dir = scratch("formats");
+    let rules = dir.join("r.vgl");
+    std::fs::write(&rules, RULES).expect("write");
+    let csv = dir.join("e.csv");
+    std::fs::write(&csv, "type,ts,id,k,v,ok\nT,1000,x1,a,50,true\nT,2000,x2,a,5,true\nT,3000,x3,b,99,false\nT,4000,x4,b,99,true\n").expect("write");
+    let jsonl = "{\"type\":\"T\",\"ts\":1000,\"id\":\"x1\",\"k\":\"a\",\"v\":50,\"ok\":true}\n{\"type\":\"T\",\"ts\":4000,\"id\":\"x4\",\"k\":\"b\",\"v\":99,\"ok\":true}\n";
+    let gz = dir.join("e.jsonl.gz");
+    {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).expect("create"),
+            flate2::Compression::default(),
+        );
+        enc.write_all(jsonl.as_bytes()).expect("gzip");
+        enc.finish().expect("gzip");
+    }
+    let ids = |alerts: Vec<serde_json::Value>| -> Vec<String> {
+        alerts
+            .iter()
+            .map(|a| a["matched"]["a"][0].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let from_csv = ids(alerts_of(
+        &bin()
+            .args(["run", "--rules"])
+            .arg(&rules)
+            .arg("--events")
+            .arg(&csv)
+            .output()
+            .expect("runs"),
+    ));
+    let from_gz = ids(alerts_of(
+        &bin()
+            .args(["run", "--rules"])
+            .arg(&rules)
+            .arg("--events")
+            .arg(&gz)
+            .output()
+            .expect("runs"),
+    ));
+    let mut child = bin()
+        .args(["run", "--rules"])
+        .arg(&rules)
+        .args(["--events", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(jsonl.as_bytes())
+            .expect("feed");
+    }
+    let from_stdin = ids(alerts_of(&child.wait_with_output().expect("waits")));
+    assert_eq!(from_csv, vec!["x1", "x4"]);
+    assert_eq!(from_gz, from_csv);
+    assert_eq!(from_stdin, from_csv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn score_and_diff_compare_rule_sets() {
+    let dir = scratch("score");
+    let a = dir.join("a.vgl");
+    let b = dir.join("b.vgl");
+    std::fs::write(&a, RULES).expect("write");
+    std::fs::write(&b, RULES.replace("v > 10", "v > 60")).expect("write");
+    let events = dir.join("e.jsonl");
+    std::fs::write(
+        &events,
+        "{\"type\":\"T\",\"ts\":1000,\"id\":\"x1\",\"k\":\"a\",\"v\":50,\"ok\":true}\n{\"type\":\"T\",\"ts\":4000,\"id\":\"x4\",\"k\":\"b\",\"v\":99,\"ok\":true}\n",
+    )
+    .expect("write");
+    let labels = dir.join("labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"event\": \"x4\", \"label\": true}\n{\"key\": \"zzz\", \"label\": true}\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args(["score", "--rules"])
+        .arg(&a)
+        .arg("--events")
+        .arg(&events)
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 2 alerts, 1 true positive; 2 positives, 1 found.
+    assert!(
+        text.lines()
+            .any(|l| l == "big\t2\t1\t0.5000\t0.5000\t0.5000"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["diff", "--rules"])
+        .arg(&a)
+        .arg("--against")
+        .arg(&b)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["side"], "only_rules");
+    assert_eq!(lines[0]["alert"]["matched"]["a"][0], "x1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("big\t1\t0\t1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
