@@ -238,24 +238,39 @@ impl Matcher<'_> {
             })
     }
 
-    fn take(&self, run: &Run, s: StepId, mut counters: Counters, e: &Arc<Event>) -> (Run, bool) {
+    /// Moves a run into step `s` with the event.
+    fn take(&self, mut run: Run, s: StepId, mut counters: Counters, e: &Arc<Event>) -> (Run, bool) {
         let step = &self.pattern.steps[s as usize];
         counters[step.counter as usize] = 1;
-        let mut events = Vec::with_capacity(run.events.len() + 1);
-        events.extend(run.events.iter().cloned());
-        events.push((s, e.clone()));
-        let point = s + 1;
-        let (acc, _) = self.epsilon(point, &counters);
-        (
-            Run {
-                start_seq: run.start_seq,
-                start_ts: run.start_ts,
-                point,
-                counters,
-                events,
-            },
-            acc,
-        )
+        if run.events.capacity() == 0 {
+            run.events
+                .reserve_exact(self.pattern.steps.len().clamp(1, 4));
+        }
+        run.events.push((s, e.clone()));
+        run.point = s + 1;
+        run.counters = counters;
+        let (acc, _) = self.epsilon(run.point, &run.counters);
+        (run, acc)
+    }
+
+    /// Takes every accepted edge: the run moves into the last one, copies of it
+    /// into the others (alternation forks).
+    fn take_all(
+        &self,
+        run: Run,
+        acc: SmallVec<[(StepId, Counters); 1]>,
+        e: &Arc<Event>,
+    ) -> SmallVec<[(Run, bool); 1]> {
+        let n = acc.len();
+        let mut out = SmallVec::new();
+        let mut run = Some(run);
+        for (i, (s, cs)) in acc.into_iter().enumerate() {
+            let r = if i + 1 == n { run.take() } else { run.clone() };
+            if let Some(r) = r {
+                out.push(self.take(r, s, cs, e));
+            }
+        }
+        out
     }
 
     fn advance(&self, run: &mut Run, e: &Arc<Event>) -> Outcome {
@@ -265,11 +280,7 @@ impl Matcher<'_> {
         let point = &self.pattern.points[run.point as usize];
         let mut acc = SmallVec::new();
         if self.accepting(&point.exits, &run.counters, &run.events, e, &mut acc) {
-            return Outcome::Moved(
-                acc.into_iter()
-                    .map(|(s, cs)| self.take(run, s, cs, e))
-                    .collect(),
-            );
+            return Outcome::Moved(self.take_all(std::mem::replace(run, empty_run()), acc, e));
         }
         let mut negs: SmallVec<[u16; 2]> = SmallVec::new();
         let mut strict = false;
@@ -303,23 +314,33 @@ impl Matcher<'_> {
         e: &Arc<Event>,
         limits: &mut Limits,
     ) -> SmallVec<[Match; 1]> {
-        let mut alive: Vec<Run> = Vec::with_capacity(st.runs.len() + 1);
+        // Runs are updated in place (no allocation per event); forked copies, a
+        // rare case, are appended and put back in start order afterwards.
         let mut done: SmallVec<[Run; 1]> = SmallVec::new();
-        for mut run in st.runs.drain(..) {
-            match self.advance(&mut run, e) {
-                Outcome::Skip => alive.push(run),
-                Outcome::Kill => {}
-                Outcome::Moved(vs) => {
-                    for (r, complete) in vs {
-                        if complete {
-                            done.push(r)
-                        } else {
-                            alive.push(r)
-                        }
+        let mut forks: Vec<Run> = Vec::new();
+        st.runs.retain_mut(|run| match self.advance(run, e) {
+            Outcome::Skip => true,
+            Outcome::Kill => false,
+            Outcome::Moved(vs) => {
+                let mut keep = false;
+                for (i, (r, complete)) in vs.into_iter().enumerate() {
+                    if complete {
+                        done.push(r);
+                    } else if i == 0 {
+                        *run = r;
+                        keep = true;
+                    } else {
+                        forks.push(r);
                     }
                 }
+                keep
             }
+        });
+        if !forks.is_empty() {
+            st.runs.append(&mut forks);
+            st.runs.sort_by_key(|r| r.start_seq);
         }
+        let mut alive = std::mem::take(&mut st.runs);
         // Every event that can begin a match starts a run.
         let start = &self.pattern.points[0];
         let mut acc = SmallVec::new();
@@ -332,8 +353,7 @@ impl Matcher<'_> {
         };
         if self.accepting(&start.exits, &fresh.counters, &[], e, &mut acc) {
             if limits.may_start {
-                for (s, cs) in acc {
-                    let (r, complete) = self.take(&fresh, s, cs, e);
+                for (r, complete) in self.take_all(fresh, acc, e) {
                     limits.started += 1;
                     if complete {
                         done.push(r)
