@@ -341,6 +341,10 @@ impl Matcher<'_> {
             st.runs.sort_by_key(|r| r.start_seq);
         }
         let mut alive = std::mem::take(&mut st.runs);
+        if alive.capacity() == 0 {
+            // Most keys hold one run: do not let the first push reserve four.
+            alive.reserve_exact(1);
+        }
         // Every event that can begin a match starts a run.
         let start = &self.pattern.points[0];
         let mut acc = SmallVec::new();
