@@ -37,19 +37,6 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// Every rejection reason code.
-pub const REJECTION_REASONS: [&str; 9] = [
-    "malformed_json",
-    "not_an_object",
-    "missing_type",
-    "missing_ts",
-    "bad_ts",
-    "unknown_type",
-    "wrong_type",
-    "missing_field",
-    "bad_id",
-];
-
 /// Decodes JSON events against a rule set's schemas.
 #[derive(Debug, Clone)]
 pub struct Decoder {

@@ -18,7 +18,7 @@ use crate::eval::{Env, Lists, eval};
 use crate::pattern::{Limits, Match, Matcher, PatternState, RunCtx};
 use crate::value::{Event, Key};
 use crate::window::{WindowCtx, WindowState};
-use rule_lang::program::{Rule, RuleKind, RuleSet, TypeId};
+use rule_lang::program::{Rule, RuleKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -776,13 +776,6 @@ impl Engine {
         e.lists = snap.lists;
         e.active_runs = e.count_runs();
         e
-    }
-
-    /// Event types read by at least one rule.
-    pub fn used_types(&self) -> Vec<TypeId> {
-        (0..self.by_type.len() as TypeId)
-            .filter(|t| !self.by_type[*t as usize].is_empty())
-            .collect()
     }
 }
 

@@ -455,14 +455,6 @@ impl Matcher<'_> {
         }
         out
     }
-
-    /// The earliest window deadline among the runs.
-    pub fn next_deadline(&self, st: &PatternState) -> Option<i64> {
-        st.runs
-            .iter()
-            .map(|r| r.start_ts.saturating_add(self.pattern.within_ms))
-            .min()
-    }
 }
 
 fn empty_run() -> Run {

@@ -1,7 +1,7 @@
 //! The typed internal form of events: decoded once at the edge, then shared
 //! (`Arc<Event>`) by every run that binds it.
 
-use rule_lang::program::{FieldRef, TypeId};
+use rule_lang::program::TypeId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -85,17 +85,6 @@ pub struct Event {
 }
 
 impl Event {
-    /// Reads a field; `type_name` is the schema name for `type`.
-    #[inline]
-    pub fn get(&self, f: FieldRef, type_name: &Arc<str>) -> Value {
-        match f {
-            FieldRef::Slot(s) => self.fields.get(s as usize).cloned().unwrap_or_default(),
-            FieldRef::Ts => Value::Time(self.ts),
-            FieldRef::Id => Value::Str(self.id.clone()),
-            FieldRef::Type => Value::Str(type_name.clone()),
-        }
-    }
-
     /// Reads a declared slot without cloning.
     #[inline]
     pub fn slot(&self, s: u16) -> &Value {

@@ -671,7 +671,7 @@ impl Checker {
             Aggregate {
                 binding: binding.name.clone(),
                 ty,
-                pred: pred.flatten_opt(),
+                pred,
                 over_ms,
                 having,
                 tracked,
@@ -928,9 +928,6 @@ impl Checker {
                     }
                 }
                 continue;
-            }
-            if i > 0 && seq.steps[i - 1].negated && i == seq.steps.len() {
-                // unreachable: handled by loop bounds
             }
             let (min, max) = match step.quant {
                 Some(q) => {
@@ -1190,15 +1187,6 @@ pub fn fnv_hex(s: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-trait FlattenOpt {
-    fn flatten_opt(self) -> Option<Expr>;
-}
-impl FlattenOpt for Option<Expr> {
-    fn flatten_opt(self) -> Option<Expr> {
-        self
-    }
 }
 
 #[derive(Clone)]

@@ -156,13 +156,6 @@ pub struct Rule {
     pub source_hash: String,
 }
 
-impl Rule {
-    /// Does the rule read events of this type?
-    pub fn uses(&self, ty: TypeId) -> bool {
-        self.key_slots.get(ty as usize).is_some_and(Option::is_some) || self.types.contains(&ty)
-    }
-}
-
 /// Pattern or aggregate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RuleKind {
