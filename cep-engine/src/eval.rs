@@ -103,6 +103,16 @@ pub fn eval(e: &Expr, cx: &impl EvalCtx, env: &Env) -> Value {
         },
         Expr::And(a, b) => Value::Bool(eval_bool(a, cx, env) && eval_bool(b, cx, env)),
         Expr::Or(a, b) => Value::Bool(eval_bool(a, cx, env) || eval_bool(b, cx, env)),
+        // String literals are compared in place, not copied per evaluation.
+        Expr::Cmp(op, Kind::Str, a, b) => Value::Bool(match (&**a, &**b) {
+            (x, Expr::Lit(Lit::Str(lit))) => eval(x, cx, env)
+                .as_str()
+                .is_some_and(|v| holds(*op, v.cmp(lit.as_str()))),
+            (Expr::Lit(Lit::Str(lit)), y) => eval(y, cx, env)
+                .as_str()
+                .is_some_and(|v| holds(*op, lit.as_str().cmp(v))),
+            _ => compare(*op, Kind::Str, &eval(a, cx, env), &eval(b, cx, env)),
+        }),
         Expr::Cmp(op, kind, a, b) => {
             Value::Bool(compare(*op, *kind, &eval(a, cx, env), &eval(b, cx, env)))
         }
@@ -116,7 +126,7 @@ pub fn eval(e: &Expr, cx: &impl EvalCtx, env: &Env) -> Value {
             if v.is_missing() {
                 return Value::Bool(false);
             }
-            Value::Bool(set.iter().any(|l| compare(CmpOp::Eq, *kind, &v, &lit(l))))
+            Value::Bool(set.iter().any(|l| lit_eq(*kind, &v, l)))
         }
         Expr::InList(a, name) => {
             let v = eval(a, cx, env);
@@ -157,7 +167,13 @@ pub fn compare(op: CmpOp, kind: Kind, a: &Value, b: &Value) -> bool {
             _ => None,
         },
     };
-    let Some(o) = ord else { return false };
+    ord.is_some_and(|o| holds(op, o))
+}
+
+/// Does `op` hold for operands ordered `o`?
+#[inline]
+fn holds(op: CmpOp, o: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering;
     match op {
         CmpOp::Eq => o == Ordering::Equal,
         CmpOp::Ne => o != Ordering::Equal,
@@ -165,6 +181,18 @@ pub fn compare(op: CmpOp, kind: Kind, a: &Value, b: &Value) -> bool {
         CmpOp::Le => o != Ordering::Greater,
         CmpOp::Gt => o == Ordering::Greater,
         CmpOp::Ge => o != Ordering::Less,
+    }
+}
+
+/// `v == l` for an `in [...]` item of the checked kind, without building a value.
+fn lit_eq(kind: Kind, v: &Value, l: &Lit) -> bool {
+    match (kind, l) {
+        (Kind::Str, Lit::Str(s)) => v.as_str() == Some(s.as_str()),
+        (Kind::Int, Lit::Int(i)) => v.as_i64() == Some(*i),
+        (Kind::Float, Lit::Float(f)) => v.as_f64() == Some(*f),
+        (Kind::Float, Lit::Int(i)) => v.as_f64() == Some(*i as f64),
+        (Kind::Bool, Lit::Bool(b)) => v.as_bool() == Some(*b),
+        _ => false,
     }
 }
 
