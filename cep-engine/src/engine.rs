@@ -171,6 +171,11 @@ fn identity(rs: &RuleSet, r: &Rule) -> String {
     rule_lang::check::fnv_hex(&text)
 }
 
+/// Names the kept state of a rule: its name and compiled identity.
+fn state_key(name: &str, identity: &str) -> String {
+    format!("{name}\u{0}{identity}")
+}
+
 impl Engine {
     /// An engine running every rule of `rules` (version 1, active).
     pub fn new(rules: Arc<RuleSet>, config: EngineConfig) -> Engine {
@@ -227,7 +232,7 @@ impl Engine {
             }
             collect_regexes(r, &mut self.regexes);
             let dep = deployments.get(i).copied().unwrap_or_default();
-            let rt = match keep.remove(&format!("{}\u{0}{}", r.name, identity(&rules, r))) {
+            let rt = match keep.remove(&state_key(&r.name, &identity(&rules, r))) {
                 Some(mut rt) if rt.version == dep.version => {
                     rt.shadow = dep.shadow;
                     rt
@@ -252,7 +257,7 @@ impl Engine {
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>, deployments: &[Deployment]) {
         let mut keep = HashMap::new();
         for (r, rt) in self.rules.rules.iter().zip(self.rts.drain(..)) {
-            keep.insert(format!("{}\u{0}{}", r.name, identity(&self.rules, r)), rt);
+            keep.insert(state_key(&r.name, &identity(&self.rules, r)), rt);
         }
         // Buffered events keep their place if their type is unchanged.
         let old = self.rules.clone();
@@ -341,18 +346,15 @@ impl Engine {
         let wm = self.input_watermark();
         if self.buffer.is_empty() && ev.ts <= wm {
             // In order and already released: skip the reorder buffer.
-            self.watermark = self.watermark.max(wm);
             self.fire_timers(ev.ts);
             self.process(ev);
-            self.fire_timers(self.watermark);
-            return;
+        } else {
+            self.buffer.push(Reverse(Buffered {
+                ts: ev.ts,
+                arrival: self.arrivals,
+                event: ev,
+            }));
         }
-        self.buffer.push(Reverse(Buffered {
-            ts: ev.ts,
-            arrival: self.arrivals,
-            event: ev,
-        }));
-        let wm = self.input_watermark();
         self.advance_to(wm);
     }
 
@@ -569,10 +571,7 @@ impl Engine {
         let States::Pattern(map) = &mut rt.states else {
             return;
         };
-        let st = match map.get_mut(&key) {
-            Some(st) => st,
-            None => map.entry(key.clone()).or_default(),
-        };
+        let st = map.entry(key.clone()).or_default();
         let before = st.runs.len();
         let mut limits = Limits {
             max_runs_per_key: config.max_runs_per_key,
@@ -642,10 +641,7 @@ impl Engine {
         let States::Window(map) = &mut rt.states else {
             return;
         };
-        let st = match map.get_mut(&key) {
-            Some(st) => st,
-            None => map.entry(key.clone()).or_default(),
-        };
+        let st = map.entry(key.clone()).or_default();
         out.metrics.window_dropped_cap += st.push(a, ev, &env, config.max_window_events);
         // The window empties at ts + over unless more events come.
         out.timers
@@ -764,7 +760,7 @@ impl Engine {
             .rules
             .into_iter()
             .zip(snap.identities)
-            .map(|((name, rt), id)| (format!("{name}\u{0}{id}"), rt))
+            .map(|((name, rt), id)| (state_key(&name, &id), rt))
             .collect();
         e.install(rules, deployments, keep);
         e.buffer = snap.buffer.into_iter().map(Reverse).collect();
