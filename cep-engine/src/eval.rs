@@ -362,7 +362,8 @@ pub fn aggregate<'e>(
     }
 }
 
-fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+/// Order of two values for min/max: strings by bytes, numbers and times by value.
+pub(crate) fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         _ => a.as_f64()?.partial_cmp(&b.as_f64()?),

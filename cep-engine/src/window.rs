@@ -76,13 +76,7 @@ pub struct WindowState {
 }
 
 fn less(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Str(x), Value::Str(y)) => x < y,
-        _ => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => x < y,
-            _ => false,
-        },
-    }
+    crate::eval::order(a, b) == Some(std::cmp::Ordering::Less)
 }
 
 impl WindowState {
