@@ -221,24 +221,33 @@ pub fn replay(
     if csv {
         let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let headers = rdr.headers()?.clone();
-        for (i, rec) in rdr.records().enumerate() {
-            let line = i as u64 + 2;
-            lines += 1;
-            let pos = 0;
-            match rec {
-                Ok(rec) => {
+        let mut rec = csv::StringRecord::new();
+        loop {
+            // Where the record starts: its line (a quoted field may span lines)
+            // and byte offset, for default ids and dead letters.
+            let at = rdr.position().clone();
+            match rdr.read_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {
+                    lines += 1;
                     let json = csv_to_json(&rules, &headers, &rec);
-                    feed(&mut engine, line, pos, json.as_bytes(), &mut dead)?;
+                    feed(
+                        &mut engine,
+                        at.line(),
+                        at.byte(),
+                        json.as_bytes(),
+                        &mut dead,
+                    )?;
                 }
-                Err(e) => dead.record(
-                    &source,
-                    line,
-                    pos,
-                    &cep_engine::Rejection {
+                Err(e) if e.is_io_error() => return Err(e.into()),
+                Err(e) => {
+                    lines += 1;
+                    let r = cep_engine::Rejection {
                         reason: "malformed_csv",
                         detail: e.to_string(),
-                    },
-                ),
+                    };
+                    dead.record(&source, at.line(), at.byte(), &r);
+                }
             }
         }
     } else {

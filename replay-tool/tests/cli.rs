@@ -237,6 +237,28 @@ fn run_reads_csv_gzip_and_stdin_alike() {
     }
     let from_stdin = ids(alerts_of(&child.wait_with_output().expect("waits")));
     assert_eq!(from_csv, vec!["x1", "x4"]);
+    // A CSV row of the wrong type is rejected with its own line and byte offset.
+    let bad = dir.join("bad.csv");
+    let header = "type,ts,id,k,v,ok\n";
+    let first = "T,1000,x1,a,50,true\n";
+    std::fs::write(&bad, format!("{header}{first}T,2000,x2,a,lots,true\n")).expect("write");
+    let rejects = dir.join("rejects.jsonl");
+    let out = bin()
+        .args(["run", "--rules"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&bad)
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let rej: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&rejects).expect("rejects").trim())
+            .expect("json");
+    assert_eq!(rej["reason"], "wrong_type");
+    assert_eq!(rej["line"], 3);
+    assert_eq!(rej["offset"], (header.len() + first.len()) as u64);
     assert_eq!(from_gz, from_csv);
     assert_eq!(from_stdin, from_csv);
     let _ = std::fs::remove_dir_all(&dir);
