@@ -81,12 +81,16 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             opts.lists = Some(p);
         }
     }
-    let r = vigil_replay::replay(Arc::new(rules), &opts, |_| Ok(())).map_err(|e| e.to_string())?;
+    let mut alerts = vec![];
+    vigil_replay::replay(Arc::new(rules), &opts, |a| {
+        alerts.push(a);
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
     if let Some(p) = lists_file {
         let _ = std::fs::remove_file(p);
     }
-    let got: Vec<serde_json::Value> = r
-        .alerts
+    let got: Vec<serde_json::Value> = alerts
         .iter()
         .map(|a| serde_json::to_value(a).unwrap_or_default())
         .collect();

@@ -125,7 +125,6 @@ fn load_rules(path: &Path) -> anyhow::Result<Arc<RuleSet>> {
 
 /// What a replay produced.
 pub struct Replay {
-    pub alerts: Vec<Alert>,
     pub dead: DeadLetters,
     pub engine_metrics: cep_engine::Metrics,
     pub lines: u64,
@@ -160,7 +159,7 @@ fn open_events(spec: &str) -> anyhow::Result<(Box<dyn BufRead>, bool, String)> {
 pub fn replay(
     rules: Arc<RuleSet>,
     opts: &ReplayOpts,
-    mut on_alert: impl FnMut(&Alert) -> anyhow::Result<()>,
+    mut on_alert: impl FnMut(Alert) -> anyhow::Result<()>,
 ) -> anyhow::Result<Replay> {
     let config = EngineConfig {
         lateness_ms: opts.lateness,
@@ -195,7 +194,6 @@ pub fn replay(
     let start = Instant::now();
     let mut lines = 0u64;
     let mut offset = 0u64;
-    let mut all = vec![];
     let mut feed = |engine: &mut Engine,
                     line: u64,
                     off: u64,
@@ -213,8 +211,7 @@ pub fn replay(
             }
         }
         for a in engine.drain_alerts() {
-            on_alert(&a)?;
-            all.push(a);
+            on_alert(a)?;
         }
         Ok(())
     };
@@ -269,14 +266,12 @@ pub fn replay(
     engine.set_wall_clock(wall());
     engine.finish(opts.flush_all);
     for a in engine.drain_alerts() {
-        on_alert(&a)?;
-        all.push(a);
+        on_alert(a)?;
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
     Ok(Replay {
-        alerts: all,
         dead,
         engine_metrics: engine.metrics().clone(),
         lines,
@@ -334,7 +329,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     let r = replay(rules, &a.opts, |al| {
-        serde_json::to_writer(&mut out, al)?;
+        serde_json::to_writer(&mut out, &al)?;
         out.write_all(b"\n")?;
         Ok(())
     })?;
@@ -354,7 +349,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         "rejected": r.dead.total(),
         "rejected_by_reason": r.dead.by_reason,
         "late": m.late,
-        "alerts": r.alerts.len(),
+        "alerts": m.alerts.values().sum::<u64>(),
         "alerts_by_rule": m.alerts,
         "matches_by_rule": m.matches,
         "suppressed_by_rule": m.suppressed,
@@ -370,7 +365,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             r.lines,
             r.dead.total(),
             m.late,
-            r.alerts.len(),
+            m.alerts.values().sum::<u64>(),
             r.lines as f64 / r.secs.max(1e-9),
             r.secs
         );
@@ -435,7 +430,11 @@ pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
             _ => bail!("labels line {}: needs `event` or `key`", i + 1),
         };
     }
-    let r = replay(rules.clone(), &a.opts, |_| Ok(()))?;
+    let mut alerts = vec![];
+    replay(rules.clone(), &a.opts, |al| {
+        alerts.push(al);
+        Ok(())
+    })?;
     let empty = HashSet::new();
     println!("rule\talerts\ttrue_pos\tprecision\trecall\tf1");
     for rule in &rules.rules {
@@ -452,7 +451,7 @@ pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .chain(pos_keys.get("*").unwrap_or(&empty))
             .collect();
-        let mine: Vec<&Alert> = r.alerts.iter().filter(|al| al.rule == *name).collect();
+        let mine: Vec<&Alert> = alerts.iter().filter(|al| al.rule == *name).collect();
         let mut tp = 0u64;
         let mut found_ev: HashSet<&str> = HashSet::new();
         let mut found_key: HashSet<String> = HashSet::new();
@@ -513,13 +512,20 @@ fn alert_identity(a: &Alert) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
-    let ra = replay(load_rules(&a.rules)?, &a.opts, |_| Ok(()))?;
-    let rb = replay(load_rules(&a.against)?, &a.opts, |_| Ok(()))?;
-    let ia: HashMap<String, &Alert> = ra.alerts.iter().map(|x| (alert_identity(x), x)).collect();
-    let ib: HashMap<String, &Alert> = rb.alerts.iter().map(|x| (alert_identity(x), x)).collect();
+    let collect = |rules: &Path| -> anyhow::Result<Vec<Alert>> {
+        let mut alerts = vec![];
+        replay(load_rules(rules)?, &a.opts, |al| {
+            alerts.push(al);
+            Ok(())
+        })?;
+        Ok(alerts)
+    };
+    let (alerts_a, alerts_b) = (collect(&a.rules)?, collect(&a.against)?);
+    let ia: HashMap<String, &Alert> = alerts_a.iter().map(|x| (alert_identity(x), x)).collect();
+    let ib: HashMap<String, &Alert> = alerts_b.iter().map(|x| (alert_identity(x), x)).collect();
     let mut per_rule: BTreeMap<String, [u64; 3]> = BTreeMap::new();
     let mut out = BufWriter::new(std::io::stdout().lock());
-    for x in &ra.alerts {
+    for x in &alerts_a {
         let side = if ib.contains_key(&alert_identity(x)) {
             "both"
         } else {
@@ -530,7 +536,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}", serde_json::json!({"side": side, "alert": x}))?;
         }
     }
-    for x in &rb.alerts {
+    for x in &alerts_b {
         if !ia.contains_key(&alert_identity(x)) {
             per_rule.entry(x.rule.clone()).or_default()[1] += 1;
             writeln!(
