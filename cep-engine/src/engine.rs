@@ -88,7 +88,38 @@ struct RuleRt {
 struct Buffered {
     ts: i64,
     arrival: u64,
+    #[serde(default)]
+    route: Route,
     event: Event,
+}
+
+/// Which rules an event copy is for. The cluster router sends an event once per
+/// distinct key field among the rules that read its type; each copy must reach
+/// only the rules partitioned by that field, or a rule would see the event on two
+/// shards. Replay and single-engine use pass [`Route::All`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Route {
+    /// Every rule that reads the type.
+    #[default]
+    All,
+    /// Keyed rules whose key is this slot of the event's type.
+    Key(u16),
+    /// Unkeyed (global) rules.
+    Global,
+}
+
+impl Route {
+    /// Does a copy on this route reach `rule` (for an event of type `ty`)?
+    #[inline]
+    pub fn admits(self, rule: &Rule, ty: usize) -> bool {
+        match self {
+            Route::All => true,
+            Route::Global => rule.key.is_none(),
+            Route::Key(s) => {
+                rule.key.is_some() && rule.key_slots.get(ty).copied().flatten() == Some(s)
+            }
+        }
+    }
 }
 
 impl PartialEq for Buffered {
@@ -333,6 +364,11 @@ impl Engine {
 
     /// Feeds an event from one input (a Kafka partition, a producer).
     pub fn push_from(&mut self, input: u32, ev: Event) {
+        self.push_routed(input, ev, Route::All);
+    }
+
+    /// Feeds one routed copy of an event (see [`Route`]).
+    pub fn push_routed(&mut self, input: u32, ev: Event, route: Route) {
         self.metrics.events_in += 1;
         if ev.ts < self.watermark {
             self.metrics.late += 1;
@@ -347,11 +383,12 @@ impl Engine {
         if self.buffer.is_empty() && ev.ts <= wm {
             // In order and already released: skip the reorder buffer.
             self.fire_timers(ev.ts);
-            self.process(ev);
+            self.process(ev, route);
         } else {
             self.buffer.push(Reverse(Buffered {
                 ts: ev.ts,
                 arrival: self.arrivals,
+                route,
                 event: ev,
             }));
         }
@@ -409,7 +446,7 @@ impl Engine {
                 break;
             };
             self.fire_timers(b.ts);
-            self.process(b.event);
+            self.process(b.event, b.route);
         }
         self.fire_timers(self.watermark);
     }
@@ -519,7 +556,7 @@ impl Engine {
         }
     }
 
-    fn process(&mut self, mut ev: Event) {
+    fn process(&mut self, mut ev: Event, route: Route) {
         ev.seq = self.next_seq;
         self.next_seq += 1;
         self.metrics.events_processed += 1;
@@ -534,6 +571,9 @@ impl Engine {
         for k in 0..n_rules {
             let ri = self.by_type[ty][k];
             let rule = &rules.rules[ri];
+            if !route.admits(rule, ty) {
+                continue;
+            }
             let key = match &rule.key {
                 None => Key::Global,
                 Some(_) => {

@@ -9,12 +9,16 @@ pub mod alert;
 pub mod decode;
 pub mod engine;
 pub mod eval;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod pattern;
+pub mod shard;
 pub mod time;
 pub mod value;
 pub mod window;
+pub mod wire;
 
 pub use alert::Alert;
 pub use decode::{Decoder, Rejection};
-pub use engine::{Deployment, Engine, EngineConfig, Metrics, Snapshot};
+pub use engine::{Deployment, Engine, EngineConfig, Metrics, Route, Snapshot};
 pub use value::{Event, Key, Value};

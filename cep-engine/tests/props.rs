@@ -416,3 +416,20 @@ fn reference_lists_can_be_replaced_while_running() {
     e.push(ev(3));
     assert!(e.drain_alerts().is_empty());
 }
+
+proptest! {
+    /// The same property as `fuzz/fuzz_targets/wire_decode.rs`, run in CI.
+    #[test]
+    fn wire_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        use cep_engine::wire::{decode, encode};
+        let mut framed = b"VG\x01".to_vec();
+        framed.extend_from_slice(&bytes);
+        for input in [&bytes[..], &framed[..]] {
+            if let Ok(msg) = decode(input) {
+                let again = encode(&msg);
+                let back = decode(&again).expect("re-encoded message decodes");
+                prop_assert_eq!(encode(&back), again);
+            }
+        }
+    }
+}

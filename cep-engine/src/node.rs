@@ -1,0 +1,618 @@
+//! An engine node: the server loop behind the `vigil-node` binary, also run
+//! in-process by the gateway's embedded mode (feature `node`; the rest of the
+//! crate has no I/O).
+//!
+//! The node binds a ZeroMQ ROUTER socket; one gateway connects a DEALER to it
+//! and speaks [`crate::wire`]. The node runs one [`Engine`] per virtual shard it
+//! owns (created on a shard's first event), grants the gateway credits for the
+//! event copies it has processed, and sends alerts back on the same socket.
+//! `docs/protocol.md` describes the conversation.
+
+use crate::engine::{Deployment, Engine, EngineConfig, Route};
+use crate::shard::SHARDS;
+use crate::wire::{self, Credit, DeployAck, Msg, Stats, Welcome, WireAlert};
+use rule_lang::program::RuleSet;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Node settings (the binary layers defaults, file, env and flags into these).
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub name: String,
+    /// Endpoint the ROUTER binds (`tcp://…`, `ipc://…`, `inproc://…`).
+    pub bind: String,
+    /// Event copies the gateway may have in flight to this node.
+    pub credit_window: u32,
+    /// Partial matches held by the whole node (split across its shards).
+    pub max_runs: usize,
+    /// Largest message accepted from the gateway, bytes.
+    pub max_message_bytes: i64,
+    /// How often idle shards catch up with the gateway clock (fire timers).
+    pub advance_every: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            name: "node".into(),
+            bind: "tcp://127.0.0.1:7710".into(),
+            credit_window: 65_536,
+            max_runs: 5_000_000,
+            max_message_bytes: 64 << 20,
+            advance_every: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Live figures, shared with the node's HTTP endpoint.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    pub connected: AtomicBool,
+    pub rules_version: AtomicU64,
+    pub events: AtomicU64,
+    pub late: AtomicU64,
+    pub alerts: AtomicU64,
+    pub active_runs: AtomicU64,
+    pub active_keys: AtomicU64,
+    pub buffered: AtomicU64,
+    pub shards_active: AtomicU64,
+    pub processed_seq: AtomicU64,
+    pub rejected_batches: AtomicU64,
+    pub misrouted: AtomicU64,
+    /// Last error told to the gateway (for logs and `/healthz`).
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl NodeStatus {
+    /// Prometheus text exposition of the node's figures.
+    pub fn prometheus(&self, name: &str) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut line = |metric: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{node=\"{name}\"}} {v}\n"
+            ));
+        };
+        line(
+            "vigil_node_connected",
+            "gauge",
+            "1 while a gateway session is open",
+            u64::from(self.connected.load(Ordering::Relaxed)),
+        );
+        line(
+            "vigil_node_rules_version",
+            "gauge",
+            "rule-set version running",
+            g(&self.rules_version),
+        );
+        line(
+            "vigil_node_events_total",
+            "counter",
+            "event copies processed",
+            g(&self.events),
+        );
+        line(
+            "vigil_node_late_events_total",
+            "counter",
+            "events older than the watermark",
+            g(&self.late),
+        );
+        line(
+            "vigil_node_alerts_total",
+            "counter",
+            "alerts sent to the gateway",
+            g(&self.alerts),
+        );
+        line(
+            "vigil_node_active_runs",
+            "gauge",
+            "partial matches held",
+            g(&self.active_runs),
+        );
+        line(
+            "vigil_node_active_keys",
+            "gauge",
+            "(rule, key) states held",
+            g(&self.active_keys),
+        );
+        line(
+            "vigil_node_buffered_events",
+            "gauge",
+            "events waiting in reorder buffers",
+            g(&self.buffered),
+        );
+        line(
+            "vigil_node_shards_active",
+            "gauge",
+            "shards with an engine",
+            g(&self.shards_active),
+        );
+        line(
+            "vigil_node_processed_seq",
+            "gauge",
+            "highest gateway sequence number processed",
+            g(&self.processed_seq),
+        );
+        line(
+            "vigil_node_rejected_batches_total",
+            "counter",
+            "batches refused (wrong rule-set version, no session)",
+            g(&self.rejected_batches),
+        );
+        line(
+            "vigil_node_misrouted_total",
+            "counter",
+            "event copies for a shard this node does not own",
+            g(&self.misrouted),
+        );
+        out
+    }
+}
+
+/// A random 64-bit value (process-unique ids), from the std hasher's seed.
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+struct Session {
+    peer: Vec<u8>,
+    gateway: u64,
+    owned: Vec<bool>,
+    lateness_ms: i64,
+    max_runs_per_key: usize,
+    shards_owned: usize,
+}
+
+struct Rules {
+    version: u64,
+    set: Arc<RuleSet>,
+    deployments: Vec<Deployment>,
+}
+
+/// The node's state machine, separate from the socket so it can be tested
+/// message by message.
+pub struct Node {
+    opts: NodeOptions,
+    instance: u64,
+    session: Option<Session>,
+    rules: Option<Rules>,
+    engines: HashMap<u16, Engine>,
+    clock: i64,
+    advanced_to: i64,
+    processed_seq: u64,
+    status: Arc<NodeStatus>,
+    alerts_total: u64,
+    rejected_batches: u64,
+}
+
+/// What the node wants sent back after a message.
+pub type Replies = Vec<Msg>;
+
+impl Node {
+    pub fn new(opts: NodeOptions, status: Arc<NodeStatus>) -> Node {
+        Node {
+            opts,
+            instance: random_u64(),
+            session: None,
+            rules: None,
+            engines: HashMap::new(),
+            clock: i64::MIN,
+            advanced_to: i64::MIN,
+            processed_seq: 0,
+            status,
+            alerts_total: 0,
+            rejected_batches: 0,
+        }
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        let (lateness_ms, per_key, owned) = self
+            .session
+            .as_ref()
+            .map_or((0, EngineConfig::default().max_runs_per_key, 1), |s| {
+                (s.lateness_ms, s.max_runs_per_key, s.shards_owned.max(1))
+            });
+        EngineConfig {
+            lateness_ms,
+            max_runs_per_key: per_key,
+            max_runs_total: (self.opts.max_runs / owned).max(1_000),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Handles one decoded message from the gateway at `peer`.
+    pub fn handle(&mut self, peer: &[u8], msg: Msg) -> Replies {
+        match msg {
+            Msg::Hello(h) => {
+                let fresh = self.session.as_ref().is_none_or(|s| s.gateway != h.gateway);
+                if fresh {
+                    // A new gateway process means a new stream: start clean.
+                    self.engines.clear();
+                    self.rules = None;
+                    self.clock = i64::MIN;
+                    self.advanced_to = i64::MIN;
+                    self.processed_seq = 0;
+                }
+                let mut owned = vec![false; SHARDS as usize];
+                for &s in &h.shards {
+                    if let Some(o) = owned.get_mut(s as usize) {
+                        *o = true;
+                    }
+                }
+                // Shards this node no longer owns are dropped.
+                self.engines
+                    .retain(|s, _| owned.get(*s as usize).copied().unwrap_or(false));
+                info!(
+                    node = %self.opts.name,
+                    gateway = h.gateway,
+                    shards = h.shards.len(),
+                    fresh,
+                    "gateway session opened"
+                );
+                self.session = Some(Session {
+                    peer: peer.to_vec(),
+                    gateway: h.gateway,
+                    owned,
+                    lateness_ms: h.lateness_ms,
+                    max_runs_per_key: h.max_runs_per_key as usize,
+                    shards_owned: h.shards.len(),
+                });
+                self.status.connected.store(true, Ordering::Relaxed);
+                vec![Msg::Welcome(Welcome {
+                    instance: self.instance,
+                    name: self.opts.name.clone(),
+                    rules_version: self.rules.as_ref().map_or(0, |r| r.version),
+                    credits: self.opts.credit_window,
+                })]
+            }
+            Msg::Deploy(d) => {
+                let version = d.version;
+                let error = self.deploy(d).err();
+                if let Some(e) = &error {
+                    warn!(node = %self.opts.name, version, error = %e, "deploy refused");
+                } else {
+                    info!(node = %self.opts.name, version, "rule set deployed");
+                }
+                vec![Msg::DeployAck(DeployAck { version, error })]
+            }
+            Msg::Events(b) => {
+                let n = b.events.len() as u32;
+                let mut out = vec![];
+                match self.check_batch(b.rules_version) {
+                    Err(text) => {
+                        self.rejected_batches += 1;
+                        self.status.rejected_batches.fetch_add(1, Ordering::Relaxed);
+                        out.push(Msg::Error { text });
+                    }
+                    Ok(()) => {
+                        let touched = self.run_batch(b);
+                        self.collect_alerts(touched, &mut out);
+                    }
+                }
+                out.push(Msg::Credit(Credit {
+                    grant: n,
+                    processed_seq: self.processed_seq,
+                }));
+                out
+            }
+            Msg::Advance { clock } => {
+                self.clock = self.clock.max(clock);
+                let mut out = vec![];
+                self.advance_all(&mut out);
+                out
+            }
+            Msg::Ping { .. } => vec![Msg::Stats(self.stats())],
+            Msg::Error { text } => {
+                warn!(node = %self.opts.name, %text, "gateway reported an error");
+                vec![]
+            }
+            other => {
+                let text = format!(
+                    "a node does not accept message kind {} from a gateway",
+                    other.kind()
+                );
+                vec![Msg::Error { text }]
+            }
+        }
+    }
+
+    fn check_batch(&self, version: u64) -> Result<(), String> {
+        let Some(s) = &self.session else {
+            return Err("events before Hello: no session".into());
+        };
+        let _ = s;
+        match &self.rules {
+            None => Err(format!(
+                "events for rule-set version {version} but no rule set is deployed"
+            )),
+            Some(r) if r.version != version => Err(format!(
+                "events for rule-set version {version} but version {} is deployed",
+                r.version
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn deploy(&mut self, d: wire::Deploy) -> Result<(), String> {
+        let mut sources = rule_lang::Sources::new();
+        for (name, text) in &d.files {
+            sources.add(name.clone(), text.clone());
+        }
+        let compiled = rule_lang::compile_sources(sources);
+        let Some(set) = compiled.program else {
+            return Err(compiled.diagnostics.render(false));
+        };
+        let set = Arc::new(set);
+        let by_name: HashMap<&str, (u32, bool)> = d
+            .rules
+            .iter()
+            .map(|(n, v, s)| (n.as_str(), (*v, *s)))
+            .collect();
+        let deployments: Vec<Deployment> = set
+            .rules
+            .iter()
+            .map(|r| {
+                let (version, shadow) = by_name.get(r.name.as_str()).copied().unwrap_or((1, false));
+                Deployment { version, shadow }
+            })
+            .collect();
+        for e in self.engines.values_mut() {
+            e.replace_rules(set.clone(), &deployments);
+        }
+        self.status
+            .rules_version
+            .store(d.version, Ordering::Relaxed);
+        self.rules = Some(Rules {
+            version: d.version,
+            set,
+            deployments,
+        });
+        Ok(())
+    }
+
+    /// Runs a batch; returns the shards it touched.
+    fn run_batch(&mut self, b: wire::Batch) -> Vec<u16> {
+        let mut touched: Vec<u16> = vec![];
+        let Some(rules) = &self.rules else {
+            return touched;
+        };
+        let Some(session) = &self.session else {
+            return touched;
+        };
+        let config = self.engine_config();
+        let lateness = session.lateness_ms;
+        let now = wall_ms();
+        let mut misrouted = 0u64;
+        for r in b.events {
+            let ok_shard = session
+                .owned
+                .get(r.shard as usize)
+                .copied()
+                .unwrap_or(false);
+            let ok_event = rules
+                .set
+                .schemas
+                .get(r.event.ty as usize)
+                .is_some_and(|s| s.fields.len() == r.event.fields.len());
+            let ok_route = match r.route {
+                Route::Key(s) => rules
+                    .set
+                    .schemas
+                    .get(r.event.ty as usize)
+                    .is_some_and(|sc| (s as usize) < sc.fields.len()),
+                _ => true,
+            };
+            if !(ok_shard && ok_event && ok_route) {
+                misrouted += 1;
+                continue;
+            }
+            let engine = self.engines.entry(r.shard).or_insert_with(|| {
+                Engine::with_deployments(rules.set.clone(), config.clone(), &rules.deployments)
+            });
+            engine.set_wall_clock(now);
+            if r.clock != i64::MIN {
+                engine.advance_to(r.clock.saturating_sub(lateness));
+            }
+            self.clock = self.clock.max(r.clock).max(r.event.ts);
+            self.processed_seq = self.processed_seq.max(r.seq);
+            engine.push_routed(0, r.event, r.route);
+            if touched.last() != Some(&r.shard) {
+                touched.push(r.shard);
+            }
+        }
+        self.clock = self.clock.max(b.clock);
+        if misrouted > 0 {
+            self.status
+                .misrouted
+                .fetch_add(misrouted, Ordering::Relaxed);
+            warn!(node = %self.opts.name, misrouted, "event copies refused: wrong shard, type or route");
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    /// Brings every shard up to the gateway clock (fires due timers).
+    pub fn advance_all(&mut self, out: &mut Replies) {
+        let Some(session) = &self.session else { return };
+        if self.clock == i64::MIN || self.clock == self.advanced_to {
+            return;
+        }
+        let wm = self.clock.saturating_sub(session.lateness_ms);
+        let now = wall_ms();
+        for e in self.engines.values_mut() {
+            if e.watermark() < wm {
+                e.set_wall_clock(now);
+                e.advance_to(wm);
+            }
+        }
+        self.advanced_to = self.clock;
+        let all: Vec<u16> = self.engines.keys().copied().collect();
+        self.collect_alerts(all, out);
+    }
+
+    fn collect_alerts(&mut self, shards: Vec<u16>, out: &mut Replies) {
+        let mut alerts = vec![];
+        for s in shards {
+            let Some(e) = self.engines.get_mut(&s) else {
+                continue;
+            };
+            for a in e.drain_alerts() {
+                alerts.push(WireAlert {
+                    id: a.id.clone(),
+                    topic: a.topic(),
+                    shadow: a.shadow,
+                    json: a.to_json_string(),
+                });
+            }
+        }
+        if !alerts.is_empty() {
+            self.alerts_total += alerts.len() as u64;
+            out.push(Msg::Alerts(alerts));
+        }
+    }
+
+    /// Current figures; also refreshes the shared [`NodeStatus`].
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            instance: self.instance,
+            rules_version: self.rules.as_ref().map_or(0, |r| r.version),
+            processed_seq: self.processed_seq,
+            alerts: self.alerts_total,
+            shards_active: self.engines.len() as u32,
+            rejected_batches: self.rejected_batches,
+            ..Stats::default()
+        };
+        for e in self.engines.values() {
+            let m = e.metrics();
+            s.events += m.events_in;
+            s.late += m.late;
+            s.active_runs += e.active_runs() as u64;
+            s.active_keys += e.active_keys() as u64;
+            s.buffered += e.buffered() as u64;
+        }
+        let st = &self.status;
+        st.events.store(s.events, Ordering::Relaxed);
+        st.late.store(s.late, Ordering::Relaxed);
+        st.alerts.store(s.alerts, Ordering::Relaxed);
+        st.active_runs.store(s.active_runs, Ordering::Relaxed);
+        st.active_keys.store(s.active_keys, Ordering::Relaxed);
+        st.buffered.store(s.buffered, Ordering::Relaxed);
+        st.shards_active
+            .store(u64::from(s.shards_active), Ordering::Relaxed);
+        st.processed_seq.store(s.processed_seq, Ordering::Relaxed);
+        s
+    }
+
+    fn peer(&self) -> Option<&[u8]> {
+        self.session.as_ref().map(|s| s.peer.as_slice())
+    }
+}
+
+/// Runs a node on `ctx` until `shutdown` is set, then drains: every message
+/// already received is processed and answered, and the gateway is told `Bye`.
+pub fn serve(
+    ctx: &zmq::Context,
+    opts: NodeOptions,
+    status: Arc<NodeStatus>,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let sock = ctx.socket(zmq::ROUTER)?;
+    sock.set_maxmsgsize(opts.max_message_bytes)?;
+    sock.set_linger(2_000)?;
+    // Credits bound what the gateway sends; the HWMs are a second fence.
+    sock.set_rcvhwm(10_000)?;
+    sock.set_sndhwm(10_000)?;
+    sock.bind(&opts.bind)
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", opts.bind))?;
+    info!(node = %opts.name, bind = %opts.bind, "vigil-node listening");
+    let advance_every = opts.advance_every;
+    let mut node = Node::new(opts, status.clone());
+    let mut last_advance = Instant::now();
+    let mut last_stats = Instant::now();
+    loop {
+        let stopping = shutdown.load(Ordering::Relaxed);
+        let timeout = if stopping { 0 } else { 5 };
+        let readable = sock.poll(zmq::POLLIN, timeout)? > 0;
+        if readable {
+            // Take everything queued, then answer.
+            while let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) {
+                let [peer, body] = frames.as_slice() else {
+                    debug!("ignoring a message that is not [peer, body]");
+                    continue;
+                };
+                let replies = match wire::decode(body) {
+                    Ok(msg) => node.handle(peer, msg),
+                    Err(e) => {
+                        warn!(error = %e, "undecodable message from the gateway");
+                        if let Ok(mut last) = status.last_error.lock() {
+                            *last = Some(e.to_string());
+                        }
+                        vec![Msg::Error {
+                            text: e.to_string(),
+                        }]
+                    }
+                };
+                for r in replies {
+                    send(&sock, peer, &r);
+                }
+            }
+        }
+        if last_advance.elapsed() >= advance_every {
+            last_advance = Instant::now();
+            let mut out = vec![];
+            node.advance_all(&mut out);
+            if let Some(peer) = node.peer().map(<[u8]>::to_vec) {
+                for r in out {
+                    send(&sock, &peer, &r);
+                }
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(200) {
+            last_stats = Instant::now();
+            node.stats();
+        }
+        if stopping && !readable {
+            break;
+        }
+    }
+    node.stats();
+    if let Some(peer) = node.peer().map(<[u8]>::to_vec) {
+        send(
+            &sock,
+            &peer,
+            &Msg::Bye {
+                reason: "node shutting down; everything received was processed".into(),
+            },
+        );
+    }
+    status.connected.store(false, Ordering::Relaxed);
+    info!(node = %node.opts.name, processed_seq = node.processed_seq, "vigil-node drained and stopped");
+    Ok(())
+}
+
+fn send(sock: &zmq::Socket, peer: &[u8], msg: &Msg) {
+    let body = wire::encode(msg);
+    if let Err(e) = sock.send_multipart([peer, body.as_slice()], zmq::DONTWAIT) {
+        warn!(error = %e, kind = msg.kind(), "could not send to the gateway");
+    }
+}
