@@ -23,7 +23,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Rejection {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Rejection {
         Rejection {
             reason,
             detail: detail.into(),

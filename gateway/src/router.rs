@@ -1,0 +1,817 @@
+//! The router: one thread that owns every ZeroMQ socket of the gateway.
+//!
+//! * ingest — PULL (one JSON event per frame) and ROUTER (a multipart batch,
+//!   answered with an acknowledgement);
+//! * routing — each accepted event gets a sequence number and is copied once per
+//!   distinct key field among the rules reading its type, to the node that owns
+//!   the key's virtual shard;
+//! * node links — a DEALER per node, credit-based flow control, rule deploys,
+//!   liveness (ping/stats, timeout), alerts coming back;
+//! * fan-out — alerts published on the PUB socket under `alert.<severity>.<rule>`
+//!   (shadow alerts under `shadow.alert.…`).
+//!
+//! Back-pressure policy: each node link queues at most `pending_cap` copies at
+//! the gateway. When a *live* node's queue is full, ingest stops reading its
+//! sockets until the node grants credits (producers then block on their
+//! ZeroMQ high-water mark; ROUTER producers wait for their ack). A node that
+//! has missed `node_timeout` is *down*: its queue stays bounded and further
+//! copies for it are shed and counted, so one dead node never stalls the
+//! shards of the others.
+
+use crate::rules::Bundle;
+use crate::status::{NodeView, Status};
+use cep_engine::engine::Route;
+use cep_engine::shard::{Routes, SHARDS};
+use cep_engine::wire::{self, BatchWriter, Deploy, Hello, Msg};
+use cep_engine::{Decoder, Event, Rejection};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Node endpoints to connect to, in shard-map order.
+    pub nodes: Vec<String>,
+    pub pull: Option<String>,
+    pub router: Option<String>,
+    pub publish: Option<String>,
+    pub lateness_ms: i64,
+    pub max_runs_per_key: u32,
+    /// Copies per batch message.
+    pub batch_max: usize,
+    /// Copies queued at the gateway per node before back-pressure / shedding.
+    pub pending_cap: usize,
+    pub node_timeout: Duration,
+    pub ping_every: Duration,
+    /// Live mode: after this long without events, event time follows the wall
+    /// clock (0 disables).
+    pub idle_ms: i64,
+    /// Largest single event accepted, bytes.
+    pub max_event_bytes: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            nodes: vec![],
+            pull: None,
+            router: None,
+            publish: None,
+            lateness_ms: 0,
+            max_runs_per_key: 10_000,
+            batch_max: 1024,
+            pending_cap: 65_536,
+            node_timeout: Duration::from_secs(3),
+            ping_every: Duration::from_millis(250),
+            idle_ms: 5_000,
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Orders from the rest of the gateway.
+pub enum Command {
+    Deploy(Bundle),
+    /// Stop ingest, deliver what is queued, wait for nodes (bounded), exit.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// Hello sent, no Welcome yet.
+    Connecting,
+    /// Welcome received; waiting for the deploy of the current rules.
+    Syncing,
+    Up,
+    /// Missed the timeout.
+    Down,
+    /// Said Bye.
+    Stopped,
+}
+
+impl LinkState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Syncing => "syncing",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+            LinkState::Stopped => "stopped",
+        }
+    }
+
+    fn live(self) -> bool {
+        matches!(
+            self,
+            LinkState::Connecting | LinkState::Syncing | LinkState::Up
+        )
+    }
+}
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    copies: u32,
+    last_seq: u64,
+    /// Rule-set version the batch is encoded for (0: a control message).
+    version: u64,
+}
+
+struct Link {
+    name: String,
+    endpoint: String,
+    index: u16,
+    sock: zmq::Socket,
+    shards: Vec<u16>,
+    state: LinkState,
+    instance: Option<u64>,
+    credits: u64,
+    current: Option<BatchWriter>,
+    current_last_seq: u64,
+    queue: VecDeque<Outgoing>,
+    queued_copies: usize,
+    last_heard: Instant,
+    last_hello: Instant,
+    acked_version: u64,
+    sent_seq: u64,
+    sent_copies: u64,
+    processed_seq: u64,
+    stats: wire::Stats,
+}
+
+impl Link {
+    fn pending(&self) -> usize {
+        self.queued_copies + self.current.as_ref().map_or(0, BatchWriter::len)
+    }
+
+    fn seal(&mut self, clock: i64, version: u64) {
+        if let Some(w) = self.current.take() {
+            let copies = w.len() as u32;
+            self.queue.push_back(Outgoing {
+                bytes: w.finish(clock),
+                copies,
+                last_seq: self.current_last_seq,
+                version,
+            });
+            self.queued_copies += copies as usize;
+        }
+    }
+
+    fn send(&self, msg: &Msg) -> bool {
+        self.sock.send(wire::encode(msg), zmq::DONTWAIT).is_ok()
+    }
+}
+
+/// The acknowledgement a ROUTER producer gets for each batch.
+#[derive(Debug, Serialize)]
+pub struct Ack {
+    pub accepted: usize,
+    pub rejected: Vec<AckRejection>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AckRejection {
+    /// Index of the frame in the batch.
+    pub index: usize,
+    pub reason: String,
+    pub message: String,
+}
+
+pub struct Router {
+    cfg: RouterConfig,
+    status: Arc<Status>,
+    ctx: zmq::Context,
+    gateway_id: u64,
+    links: Vec<Link>,
+    shard_owner: Vec<u16>,
+    pull: Option<zmq::Socket>,
+    router: Option<zmq::Socket>,
+    publish: Option<zmq::Socket>,
+    bundle: Option<Bundle>,
+    decoder: Option<Decoder>,
+    routes: Routes,
+    seq: u64,
+    clock: i64,
+    idle_base: Option<(i64, Instant)>,
+    paused_since: Option<Instant>,
+    stopping: Option<Instant>,
+}
+
+impl Router {
+    pub fn new(
+        ctx: zmq::Context,
+        cfg: RouterConfig,
+        status: Arc<Status>,
+    ) -> anyhow::Result<Router> {
+        let n = cfg.nodes.len();
+        anyhow::ensure!(n > 0, "the router needs at least one node");
+        anyhow::ensure!(n <= SHARDS as usize, "at most {SHARDS} nodes");
+        // Contiguous ranges: node i owns [i*S/n, (i+1)*S/n).
+        let shard_owner: Vec<u16> = (0..SHARDS as usize)
+            .map(|s| (s * n / SHARDS as usize) as u16)
+            .collect();
+        let gateway_id = cep_engine::node::random_u64();
+        let mut links = vec![];
+        for (i, ep) in cfg.nodes.iter().enumerate() {
+            let sock = ctx.socket(zmq::DEALER)?;
+            sock.set_immediate(true)?;
+            sock.set_linger(0)?;
+            sock.set_sndhwm(1_000)?;
+            sock.set_rcvhwm(100_000)?;
+            sock.set_reconnect_ivl(100)?;
+            sock.set_reconnect_ivl_max(1_000)?;
+            sock.connect(ep)
+                .map_err(|e| anyhow::anyhow!("cannot connect to node {ep}: {e}"))?;
+            let shards = (0..SHARDS)
+                .filter(|s| shard_owner[*s as usize] == i as u16)
+                .collect();
+            links.push(Link {
+                name: format!("node-{i}"),
+                endpoint: ep.clone(),
+                index: i as u16,
+                sock,
+                shards,
+                state: LinkState::Connecting,
+                instance: None,
+                credits: 0,
+                current: None,
+                current_last_seq: 0,
+                queue: VecDeque::new(),
+                queued_copies: 0,
+                last_heard: Instant::now(),
+                last_hello: Instant::now() - Duration::from_secs(10),
+                acked_version: 0,
+                sent_seq: 0,
+                sent_copies: 0,
+                processed_seq: 0,
+                stats: wire::Stats::default(),
+            });
+        }
+        let bind = |kind: zmq::SocketType,
+                    ep: &Option<String>,
+                    what: &str|
+         -> anyhow::Result<Option<zmq::Socket>> {
+            let Some(ep) = ep else { return Ok(None) };
+            let s = ctx.socket(kind)?;
+            s.set_linger(500)?;
+            s.set_rcvhwm(10_000)?;
+            s.set_sndhwm(100_000)?;
+            s.set_maxmsgsize(64 << 20)?;
+            s.bind(ep)
+                .map_err(|e| anyhow::anyhow!("cannot bind the {what} endpoint {ep}: {e}"))?;
+            Ok(Some(s))
+        };
+        let pull = bind(zmq::PULL, &cfg.pull, "PULL ingest")?;
+        let router = bind(zmq::ROUTER, &cfg.router, "ROUTER ingest")?;
+        let publish = bind(zmq::PUB, &cfg.publish, "alert PUB")?;
+        Ok(Router {
+            cfg,
+            status,
+            ctx,
+            gateway_id,
+            links,
+            shard_owner,
+            pull,
+            router,
+            publish,
+            bundle: None,
+            decoder: None,
+            routes: Routes::default(),
+            seq: 0,
+            clock: i64::MIN,
+            idle_base: None,
+            paused_since: None,
+            stopping: None,
+        })
+    }
+
+    /// Runs until a `Shutdown` command has been carried out.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        let _ = &self.ctx;
+        let mut last_ping = Instant::now();
+        let mut last_view = Instant::now();
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Deploy(b)) => self.deploy(b),
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    if self.stopping.is_none() {
+                        info!("router: stopping ingest, delivering queued events");
+                        self.stopping = Some(Instant::now());
+                    }
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Some(since) = self.stopping
+                && (self.drained() || since.elapsed() > Duration::from_secs(5))
+            {
+                self.publish_view();
+                info!(drained = self.drained(), "router stopped");
+                return;
+            }
+            let ingest_open =
+                self.stopping.is_none() && self.decoder.is_some() && !self.backpressured();
+            self.wait(ingest_open);
+            self.read_nodes();
+            if ingest_open {
+                self.read_ingest();
+            }
+            self.flush();
+            if last_ping.elapsed() >= self.cfg.ping_every {
+                last_ping = Instant::now();
+                self.housekeeping();
+            }
+            if last_view.elapsed() >= Duration::from_millis(100) {
+                last_view = Instant::now();
+                self.publish_view();
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.links
+            .iter()
+            .filter(|l| l.state == LinkState::Up)
+            .all(|l| l.pending() == 0 && l.queue.is_empty() && l.processed_seq >= l.sent_seq)
+    }
+
+    /// Blocks until a socket is readable or a short timeout passes.
+    fn wait(&mut self, ingest_open: bool) {
+        let pending_out = self.links.iter().any(|l| {
+            l.state == LinkState::Up
+                && (l.current.is_some() || !l.queue.is_empty())
+                && l.credits > 0
+        });
+        let timeout = if pending_out { 0 } else { 2 };
+        let mut items = vec![];
+        for l in &self.links {
+            items.push(l.sock.as_poll_item(zmq::POLLIN));
+        }
+        if ingest_open {
+            if let Some(s) = &self.pull {
+                items.push(s.as_poll_item(zmq::POLLIN));
+            }
+            if let Some(s) = &self.router {
+                items.push(s.as_poll_item(zmq::POLLIN));
+            }
+        }
+        if let Err(e) = zmq::poll(&mut items, timeout) {
+            warn!(error = %e, "poll failed");
+        }
+    }
+
+    fn backpressured(&mut self) -> bool {
+        let full = self
+            .links
+            .iter()
+            .any(|l| l.state.live() && l.pending() >= self.cfg.pending_cap);
+        match (full, self.paused_since) {
+            (true, None) => {
+                self.paused_since = Some(Instant::now());
+                self.status
+                    .counters
+                    .ingest_pauses
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            (false, Some(t)) => {
+                self.paused_since = None;
+                self.status
+                    .counters
+                    .ingest_paused_us
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        full
+    }
+
+    // -- rules ---------------------------------------------------------------
+
+    fn deploy(&mut self, b: Bundle) {
+        info!(
+            version = b.version,
+            rules = b.rules.len(),
+            "deploying rule set"
+        );
+        let clock = self.clock;
+        let old = self.bundle.as_ref().map_or(0, |b| b.version);
+        for l in &mut self.links {
+            l.seal(clock, old);
+        }
+        self.decoder = Some(Decoder::new(&b.set));
+        self.routes = Routes::new(&b.set);
+        self.status
+            .rules_version
+            .store(b.version, Ordering::Relaxed);
+        self.status
+            .rules
+            .store(b.rules.len() as u64, Ordering::Relaxed);
+        self.status.counters.deploys.fetch_add(1, Ordering::Relaxed);
+        let msg = wire::encode(&deploy_msg(&b));
+        for l in &mut self.links {
+            if l.state != LinkState::Connecting {
+                // In the same queue as the events: the node switches rules at
+                // exactly this point of its stream.
+                l.queue.push_back(Outgoing {
+                    bytes: msg.clone(),
+                    copies: 0,
+                    last_seq: 0,
+                    version: 0,
+                });
+                if l.state == LinkState::Up {
+                    l.state = LinkState::Syncing;
+                }
+            }
+        }
+        self.bundle = Some(b);
+    }
+
+    // -- ingest --------------------------------------------------------------
+
+    fn read_ingest(&mut self) {
+        const BUDGET: usize = 4096;
+        let mut n = 0;
+        while n < BUDGET && !self.backpressured() {
+            let Some(sock) = &self.pull else { break };
+            let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) else {
+                break;
+            };
+            for f in &frames {
+                n += 1;
+                if let Err(r) = self.ingest(f) {
+                    self.status.reject(&r.reason);
+                }
+            }
+        }
+        let mut n = 0;
+        while n < BUDGET && !self.backpressured() {
+            let Some(sock) = &self.router else { break };
+            let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) else {
+                break;
+            };
+            let Some((peer, rest)) = frames.split_first() else {
+                continue;
+            };
+            // REQ peers put an empty delimiter frame first; echo it back.
+            let (delim, events) = match rest.split_first() {
+                Some((d, ev)) if d.is_empty() => (true, ev),
+                _ => (false, rest),
+            };
+            let mut ack = Ack {
+                accepted: 0,
+                rejected: vec![],
+            };
+            for (i, f) in events.iter().enumerate() {
+                n += 1;
+                match self.ingest(f) {
+                    Ok(()) => ack.accepted += 1,
+                    Err(r) => {
+                        self.status.reject(&r.reason);
+                        ack.rejected.push(AckRejection {
+                            index: i,
+                            reason: r.reason.to_string(),
+                            message: r.detail,
+                        });
+                    }
+                }
+            }
+            let body = serde_json::to_vec(&ack).unwrap_or_default();
+            let mut reply: Vec<&[u8]> = vec![peer.as_slice()];
+            if delim {
+                reply.push(b"");
+            }
+            reply.push(&body);
+            if let Some(sock) = &self.router
+                && let Err(e) = sock.send_multipart(reply, zmq::DONTWAIT)
+            {
+                warn!(error = %e, "could not acknowledge a ROUTER batch");
+            }
+        }
+    }
+
+    /// Validates, numbers and routes one event.
+    fn ingest(&mut self, frame: &[u8]) -> Result<(), Rejection> {
+        if frame.len() > self.cfg.max_event_bytes {
+            return Err(Rejection::new(
+                "oversize",
+                format!(
+                    "the event is {} bytes; the limit is {}",
+                    frame.len(),
+                    self.cfg.max_event_bytes
+                ),
+            ));
+        }
+        let Some(decoder) = &self.decoder else {
+            return Err(Rejection::new("not_ready", "no rules are deployed yet"));
+        };
+        let seq = self.seq + 1;
+        let ev = decoder.decode(frame, || format!("zmq:{seq}"))?;
+        self.seq = seq;
+        let before = self.clock;
+        self.clock = self.clock.max(ev.ts);
+        self.idle_base = Some((self.clock, Instant::now()));
+        self.status
+            .counters
+            .events_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        self.route(seq, before, &ev);
+        Ok(())
+    }
+
+    fn route(&mut self, seq: u64, clock: i64, ev: &Event) {
+        let version = self.bundle.as_ref().map_or(0, |b| b.version);
+        let mut copies = 0u64;
+        let targets: Vec<(Route, u16)> = self.routes.targets(ev).collect();
+        for (route, shard) in targets {
+            let owner = self.shard_owner[shard as usize] as usize;
+            let l = &mut self.links[owner];
+            if !l.state.live() && l.pending() >= self.cfg.pending_cap {
+                self.status
+                    .counters
+                    .copies_shed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let w = l.current.get_or_insert_with(|| BatchWriter::new(version));
+            w.push_parts(seq, shard, route, clock, ev);
+            l.current_last_seq = seq;
+            copies += 1;
+            if w.len() >= self.cfg.batch_max {
+                l.seal(self.clock, version);
+            }
+        }
+        self.status
+            .counters
+            .event_copies_routed
+            .fetch_add(copies, Ordering::Relaxed);
+    }
+
+    // -- node links ----------------------------------------------------------
+
+    fn flush(&mut self) {
+        let version = self.bundle.as_ref().map_or(0, |b| b.version);
+        let clock = self.clock;
+        for l in &mut self.links {
+            if !matches!(l.state, LinkState::Up | LinkState::Syncing) {
+                continue;
+            }
+            // Partial batches go out when there is nothing else to send: low
+            // latency when idle, full batches under load.
+            if l.queue.is_empty()
+                && let Some(w) = &l.current
+                && (w.len() as u64) <= l.credits
+            {
+                l.seal(clock, version);
+            }
+            while let Some(front) = l.queue.front() {
+                if u64::from(front.copies) > l.credits {
+                    break;
+                }
+                if l.sock.send(front.bytes.as_slice(), zmq::DONTWAIT).is_err() {
+                    break;
+                }
+                let Some(sent) = l.queue.pop_front() else {
+                    break;
+                };
+                l.credits -= u64::from(sent.copies);
+                l.queued_copies -= sent.copies as usize;
+                if sent.copies > 0 {
+                    l.sent_seq = l.sent_seq.max(sent.last_seq);
+                    l.sent_copies += u64::from(sent.copies);
+                    self.status
+                        .counters
+                        .batches_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn read_nodes(&mut self) {
+        for i in 0..self.links.len() {
+            for _ in 0..1024 {
+                let Ok(body) = self.links[i].sock.recv_bytes(zmq::DONTWAIT) else {
+                    break;
+                };
+                match wire::decode(&body) {
+                    Ok(msg) => self.on_node_msg(i, msg),
+                    Err(e) => {
+                        let l = &self.links[i];
+                        error!(node = %l.name, error = %e, "undecodable message from a node");
+                        self.status
+                            .counters
+                            .node_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        l.send(&Msg::Error {
+                            text: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_node_msg(&mut self, i: usize, msg: Msg) {
+        let current = self.bundle.as_ref().map_or(0, |b| b.version);
+        let l = &mut self.links[i];
+        l.last_heard = Instant::now();
+        match msg {
+            Msg::Welcome(w) => {
+                let restarted = l.instance.is_some_and(|x| x != w.instance);
+                if restarted {
+                    warn!(node = %l.name, "node restarted: its engine state starts empty");
+                }
+                info!(node = %l.name, name = %w.name, instance = w.instance, credits = w.credits, "node connected");
+                l.instance = Some(w.instance);
+                l.credits = u64::from(w.credits);
+                l.processed_seq = l.sent_seq;
+                if w.rules_version != current || restarted {
+                    // Batches encoded for another version would be refused.
+                    let before = l.queued_copies;
+                    l.queue.retain(|o| o.version == current);
+                    l.queued_copies = l.queue.iter().map(|o| o.copies as usize).sum();
+                    let dropped = before - l.queued_copies;
+                    if dropped > 0 {
+                        self.status
+                            .counters
+                            .copies_shed
+                            .fetch_add(dropped as u64, Ordering::Relaxed);
+                    }
+                    if let Some(b) = &self.bundle {
+                        l.queue.push_front(Outgoing {
+                            bytes: wire::encode(&deploy_msg(b)),
+                            copies: 0,
+                            last_seq: 0,
+                            version: 0,
+                        });
+                    }
+                    l.state = LinkState::Syncing;
+                } else {
+                    l.acked_version = w.rules_version;
+                    l.state = LinkState::Up;
+                }
+            }
+            Msg::DeployAck(a) => match a.error {
+                None => {
+                    l.acked_version = a.version;
+                    if a.version == current {
+                        info!(node = %l.name, version = a.version, "node runs the current rules");
+                        l.state = LinkState::Up;
+                    }
+                }
+                Some(e) => {
+                    error!(node = %l.name, version = a.version, error = %e, "node refused the rules");
+                    self.status
+                        .counters
+                        .node_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Msg::Credit(c) => {
+                l.credits += u64::from(c.grant);
+                l.processed_seq = l.processed_seq.max(c.processed_seq);
+            }
+            Msg::Alerts(alerts) => self.publish_alerts(alerts),
+            Msg::Stats(s) => {
+                if l.state == LinkState::Down {
+                    info!(node = %l.name, "node answers again");
+                    l.state = LinkState::Connecting;
+                    l.last_hello = Instant::now() - Duration::from_secs(10);
+                }
+                l.stats = s;
+            }
+            Msg::Bye { reason } => {
+                info!(node = %l.name, %reason, "node said bye");
+                l.state = LinkState::Stopped;
+                l.credits = 0;
+            }
+            Msg::Error { text } => {
+                warn!(node = %l.name, %text, "node reported an error");
+                self.status
+                    .counters
+                    .node_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                warn!(node = %l.name, kind = other.kind(), "unexpected message from a node");
+            }
+        }
+    }
+
+    fn publish_alerts(&mut self, alerts: Vec<wire::WireAlert>) {
+        let Some(publ) = &self.publish else { return };
+        let c = &self.status.counters;
+        for a in alerts {
+            let topic = if a.shadow {
+                c.shadow_alerts_published.fetch_add(1, Ordering::Relaxed);
+                format!("shadow.{}", a.topic)
+            } else {
+                c.alerts_published.fetch_add(1, Ordering::Relaxed);
+                a.topic
+            };
+            if let Err(e) =
+                publ.send_multipart([topic.as_bytes(), a.json.as_bytes()], zmq::DONTWAIT)
+            {
+                warn!(error = %e, "alert PUB send failed");
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        // Live mode: a silent stream lets event time follow the wall clock.
+        if self.cfg.idle_ms > 0
+            && let Some((base, at)) = self.idle_base
+        {
+            let idle = now.duration_since(at).as_millis() as i64;
+            if idle >= self.cfg.idle_ms {
+                self.clock = self.clock.max(base.saturating_add(idle));
+            }
+        }
+        let hello_every = Duration::from_millis(500);
+        let clock = self.clock;
+        for l in &mut self.links {
+            match l.state {
+                LinkState::Connecting | LinkState::Down | LinkState::Stopped => {
+                    if now.duration_since(l.last_hello) >= hello_every {
+                        l.last_hello = now;
+                        let hello = Msg::Hello(Hello {
+                            gateway: self.gateway_id,
+                            node_index: l.index,
+                            shards: l.shards.clone(),
+                            lateness_ms: self.cfg.lateness_ms,
+                            max_runs_per_key: self.cfg.max_runs_per_key,
+                        });
+                        l.send(&hello);
+                        l.send(&Msg::Ping { nonce: 0 });
+                    }
+                }
+                LinkState::Syncing | LinkState::Up => {
+                    l.send(&Msg::Ping { nonce: 0 });
+                    if l.state == LinkState::Up
+                        && clock != i64::MIN
+                        && l.queue.is_empty()
+                        && l.current.is_none()
+                    {
+                        l.send(&Msg::Advance { clock });
+                    }
+                    if now.duration_since(l.last_heard) > self.cfg.node_timeout {
+                        warn!(
+                            node = %l.name,
+                            endpoint = %l.endpoint,
+                            silent_ms = now.duration_since(l.last_heard).as_millis() as u64,
+                            shards = l.shards.len(),
+                            "node unreachable: marked down; its events are queued (bounded) then shed"
+                        );
+                        l.state = LinkState::Down;
+                        l.credits = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_view(&self) {
+        let now = Instant::now();
+        let views: Vec<NodeView> = self
+            .links
+            .iter()
+            .map(|l| NodeView {
+                name: l.name.clone(),
+                endpoint: l.endpoint.clone(),
+                state: l.state.as_str().into(),
+                instance: l.instance.map(|i| format!("{i:016x}")),
+                shards: l.shards.len(),
+                rules_version: l.acked_version,
+                credits: l.credits,
+                queued_copies: l.pending() as u64,
+                sent_seq: l.sent_seq,
+                processed_seq: l.processed_seq,
+                lag_events: l.sent_seq.saturating_sub(l.processed_seq),
+                last_heard_ms_ago: now.duration_since(l.last_heard).as_millis() as u64,
+                events: l.stats.events,
+                late: l.stats.late,
+                alerts: l.stats.alerts,
+                active_runs: l.stats.active_runs,
+                active_keys: l.stats.active_keys,
+                buffered: l.stats.buffered,
+                shards_active: l.stats.shards_active,
+                rejected_batches: l.stats.rejected_batches,
+            })
+            .collect();
+        if let Ok(mut n) = self.status.nodes.lock() {
+            *n = views;
+        }
+    }
+}
+
+fn deploy_msg(b: &Bundle) -> Msg {
+    Msg::Deploy(Deploy {
+        version: b.version,
+        files: b.files.clone(),
+        rules: b.rules.clone(),
+    })
+}

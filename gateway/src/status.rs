@@ -1,0 +1,237 @@
+//! What the router thread reports to the HTTP side: counters (atomics, written
+//! on the hot path) and a view of every node link (refreshed a few times a
+//! second), rendered as `/healthz`, `/readyz`, `/v1/cluster` and `/metrics`.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_accepted: AtomicU64,
+    pub event_copies_routed: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub alerts_published: AtomicU64,
+    pub shadow_alerts_published: AtomicU64,
+    /// Event copies dropped because their node was down and its queue full.
+    pub copies_shed: AtomicU64,
+    /// Times ingest paused because a live node's queue was full.
+    pub ingest_pauses: AtomicU64,
+    /// Microseconds ingest spent paused.
+    pub ingest_paused_us: AtomicU64,
+    pub deploys: AtomicU64,
+    pub node_errors: AtomicU64,
+}
+
+/// One node link, as the router sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub endpoint: String,
+    /// `connecting`, `syncing` (rules being deployed), `up`, `down`, `stopped`.
+    pub state: String,
+    pub instance: Option<String>,
+    pub shards: usize,
+    pub rules_version: u64,
+    pub credits: u64,
+    pub queued_copies: u64,
+    pub sent_seq: u64,
+    pub processed_seq: u64,
+    /// Events (gateway sequence numbers) sent but not yet processed.
+    pub lag_events: u64,
+    pub last_heard_ms_ago: u64,
+    pub events: u64,
+    pub late: u64,
+    pub alerts: u64,
+    pub active_runs: u64,
+    pub active_keys: u64,
+    pub buffered: u64,
+    pub shards_active: u32,
+    pub rejected_batches: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Status {
+    pub counters: Counters,
+    pub rejected: Mutex<BTreeMap<String, u64>>,
+    pub nodes: Mutex<Vec<NodeView>>,
+    pub rules_version: AtomicU64,
+    pub rules: AtomicU64,
+}
+
+#[derive(Serialize)]
+pub struct ClusterView {
+    pub rules_version: u64,
+    pub rules: u64,
+    pub events_accepted: u64,
+    pub events_rejected: BTreeMap<String, u64>,
+    pub alerts_published: u64,
+    pub copies_shed: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+impl Status {
+    pub fn reject(&self, reason: &str) {
+        if let Ok(mut m) = self.rejected.lock() {
+            *m.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    pub fn cluster(&self) -> ClusterView {
+        let c = &self.counters;
+        ClusterView {
+            rules_version: self.rules_version.load(Ordering::Relaxed),
+            rules: self.rules.load(Ordering::Relaxed),
+            events_accepted: c.events_accepted.load(Ordering::Relaxed),
+            events_rejected: self.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
+            alerts_published: c.alerts_published.load(Ordering::Relaxed),
+            copies_shed: c.copies_shed.load(Ordering::Relaxed),
+            nodes: self.nodes(),
+        }
+    }
+
+    /// Ready: every node up and running the current rule-set version.
+    pub fn ready(&self) -> Result<(), String> {
+        let version = self.rules_version.load(Ordering::Relaxed);
+        let nodes = self.nodes();
+        if nodes.is_empty() {
+            return Err("no nodes configured".into());
+        }
+        let bad: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.state != "up" || n.rules_version != version)
+            .map(|n| {
+                format!(
+                    "{} is {} on rules v{} (want v{version})",
+                    n.name, n.state, n.rules_version
+                )
+            })
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn prometheus(&self) -> String {
+        let c = &self.counters;
+        let mut o = String::new();
+        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+            let _ = write!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        counter(
+            "vigil_events_accepted_total",
+            "events validated and routed",
+            &c.events_accepted,
+        );
+        counter(
+            "vigil_event_copies_routed_total",
+            "routed copies (one per distinct key field)",
+            &c.event_copies_routed,
+        );
+        counter(
+            "vigil_batches_sent_total",
+            "event batches sent to nodes",
+            &c.batches_sent,
+        );
+        counter(
+            "vigil_alerts_published_total",
+            "alerts published on the ZeroMQ PUB socket",
+            &c.alerts_published,
+        );
+        counter(
+            "vigil_shadow_alerts_published_total",
+            "shadow alerts published (topic prefix shadow.)",
+            &c.shadow_alerts_published,
+        );
+        counter(
+            "vigil_event_copies_shed_total",
+            "copies dropped: node down and its bounded queue full",
+            &c.copies_shed,
+        );
+        counter(
+            "vigil_ingest_pauses_total",
+            "times ingest paused for back-pressure",
+            &c.ingest_pauses,
+        );
+        counter(
+            "vigil_ingest_paused_microseconds_total",
+            "time ingest spent paused for back-pressure",
+            &c.ingest_paused_us,
+        );
+        counter("vigil_deploys_total", "rule-set deploys", &c.deploys);
+        counter(
+            "vigil_node_errors_total",
+            "error messages received from nodes",
+            &c.node_errors,
+        );
+        o.push_str("# HELP vigil_events_rejected_total events refused, by reason\n# TYPE vigil_events_rejected_total counter\n");
+        for (reason, n) in self.rejected.lock().map(|m| m.clone()).unwrap_or_default() {
+            let _ = writeln!(o, "vigil_events_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = write!(
+            o,
+            "# HELP vigil_rules_version deployed rule-set version\n# TYPE vigil_rules_version gauge\nvigil_rules_version {}\n",
+            self.rules_version.load(Ordering::Relaxed)
+        );
+        let nodes = self.nodes();
+        let gauges: [(&str, &str, fn(&NodeView) -> u64); 9] = [
+            ("vigil_node_up", "1 when the node is up and in sync", |n| {
+                u64::from(n.state == "up")
+            }),
+            (
+                "vigil_node_rules_version",
+                "rule-set version the node acknowledged",
+                |n| n.rules_version,
+            ),
+            (
+                "vigil_node_lag_events",
+                "events sent but not yet processed",
+                |n| n.lag_events,
+            ),
+            (
+                "vigil_node_queued_copies",
+                "event copies waiting at the gateway",
+                |n| n.queued_copies,
+            ),
+            (
+                "vigil_node_credits",
+                "copies the gateway may still send",
+                |n| n.credits,
+            ),
+            ("vigil_node_active_runs", "partial matches held", |n| {
+                n.active_runs
+            }),
+            ("vigil_node_active_keys", "(rule, key) states held", |n| {
+                n.active_keys
+            }),
+            ("vigil_node_late_events", "late events on the node", |n| {
+                n.late
+            }),
+            (
+                "vigil_node_last_heard_milliseconds",
+                "since the node last answered",
+                |n| n.last_heard_ms_ago,
+            ),
+        ];
+        for (name, help, f) in gauges {
+            let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+            for n in &nodes {
+                let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", n.name, f(n));
+            }
+        }
+        o
+    }
+}
