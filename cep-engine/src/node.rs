@@ -552,7 +552,12 @@ pub fn serve(
     loop {
         let stopping = shutdown.load(Ordering::Relaxed);
         let timeout = if stopping { 0 } else { 5 };
-        let readable = sock.poll(zmq::POLLIN, timeout)? > 0;
+        let readable = match sock.poll(zmq::POLLIN, timeout) {
+            Ok(n) => n > 0,
+            // A signal (the one asking us to stop) interrupts the wait.
+            Err(zmq::Error::EINTR) => false,
+            Err(e) => return Err(e.into()),
+        };
         if readable {
             // Take everything queued, then answer.
             while let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) {

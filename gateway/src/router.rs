@@ -358,8 +358,9 @@ impl Router {
                 items.push(s.as_poll_item(zmq::POLLIN));
             }
         }
-        if let Err(e) = zmq::poll(&mut items, timeout) {
-            warn!(error = %e, "poll failed");
+        match zmq::poll(&mut items, timeout) {
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => warn!(error = %e, "poll failed"),
         }
     }
 
