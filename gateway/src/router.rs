@@ -443,7 +443,7 @@ impl Router {
             for f in &frames {
                 n += 1;
                 if let Err(r) = self.ingest(f) {
-                    self.status.reject(&r.reason);
+                    self.status.reject(r.reason);
                 }
             }
         }
@@ -470,7 +470,7 @@ impl Router {
                 match self.ingest(f) {
                     Ok(()) => ack.accepted += 1,
                     Err(r) => {
-                        self.status.reject(&r.reason);
+                        self.status.reject(r.reason);
                         ack.rejected.push(AckRejection {
                             index: i,
                             reason: r.reason.to_string(),
@@ -776,6 +776,9 @@ impl Router {
     }
 
     fn publish_view(&self) {
+        if self.clock != i64::MIN {
+            self.status.clock_ms.store(self.clock, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let views: Vec<NodeView> = self
             .links

@@ -8,6 +8,9 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A per-node gauge: name, help, how to read it.
+type Gauge = (&'static str, &'static str, fn(&NodeView) -> u64);
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub events_accepted: AtomicU64,
@@ -59,10 +62,14 @@ pub struct Status {
     pub nodes: Mutex<Vec<NodeView>>,
     pub rules_version: AtomicU64,
     pub rules: AtomicU64,
+    /// The router's event-time clock (highest accepted `ts`), epoch ms.
+    pub clock_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Serialize)]
 pub struct ClusterView {
+    /// Highest event time accepted (epoch ms), null before the first event.
+    pub clock_ms: Option<i64>,
     pub rules_version: u64,
     pub rules: u64,
     pub events_accepted: u64,
@@ -85,7 +92,9 @@ impl Status {
 
     pub fn cluster(&self) -> ClusterView {
         let c = &self.counters;
+        let clock = self.clock_ms.load(Ordering::Relaxed);
         ClusterView {
+            clock_ms: (clock != 0).then_some(clock),
             rules_version: self.rules_version.load(Ordering::Relaxed),
             rules: self.rules.load(Ordering::Relaxed),
             events_accepted: c.events_accepted.load(Ordering::Relaxed),
@@ -187,7 +196,7 @@ impl Status {
             self.rules_version.load(Ordering::Relaxed)
         );
         let nodes = self.nodes();
-        let gauges: [(&str, &str, fn(&NodeView) -> u64); 9] = [
+        let gauges: [Gauge; 9] = [
             ("vigil_node_up", "1 when the node is up and in sync", |n| {
                 u64::from(n.state == "up")
             }),

@@ -48,6 +48,9 @@ enum Command {
     Diff(run::DiffArgs),
     /// Write a deterministic synthetic workload (JSONL) for benchmarks.
     Gen(run::GenArgs),
+    /// Push events at a running gateway over ZeroMQ at a target rate; report
+    /// throughput and ingest-to-alert latency percentiles.
+    Load(vigil_replay::load::LoadArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Score(a) => run::score(a),
         Command::Diff(a) => run::diff(a),
         Command::Gen(a) => run::gen_events(a),
+        Command::Load(a) => vigil_replay::load::load(a),
     };
     match result {
         Ok(code) => code,

@@ -575,19 +575,54 @@ pub fn gen_events(a: GenArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Box::new(BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let mut rng = SplitMix(a.seed);
-    for i in 0..a.events {
-        let card = rng.next_u64() % a.cards.max(1);
-        // amount uniform in [1, 100), two decimals
-        let cents = 100 + rng.next_u64() % 9900;
-        writeln!(
-            out,
-            "{{\"id\":\"e{i}\",\"type\":\"Txn\",\"ts\":{},\"card_id\":\"card-{card}\",\"amount\":{}.{:02}}}",
-            GEN_BASE_MS + i as i64,
-            cents / 100,
-            cents % 100
-        )?;
+    for line in Workload::new(a.cards, a.seed, GEN_BASE_MS).take(a.events as usize) {
+        writeln!(out, "{line}")?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `gen` workload in memory, event time starting at `base_ms` (the load
+/// generator starts at the wall clock, so a second run is not all late).
+pub fn generate(events: u64, cards: u64, seed: u64, base_ms: i64) -> Vec<String> {
+    Workload::new(cards, seed, base_ms)
+        .take(events as usize)
+        .collect()
+}
+
+/// The synthetic workload: `Txn` events over `cards` cards, amount uniform in
+/// [1, 100) with two decimals, event time +1 ms per event.
+struct Workload {
+    rng: SplitMix,
+    cards: u64,
+    i: u64,
+    base_ms: i64,
+}
+
+impl Workload {
+    fn new(cards: u64, seed: u64, base_ms: i64) -> Workload {
+        Workload {
+            rng: SplitMix(seed),
+            cards: cards.max(1),
+            i: 0,
+            base_ms,
+        }
+    }
+}
+
+impl Iterator for Workload {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let i = self.i;
+        self.i += 1;
+        let card = self.rng.next_u64() % self.cards;
+        let cents = 100 + self.rng.next_u64() % 9900;
+        Some(format!(
+            "{{\"id\":\"e{i}\",\"type\":\"Txn\",\"ts\":{},\"card_id\":\"card-{card}\",\"amount\":{}.{:02}}}",
+            self.base_ms + i as i64,
+            cents / 100,
+            cents % 100
+        ))
+    }
 }

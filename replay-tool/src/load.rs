@@ -1,0 +1,252 @@
+//! `vigil-replay load`: a load generator for a running gateway. Pushes a JSONL
+//! file (or the `gen` workload) over ZeroMQ PUSH at a target rate, listens to
+//! the alert PUB, and reports the achieved throughput and ingest→alert
+//! latency: from the moment the event that completed a match was handed to
+//! ZeroMQ to the moment its alert arrived.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// JSONL events to send (default: generate the `gen` workload).
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// With no --events: number of generated events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub generate: u64,
+    /// With no --events: distinct cards.
+    #[arg(long, default_value_t = 100_000)]
+    pub cards: u64,
+    /// Target rate, events/s (0: as fast as the gateway takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Events per multipart message.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Gateway PULL endpoint.
+    #[arg(long, default_value = "tcp://127.0.0.1:7701")]
+    pub push: String,
+    /// Gateway alert PUB endpoint.
+    #[arg(long, default_value = "tcp://127.0.0.1:7703")]
+    pub sub: String,
+    /// Gateway HTTP address (to learn when the cluster has processed everything).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub http: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a load run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct LoadReport {
+    pub events: u64,
+    pub send_secs: f64,
+    pub send_rate: f64,
+    /// Events through the cluster (accepted and processed by every node) per second.
+    pub cluster_rate: f64,
+    pub alerts: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p90: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    pub latency_us_max: u64,
+}
+
+pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
+    let lines: Vec<String> = match &a.events {
+        Some(p) => std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )
+        .lines()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect(),
+        None => crate::replay::generate(
+            a.generate,
+            a.cards,
+            42,
+            // After anything the gateway has seen, or every event is late.
+            cluster(&a.http)
+                .and_then(|c| c["clock_ms"].as_i64())
+                .map_or(0, |c| c + 1)
+                .max(chrono::Utc::now().timestamp_millis()),
+        ),
+    };
+    if lines.is_empty() {
+        bail!("no events to send");
+    }
+    // Event id → position, so an alert's matched ids give the send time.
+    let index: HashMap<String, usize> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let id = match &v["id"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((id, i))
+        })
+        .collect();
+    let n = lines.len();
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let start = Instant::now();
+    let ctx = zmq::Context::new();
+
+    // Alert listener.
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.connect(&a.sub)?;
+    sub.set_subscribe(b"alert.")?;
+    sub.set_rcvtimeo(100)?;
+    sub.set_rcvhwm(1_000_000)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let alerts = Arc::new(AtomicU64::new(0));
+    let listener = {
+        let (stop, alerts, sent_at) = (stop.clone(), alerts.clone(), sent_at.clone());
+        std::thread::spawn(move || -> Histogram<u64> {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(frames) = sub.recv_multipart(0) else {
+                    continue;
+                };
+                let now = start.elapsed().as_nanos() as u64;
+                let Some(body) = frames.get(1) else { continue };
+                alerts.fetch_add(1, Ordering::Relaxed);
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    continue;
+                };
+                // The newest matched event completed the match.
+                let newest = v["matched"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .flat_map(|ids| ids.as_array().cloned().unwrap_or_default())
+                    .filter_map(|id| id.as_str().and_then(|s| index.get(s)).copied())
+                    .max();
+                if let Some(i) = newest {
+                    let t = sent_at[i].load(Ordering::Relaxed);
+                    if t > 0 && now > t {
+                        let _ = h.record(((now - t) / 1_000).max(1));
+                    }
+                }
+            }
+            h
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let base = accepted(&a.http).unwrap_or(0);
+
+    let push = ctx.socket(zmq::PUSH)?;
+    push.set_sndhwm(10_000)?;
+    push.set_linger(10_000)?;
+    push.connect(&a.push)?;
+    let t0 = Instant::now();
+    let batch = a.batch.max(1);
+    for (b, chunk) in lines.chunks(batch).enumerate() {
+        if a.rate > 0 {
+            let due = Duration::from_secs_f64((b * batch) as f64 / a.rate as f64);
+            let el = t0.elapsed();
+            if due > el {
+                std::thread::sleep(due - el);
+            }
+        }
+        let now = start.elapsed().as_nanos() as u64;
+        for i in b * batch..b * batch + chunk.len() {
+            sent_at[i].store(now, Ordering::Relaxed);
+        }
+        push.send_multipart(chunk.iter().map(String::as_bytes), 0)?;
+    }
+    let send_secs = t0.elapsed().as_secs_f64();
+    // Done when the gateway accepted everything and every node caught up.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut done = None;
+    while Instant::now() < deadline {
+        if let Some(c) = cluster(&a.http) {
+            let acc = c["events_accepted"].as_u64().unwrap_or(0);
+            let rej: u64 = c["events_rejected"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+            let caught_up = c["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .filter(|n| n["state"] == "up")
+                    .all(|n| n["lag_events"] == 0 && n["queued_copies"] == 0)
+            });
+            if acc + rej >= base + n as u64 && caught_up {
+                done = Some(t0.elapsed().as_secs_f64());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(total_secs) = done else {
+        bail!(
+            "the cluster did not process the events within 300 s (is the gateway at {}?)",
+            a.http
+        );
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let h = listener
+        .join()
+        .map_err(|_| anyhow::anyhow!("alert listener panicked"))?;
+    let r = LoadReport {
+        events: n as u64,
+        send_secs,
+        send_rate: n as f64 / send_secs,
+        cluster_rate: n as f64 / total_secs,
+        alerts: alerts.load(Ordering::Relaxed),
+        latency_us_p50: h.value_at_quantile(0.5),
+        latency_us_p90: h.value_at_quantile(0.9),
+        latency_us_p99: h.value_at_quantile(0.99),
+        latency_us_p999: h.value_at_quantile(0.999),
+        latency_us_max: h.max(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "events {}  sent in {:.2}s ({:.0}/s)  cluster {:.0} events/s  alerts {}",
+            r.events, r.send_secs, r.send_rate, r.cluster_rate, r.alerts
+        );
+        println!(
+            "ingest->alert latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            r.latency_us_p50,
+            r.latency_us_p90,
+            r.latency_us_p99,
+            r.latency_us_p999,
+            r.latency_us_max
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster(http: &str) -> Option<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {http}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+fn accepted(http: &str) -> Option<u64> {
+    let c = cluster(http)?;
+    let rej: u64 = c["events_rejected"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+    Some(c["events_accepted"].as_u64()? + rej)
+}
