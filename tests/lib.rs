@@ -190,6 +190,11 @@ impl Endpoints {
 
 /// Starts `n` `vigil-node` processes on loopback; returns them and their endpoints.
 pub fn start_nodes(n: usize) -> (Vec<Proc>, Vec<String>) {
+    start_nodes_with(n, &[])
+}
+
+/// [`start_nodes`] with extra flags for every node.
+pub fn start_nodes_with(n: usize, extra: &[&str]) -> (Vec<Proc>, Vec<String>) {
     let node = bin("cep-engine", "vigil-node");
     let mut procs = vec![];
     let mut eps = vec![];
@@ -197,14 +202,16 @@ pub fn start_nodes(n: usize) -> (Vec<Proc>, Vec<String>) {
         let ep = format!("tcp://127.0.0.1:{}", free_port());
         procs.push(Proc::spawn(
             &format!("node{i}"),
-            Command::new(&node).args([
-                "--bind",
-                &ep,
-                "--name",
-                &format!("test-node-{i}"),
-                "--http",
-                "off",
-            ]),
+            Command::new(&node)
+                .args([
+                    "--bind",
+                    &ep,
+                    "--name",
+                    &format!("test-node-{i}"),
+                    "--http",
+                    "off",
+                ])
+                .args(extra),
         ));
         eps.push(ep);
     }

@@ -621,3 +621,144 @@ fn send(sock: &zmq::Socket, peer: &[u8], msg: &Msg) {
         warn!(error = %e, kind = msg.kind(), "could not send to the gateway");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{Event, Value};
+    use crate::wire::{Batch, Deploy, Hello, Routed};
+
+    const RULES: &str = "event A { k: string, x: int }\nrule r {\n  severity high\n  key k\n  pattern a: A -> b: A[x > a.x]\n  within 1m\n}\n";
+
+    fn node() -> Node {
+        Node::new(NodeOptions::default(), Arc::new(NodeStatus::default()))
+    }
+
+    fn hello(n: &mut Node, gateway: u64) -> Replies {
+        n.handle(
+            b"gw",
+            Msg::Hello(Hello {
+                gateway,
+                node_index: 0,
+                shards: (0..SHARDS).collect(),
+                lateness_ms: 0,
+                max_runs_per_key: 100,
+            }),
+        )
+    }
+
+    fn deploy(n: &mut Node, version: u64, text: &str) -> Replies {
+        n.handle(
+            b"gw",
+            Msg::Deploy(Deploy {
+                version,
+                files: vec![("r.vgl".into(), text.into())],
+                rules: vec![("r".into(), 1, false)],
+            }),
+        )
+    }
+
+    fn batch(version: u64, xs: &[(u64, i64)]) -> Msg {
+        Msg::Events(Batch {
+            rules_version: version,
+            events: xs
+                .iter()
+                .map(|&(seq, x)| Routed {
+                    seq,
+                    shard: crate::shard::shard_of(&crate::Key::Str(Arc::from("k1"))),
+                    route: Route::Key(0),
+                    clock: if seq == 1 { i64::MIN } else { seq as i64 - 1 },
+                    event: Event {
+                        ty: 0,
+                        ts: seq as i64,
+                        id: Arc::from(format!("e{seq}").as_str()),
+                        fields: vec![Value::Str(Arc::from("k1")), Value::Int(x)].into_boxed_slice(),
+                        seq: 0,
+                    },
+                })
+                .collect(),
+            clock: xs.last().map_or(i64::MIN, |l| l.0 as i64),
+        })
+    }
+
+    #[test]
+    fn session_deploy_events_alerts_and_credits() {
+        let mut n = node();
+        let r = hello(&mut n, 1);
+        assert!(matches!(&r[..], [Msg::Welcome(w)] if w.credits == 65_536 && w.rules_version == 0));
+        // Events before any deploy: refused, but the credit comes back.
+        let r = n.handle(b"gw", batch(1, &[(1, 1)]));
+        assert!(matches!(&r[..], [Msg::Error { text }, Msg::Credit(c)]
+            if text.contains("no rule set") && c.grant == 1));
+        assert_eq!(
+            deploy(&mut n, 1, RULES),
+            vec![Msg::DeployAck(DeployAck {
+                version: 1,
+                error: None
+            })]
+        );
+        // A batch encoded for another version is refused, never misread.
+        let r = n.handle(b"gw", batch(2, &[(1, 1)]));
+        assert!(
+            matches!(&r[..], [Msg::Error { text }, Msg::Credit(_)] if text.contains("version 1 is deployed"))
+        );
+        let r = n.handle(b"gw", batch(1, &[(1, 1), (2, 5)]));
+        let [Msg::Alerts(alerts), Msg::Credit(c)] = &r[..] else {
+            panic!("expected alerts then credit, got {r:?}");
+        };
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].topic, "alert.high.r");
+        assert_eq!((c.grant, c.processed_seq), (2, 2));
+        let s = n.stats();
+        assert_eq!(
+            (s.events, s.alerts, s.rules_version, s.rejected_batches),
+            (2, 1, 1, 2)
+        );
+    }
+
+    #[test]
+    fn a_bad_deploy_is_refused_and_the_old_rules_stay() {
+        let mut n = node();
+        hello(&mut n, 1);
+        deploy(&mut n, 1, RULES);
+        let r = deploy(&mut n, 2, "rule r { oops");
+        assert!(matches!(&r[..], [Msg::DeployAck(a)] if a.version == 2 && a.error.is_some()));
+        assert_eq!(n.stats().rules_version, 1);
+    }
+
+    #[test]
+    fn a_new_gateway_starts_a_clean_stream_the_same_one_keeps_state() {
+        let mut n = node();
+        hello(&mut n, 1);
+        deploy(&mut n, 1, RULES);
+        n.handle(b"gw", batch(1, &[(1, 1)]));
+        assert_eq!(n.stats().active_runs, 1);
+        // Same gateway again (a network blip): state kept, rules kept.
+        let r = hello(&mut n, 1);
+        assert!(matches!(&r[..], [Msg::Welcome(w)] if w.rules_version == 1));
+        assert_eq!(n.stats().active_runs, 1);
+        // Another gateway process: a new stream.
+        let r = hello(&mut n, 2);
+        assert!(matches!(&r[..], [Msg::Welcome(w)] if w.rules_version == 0));
+        assert_eq!(n.stats().active_runs, 0);
+    }
+
+    #[test]
+    fn copies_for_shards_the_node_does_not_own_are_refused() {
+        let mut n = node();
+        n.handle(
+            b"gw",
+            Msg::Hello(Hello {
+                gateway: 1,
+                node_index: 0,
+                shards: vec![],
+                lateness_ms: 0,
+                max_runs_per_key: 100,
+            }),
+        );
+        deploy(&mut n, 1, RULES);
+        n.handle(b"gw", batch(1, &[(1, 1)]));
+        assert_eq!(n.status.misrouted.load(Ordering::Relaxed), 1);
+        assert_eq!(n.stats().events, 0);
+    }
+}

@@ -200,3 +200,37 @@ fn http_app(status: Arc<NodeStatus>, name: String) -> axum::Router {
             }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() -> anyhow::Result<()> {
+        let file = std::env::temp_dir().join(format!("vigil-node-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "bind = \"tcp://127.0.0.1:9999\"\nname = \"from-file\"\ncredit_window = 7\n",
+        )?;
+        let cli = Cli::parse_from([
+            "vigil-node",
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "--name",
+            "from-flag",
+            "--http",
+            "off",
+        ]);
+        let s = settings(cli)?;
+        assert_eq!(s.node.name, "from-flag");
+        assert_eq!(s.node.bind, "tcp://127.0.0.1:9999");
+        assert_eq!(s.node.credit_window, 7);
+        assert_eq!(s.node.max_runs, NodeOptions::default().max_runs);
+        assert!(s.http.is_none());
+        std::fs::write(&file, "bogus = 1\n")?;
+        let cli = Cli::parse_from(["vigil-node", "--config", file.to_str().unwrap_or_default()]);
+        assert!(settings(cli).is_err(), "unknown settings are refused");
+        std::fs::remove_file(&file)?;
+        Ok(())
+    }
+}
