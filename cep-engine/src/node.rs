@@ -336,10 +336,9 @@ impl Node {
     }
 
     fn check_batch(&self, version: u64) -> Result<(), String> {
-        let Some(s) = &self.session else {
+        if self.session.is_none() {
             return Err("events before Hello: no session".into());
-        };
-        let _ = s;
+        }
         match &self.rules {
             None => Err(format!(
                 "events for rule-set version {version} but no rule set is deployed"

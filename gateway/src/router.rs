@@ -184,7 +184,8 @@ pub struct AckRejection {
 pub struct Router {
     cfg: RouterConfig,
     status: Arc<Status>,
-    ctx: zmq::Context,
+    /// Keeps the ZeroMQ context alive as long as the router's sockets.
+    _ctx: zmq::Context,
     gateway_id: u64,
     links: Vec<Link>,
     shard_owner: Vec<u16>,
@@ -271,7 +272,7 @@ impl Router {
         Ok(Router {
             cfg,
             status,
-            ctx,
+            _ctx: ctx,
             gateway_id,
             links,
             shard_owner,
@@ -291,7 +292,6 @@ impl Router {
 
     /// Runs until a `Shutdown` command has been carried out.
     pub fn run(mut self, commands: Receiver<Command>) {
-        let _ = &self.ctx;
         let mut last_ping = Instant::now();
         let mut last_view = Instant::now();
         loop {
