@@ -456,13 +456,13 @@ fn embedded_gateway_acknowledges_router_batches_with_reasons() {
 fn a_peer_speaking_another_protocol_version_gets_a_clear_error() {
     // This node listens on ipc:// and serves its own HTTP figures.
     let ipc = std::env::temp_dir().join(format!("vigil-node-{}.sock", std::process::id()));
-    let eps = vec![format!("ipc://{}", ipc.display())];
+    let endpoint = format!("ipc://{}", ipc.display());
     let http = format!("127.0.0.1:{}", free_port());
-    let mut nodes = vec![Proc::spawn(
+    let mut node = Proc::spawn(
         "node-ipc",
         std::process::Command::new(bin("cep-engine", "vigil-node"))
-            .args(["--bind", &eps[0], "--http", &http, "--name", "ipc-node"]),
-    )];
+            .args(["--bind", &endpoint, "--http", &http, "--name", "ipc-node"]),
+    );
     wait_until("node HTTP", Duration::from_secs(10), || {
         http_get(&http, "/metrics").is_some_and(|(s, m)| {
             s == 200 && m.contains("vigil_node_connected{node=\"ipc-node\"} 0")
@@ -471,7 +471,7 @@ fn a_peer_speaking_another_protocol_version_gets_a_clear_error() {
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER).expect("DEALER");
     dealer.set_rcvtimeo(5_000).expect("timeout");
-    dealer.connect(&eps[0]).expect("connect");
+    dealer.connect(&endpoint).expect("connect");
     let mut ping = cep_engine::wire::encode(&cep_engine::wire::Msg::Ping { nonce: 1 });
     ping[2] = 7; // a future protocol version
     dealer.send(ping, 0).expect("send");
@@ -484,17 +484,17 @@ fn a_peer_speaking_another_protocol_version_gets_a_clear_error() {
         other => panic!("expected an error frame, got {other:?}"),
     }
     // Graceful stop: SIGTERM drains and exits cleanly.
-    nodes[0].signal("TERM");
-    wait_until("node exits", Duration::from_secs(10), || !nodes[0].alive());
-    let status = nodes[0].child.try_wait().ok().flatten();
+    node.signal("TERM");
+    wait_until("node exits", Duration::from_secs(10), || !node.alive());
+    let status = node.child.try_wait().ok().flatten();
     assert!(
         status.is_some_and(|s| s.success()),
         "exit status {status:?}"
     );
     assert!(
-        nodes[0].output().contains("drained and stopped"),
+        node.output().contains("drained and stopped"),
         "{}",
-        nodes[0].output()
+        node.output()
     );
 }
 
