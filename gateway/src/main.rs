@@ -6,10 +6,6 @@
 //! in-process node, and a small tokio runtime for HTTP and signals.
 #![forbid(unsafe_code)]
 
-mod router;
-mod rules;
-mod status;
-
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,15 +13,15 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use cep_engine::node::{NodeOptions, NodeStatus};
 use clap::Parser;
-use router::{Command, Router, RouterConfig};
-use rules::Registry;
-use status::Status;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 use tracing::{error, info};
+use vigil_gateway::router::{Command, Router, RouterConfig};
+use vigil_gateway::rules::Registry;
+use vigil_gateway::status::Status;
 
 /// The Vigil gateway.
 #[derive(Parser, Debug)]

@@ -1,0 +1,8 @@
+//! The Vigil gateway as a library: the router thread, the rule registry, the
+//! status shared with HTTP, the store and the HTTP API. `main.rs` wires them
+//! into the `vigil-gateway` binary; tests drive them directly.
+#![forbid(unsafe_code)]
+
+pub mod router;
+pub mod rules;
+pub mod status;

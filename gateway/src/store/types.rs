@@ -1,0 +1,134 @@
+//! What the store keeps. Plain serde data: both backends store these as JSON.
+
+use serde::{Deserialize, Serialize};
+
+/// API key roles, weakest first (`Ord` follows: `Admin > Analyst > Viewer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Analyst,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "analyst" => Some(Role::Analyst),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API key. Only the SHA-256 of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Unique, chosen by the creator; appears in the audit log.
+    pub name: String,
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the full secret (`vk_…`).
+    pub hash: String,
+    /// Epoch ms.
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// One immutable version of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleVersion {
+    pub rule: String,
+    /// 1, 2, 3… per rule.
+    pub version: u32,
+    /// Hash of `text` (content address).
+    pub hash: String,
+    /// `.vgl` text holding exactly this one rule.
+    pub text: String,
+    pub created_at: i64,
+    /// API key name (or `import` for rules loaded from files).
+    pub created_by: String,
+}
+
+/// How a deployed version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Active,
+    Shadow,
+}
+
+/// The lifecycle state of a rule (not of a version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleState {
+    pub name: String,
+    /// The deployed version and its mode; `None`: only drafts exist.
+    pub deployed: Option<(u32, Mode)>,
+    pub paused: bool,
+    pub archived: bool,
+    /// Key name that created the rule.
+    pub owner: String,
+    pub updated_at: i64,
+}
+
+/// One append-only audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store on append: 1, 2, 3…
+    pub seq: u64,
+    pub at: i64,
+    /// API key name.
+    pub actor: String,
+    /// e.g. `rule.create_version`, `rule.deploy`, `list.add`, `key.create`.
+    pub action: String,
+    /// What it acted on, e.g. `rule:card_testing`.
+    pub target: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+/// A stored alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    pub id: String,
+    pub rule: String,
+    /// The key as text (`""` for global rules).
+    pub key: String,
+    pub severity: String,
+    pub mode: Mode,
+    /// Event time of the alert, epoch ms.
+    pub at: i64,
+    /// The alert JSON (spec §6), plus `"mode": "shadow"` for shadow alerts.
+    pub alert: serde_json::Value,
+    /// The matched events' JSON by binding (the explanation); may be empty.
+    #[serde(default)]
+    pub events: serde_json::Value,
+}
+
+/// Alert query: every set field must match; `from`/`to` bound `at` (ms,
+/// inclusive / exclusive).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub rule: Option<String>,
+    pub key: Option<String>,
+    pub severity: Option<String>,
+    pub mode: Option<Mode>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// One page of alerts, newest first, and the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertPage {
+    pub alerts: Vec<StoredAlert>,
+    /// Opaque; pass back as `cursor` to get the next page. `None`: last page.
+    pub next: Option<String>,
+}
