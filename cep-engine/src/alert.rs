@@ -20,6 +20,9 @@ pub struct Alert {
     pub at: i64,
     /// Binding → event ids, in binding order.
     pub matched: Vec<(String, Vec<Arc<str>>)>,
+    /// The matched events themselves, by binding (the explanation of the
+    /// alert; not part of the alert JSON — see [`Alert::evidence_json`]).
+    pub evidence: Vec<(String, Vec<Arc<crate::value::Event>>)>,
     /// Aggregate rules: binding → full window count.
     pub matched_count: Option<(String, u64)>,
     /// Emitted fields in `emit` order.
@@ -63,6 +66,37 @@ impl Alert {
     /// Topic for the ZeroMQ alert publisher: `alert.<severity>.<rule>`.
     pub fn topic(&self) -> String {
         format!("alert.{}.{}", self.severity.as_str(), self.rule)
+    }
+
+    /// The evidence as JSON, `{binding: [event, …]}`, each event with its
+    /// `type`, `ts`, `id` and declared fields (names from `schemas`).
+    pub fn evidence_json(&self, schemas: &[rule_lang::program::Schema]) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (binding, events) in &self.evidence {
+            let list = events
+                .iter()
+                .map(|e| {
+                    let mut m = serde_json::Map::new();
+                    let schema = schemas.get(e.ty as usize);
+                    m.insert(
+                        "type".into(),
+                        schema.map_or(serde_json::Value::Null, |s| s.name.clone().into()),
+                    );
+                    m.insert("ts".into(), format_ms(e.ts).into());
+                    m.insert("id".into(), e.id.to_string().into());
+                    if let Some(s) = schema {
+                        for (f, v) in s.fields.iter().zip(e.fields.iter()) {
+                            if !v.is_missing() {
+                                m.insert(f.name.clone(), v.to_json());
+                            }
+                        }
+                    }
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            out.insert(binding.clone(), serde_json::Value::Array(list));
+        }
+        serde_json::Value::Object(out)
     }
 
     pub fn to_json_string(&self) -> String {

@@ -700,10 +700,12 @@ impl Engine {
             .map(|(n, e)| (n.clone(), eval(e, &ctx, &env).to_json()))
             .collect();
         let matched = vec![(a.binding.clone(), st.matched_ids())];
+        let evidence = vec![(a.binding.clone(), st.matched_events())];
         let count = (a.binding.clone(), st.len() as u64);
         let found = Found {
             at: ev.ts,
             matched,
+            evidence,
             matched_count: Some(count),
             fields,
             absence: false,
@@ -835,6 +837,7 @@ struct Out<'a> {
 struct Found {
     at: i64,
     matched: Vec<(String, Vec<Arc<str>>)>,
+    evidence: Vec<(String, Vec<Arc<Event>>)>,
     matched_count: Option<(String, u64)>,
     fields: Vec<(String, serde_json::Value)>,
     absence: bool,
@@ -886,6 +889,7 @@ impl Out<'_> {
             key: key.clone(),
             at: f.at,
             matched: f.matched,
+            evidence: f.evidence,
             matched_count: f.matched_count,
             fields: f.fields,
             detected_at: self.wall_ms,
@@ -919,23 +923,28 @@ impl Out<'_> {
             .iter()
             .map(|(n, e)| (n.clone(), eval(e, &ctx, env).to_json()))
             .collect();
-        let matched = p
+        let evidence: Vec<(String, Vec<Arc<Event>>)> = p
             .bindings
             .iter()
             .filter_map(|b| {
-                let ids: Vec<Arc<str>> = m
+                let evs: Vec<Arc<Event>> = m
                     .run
                     .events
                     .iter()
                     .filter(|(s, _)| *s == b.step)
-                    .map(|(_, e)| e.id.clone())
+                    .map(|(_, e)| e.clone())
                     .collect();
-                (!ids.is_empty()).then(|| (b.name.clone(), ids))
+                (!evs.is_empty()).then(|| (b.name.clone(), evs))
             })
+            .collect();
+        let matched = evidence
+            .iter()
+            .map(|(n, evs)| (n.clone(), evs.iter().map(|e| e.id.clone()).collect()))
             .collect();
         let found = Found {
             at: m.at,
             matched,
+            evidence,
             matched_count: None,
             fields,
             absence: m.absence,

@@ -192,6 +192,8 @@ pub struct Node {
     session: Option<Session>,
     rules: Option<Rules>,
     engines: HashMap<u16, Engine>,
+    /// Reference lists, applied to every shard engine (and new ones).
+    lists: HashMap<String, Vec<String>>,
     clock: i64,
     advanced_to: i64,
     processed_seq: u64,
@@ -211,6 +213,7 @@ impl Node {
             session: None,
             rules: None,
             engines: HashMap::new(),
+            lists: HashMap::new(),
             clock: i64::MIN,
             advanced_to: i64::MIN,
             processed_seq: 0,
@@ -247,6 +250,7 @@ impl Node {
                 if fresh {
                     // A new gateway process means a new stream: start clean.
                     self.engines.clear();
+                    self.lists.clear();
                     self.rules = None;
                     self.clock = i64::MIN;
                     self.advanced_to = i64::MIN;
@@ -321,6 +325,14 @@ impl Node {
                 out
             }
             Msg::Ping { .. } => vec![Msg::Stats(self.stats())],
+            Msg::SetList { name, entries } => {
+                for e in self.engines.values_mut() {
+                    e.set_list(&name, entries.iter().cloned());
+                }
+                debug!(node = %self.opts.name, list = %name, entries = entries.len(), "list updated");
+                self.lists.insert(name, entries);
+                vec![]
+            }
             Msg::Error { text } => {
                 warn!(node = %self.opts.name, %text, "gateway reported an error");
                 vec![]
@@ -424,8 +436,14 @@ impl Node {
                 misrouted += 1;
                 continue;
             }
+            let lists = &self.lists;
             let engine = self.engines.entry(r.shard).or_insert_with(|| {
-                Engine::with_deployments(rules.set.clone(), config.clone(), &rules.deployments)
+                let mut e =
+                    Engine::with_deployments(rules.set.clone(), config.clone(), &rules.deployments);
+                for (name, entries) in lists {
+                    e.set_list(name, entries.iter().cloned());
+                }
+                e
             });
             engine.set_wall_clock(now);
             if r.clock != i64::MIN {
@@ -471,6 +489,8 @@ impl Node {
 
     fn collect_alerts(&mut self, shards: Vec<u16>, out: &mut Replies) {
         let mut alerts = vec![];
+        let schemas = self.rules.as_ref().map(|r| r.set.clone());
+        let schemas = schemas.as_ref().map_or(&[][..], |s| s.schemas.as_slice());
         for s in shards {
             let Some(e) = self.engines.get_mut(&s) else {
                 continue;
@@ -481,6 +501,7 @@ impl Node {
                     topic: a.topic(),
                     shadow: a.shadow,
                     json: a.to_json_string(),
+                    events: a.evidence_json(schemas).to_string(),
                 });
             }
         }

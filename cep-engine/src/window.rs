@@ -206,6 +206,16 @@ impl WindowState {
     }
 
     /// The ids for `matched`: the newest [`MATCHED_LIMIT`], oldest first.
+    /// The events behind [`WindowState::matched_ids`] (the alert's evidence).
+    pub fn matched_events(&self) -> Vec<Arc<crate::value::Event>> {
+        let skip = self.entries.len().saturating_sub(MATCHED_LIMIT);
+        self.entries
+            .iter()
+            .skip(skip)
+            .map(|e| e.ev.clone())
+            .collect()
+    }
+
     pub fn matched_ids(&self) -> Vec<Arc<str>> {
         let skip = self.entries.len().saturating_sub(MATCHED_LIMIT);
         self.entries

@@ -107,6 +107,9 @@ pub struct WireAlert {
     pub shadow: bool,
     /// The alert JSON (spec §6).
     pub json: String,
+    /// The matched events by binding, JSON (`{binding: [event…]}`): the
+    /// explanation the gateway stores with the alert.
+    pub events: String,
 }
 
 /// Node → gateway: figures, in answer to a ping.
@@ -146,6 +149,11 @@ pub enum Msg {
     Bye {
         reason: String,
     },
+    /// Gateway → node: replace (or create) a reference list.
+    SetList {
+        name: String,
+        entries: Vec<String>,
+    },
     /// Either way: the message before could not be accepted.
     Error {
         text: String,
@@ -166,6 +174,7 @@ impl Msg {
             Msg::Ping { .. } => 9,
             Msg::Stats(_) => 10,
             Msg::Bye { .. } => 11,
+            Msg::SetList { .. } => 12,
             Msg::Error { .. } => KIND_ERROR,
         }
     }
@@ -270,6 +279,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
                 w.str(&a.topic);
                 w.bool(a.shadow);
                 w.str(&a.json);
+                w.str(&a.events);
             }
         }
         Msg::Advance { clock } => w.i64(*clock),
@@ -292,6 +302,13 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             }
         }
         Msg::Bye { reason } => w.str(reason),
+        Msg::SetList { name, entries } => {
+            w.str(name);
+            w.u64(entries.len() as u64);
+            for e in entries {
+                w.str(e);
+            }
+        }
         Msg::Error { text } => w.buf.extend_from_slice(text.as_bytes()),
     }
     w.buf
@@ -508,6 +525,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
                     topic: r.string()?,
                     shadow: r.bool()?,
                     json: r.string()?,
+                    events: r.string()?,
                 });
             }
             Msg::Alerts(alerts)
@@ -530,6 +548,15 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
         11 => Msg::Bye {
             reason: r.string()?,
         },
+        12 => {
+            let name = r.string()?;
+            let n = r.count(1)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(r.string()?);
+            }
+            Msg::SetList { name, entries }
+        }
         k => return Err(WireError::UnknownKind(k)),
     };
     if !r.buf.is_empty() {
@@ -771,7 +798,12 @@ mod tests {
                 topic: "alert.high.card_testing".into(),
                 shadow: false,
                 json: "{\"id\":\"9f2c\"}".into(),
+                events: "{}".into(),
             }]),
+            Msg::SetList {
+                name: "blocked".into(),
+                entries: vec!["a".into(), "ü".into(), String::new()],
+            },
             Msg::Advance { clock: -5 },
             Msg::Ping { nonce: 1 << 40 },
             Msg::Stats(Stats {

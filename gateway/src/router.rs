@@ -77,6 +77,13 @@ impl Default for RouterConfig {
 /// Orders from the rest of the gateway.
 pub enum Command {
     Deploy(Bundle),
+    /// Replace (or create) a reference list on every node.
+    SetList {
+        name: String,
+        entries: Vec<String>,
+    },
+    /// A copy of the most recent accepted events (raw JSON), newest last.
+    Sample(tokio::sync::oneshot::Sender<Vec<Vec<u8>>>),
     /// Stop ingest, deliver what is queued, wait for nodes (bounded), exit.
     Shutdown,
 }
@@ -181,6 +188,34 @@ pub struct AckRejection {
     pub message: String,
 }
 
+/// Events posted over HTTP: one JSON text per item; the router answers with
+/// one result per item (`Ok` or the rejection) once they are routed.
+pub struct HttpIngest {
+    pub events: Vec<Vec<u8>>,
+    pub reply: tokio::sync::oneshot::Sender<Vec<Result<(), Rejection>>>,
+}
+
+/// An alert as it leaves the router for the store, SSE and webhooks.
+#[derive(Debug, Clone)]
+pub struct AlertOut {
+    pub id: String,
+    pub topic: String,
+    pub shadow: bool,
+    pub json: String,
+    /// Matched events by binding (JSON text).
+    pub events: String,
+}
+
+/// Where the router sends what it does not handle itself.
+#[derive(Default)]
+pub struct Channels {
+    /// Events from the HTTP API (read only while ingest is open).
+    pub http: Option<tokio::sync::mpsc::Receiver<HttpIngest>>,
+    /// Every alert, after it is published on the PUB socket. Bounded: a slow
+    /// consumer slows the router, it never loses an alert.
+    pub alerts: Option<tokio::sync::mpsc::Sender<AlertOut>>,
+}
+
 pub struct Router {
     cfg: RouterConfig,
     status: Arc<Status>,
@@ -200,7 +235,14 @@ pub struct Router {
     idle_base: Option<(i64, Instant)>,
     paused_since: Option<Instant>,
     stopping: Option<Instant>,
+    lists: std::collections::BTreeMap<String, Vec<String>>,
+    channels: Channels,
+    /// The most recent accepted events, raw (for rule diffs and tests).
+    sample: VecDeque<Vec<u8>>,
 }
+
+/// Accepted events kept for [`Command::Sample`].
+const SAMPLE_SIZE: usize = 10_000;
 
 impl Router {
     pub fn new(
@@ -287,7 +329,16 @@ impl Router {
             idle_base: None,
             paused_since: None,
             stopping: None,
+            lists: std::collections::BTreeMap::new(),
+            channels: Channels::default(),
+            sample: VecDeque::new(),
         })
+    }
+
+    /// Connects the HTTP ingest and the alert consumer.
+    pub fn with_channels(mut self, channels: Channels) -> Router {
+        self.channels = channels;
+        self
     }
 
     /// Runs until a `Shutdown` command has been carried out.
@@ -297,6 +348,10 @@ impl Router {
         loop {
             match commands.try_recv() {
                 Ok(Command::Deploy(b)) => self.deploy(b),
+                Ok(Command::SetList { name, entries }) => self.set_list(name, entries),
+                Ok(Command::Sample(reply)) => {
+                    let _ = reply.send(self.sample.iter().cloned().collect());
+                }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                     if self.stopping.is_none() {
                         info!("router: stopping ingest, delivering queued events");
@@ -430,9 +485,47 @@ impl Router {
         self.bundle = Some(b);
     }
 
+    fn set_list(&mut self, name: String, entries: Vec<String>) {
+        let msg = wire::encode(&Msg::SetList {
+            name: name.clone(),
+            entries: entries.clone(),
+        });
+        for l in &mut self.links {
+            // In the event stream: events after this point see the new list.
+            let (clock, version) = (self.clock, self.bundle.as_ref().map_or(0, |b| b.version));
+            l.seal(clock, version);
+            l.queue.push_back(Outgoing {
+                bytes: msg.clone(),
+                copies: 0,
+                last_seq: 0,
+                version: 0,
+            });
+        }
+        self.lists.insert(name, entries);
+    }
+
     // -- ingest --------------------------------------------------------------
 
     fn read_ingest(&mut self) {
+        // HTTP batches first: their callers are waiting.
+        while !self.backpressured() {
+            let Some(rx) = &mut self.channels.http else {
+                break;
+            };
+            let Ok(req) = rx.try_recv() else { break };
+            let results: Vec<Result<(), Rejection>> = req
+                .events
+                .iter()
+                .map(|e| {
+                    let r = self.ingest(e);
+                    if let Err(rej) = &r {
+                        self.status.reject(rej.reason);
+                    }
+                    r
+                })
+                .collect();
+            let _ = req.reply.send(results);
+        }
         const BUDGET: usize = 4096;
         let mut n = 0;
         while n < BUDGET && !self.backpressured() {
@@ -519,6 +612,10 @@ impl Router {
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
         self.route(seq, before, &ev);
+        if self.sample.len() >= SAMPLE_SIZE {
+            self.sample.pop_front();
+        }
+        self.sample.push_back(frame.to_vec());
         Ok(())
     }
 
@@ -640,6 +737,18 @@ impl Router {
                             .counters
                             .copies_shed
                             .fetch_add(dropped as u64, Ordering::Relaxed);
+                    }
+                    // Lists, then the rules, ahead of any queued batch.
+                    for (name, entries) in self.lists.iter().rev() {
+                        l.queue.push_front(Outgoing {
+                            bytes: wire::encode(&Msg::SetList {
+                                name: name.clone(),
+                                entries: entries.clone(),
+                            }),
+                            copies: 0,
+                            last_seq: 0,
+                            version: 0,
+                        });
                     }
                     if let Some(b) = &self.bundle {
                         l.queue.push_front(Outgoing {
