@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Redis: the store tests run against a real redis-server (each test starts its
+# own on a free loopback port).
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server"
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq redis-server >/dev/null
+  # Debian starts a system instance on 6379; the tests do not use it.
+fi
+redis-server --version
+
 echo "== rustfmt"
 cargo fmt --all --check
 

@@ -355,7 +355,12 @@ fn embedded_gateway_acknowledges_router_batches_with_reasons() {
     let rules = root().join("rules/tests/lib_card_testing/rules.vgl");
     let gw = bin("vigil-gateway", "vigil-gateway");
     let mut cmd = std::process::Command::new(gw);
-    cmd.arg("--rules").arg(&rules).args(ep.args()).args([
+    cmd.arg("--rules")
+        .arg(&rules)
+        .arg("--data-dir")
+        .arg(fresh_dir("data"))
+        .args(ep.args())
+        .args([
         "--nodes",
         "2",
         "--max-event-bytes",

@@ -188,6 +188,19 @@ impl Endpoints {
     }
 }
 
+/// A new empty directory under the temp dir.
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "vigil-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
 /// Starts `n` `vigil-node` processes on loopback; returns them and their endpoints.
 pub fn start_nodes(n: usize) -> (Vec<Proc>, Vec<String>) {
     start_nodes_with(n, &[])
@@ -222,7 +235,11 @@ pub fn start_nodes_with(n: usize, extra: &[&str]) -> (Vec<Proc>, Vec<String>) {
 pub fn start_gateway(rules: &Path, nodes: &[String], ep: &Endpoints, extra: &[&str]) -> Proc {
     let gw = bin("vigil-gateway", "vigil-gateway");
     let mut cmd = Command::new(gw);
-    cmd.arg("--rules").arg(rules).args(ep.args());
+    cmd.arg("--rules")
+        .arg(rules)
+        .arg("--data-dir")
+        .arg(fresh_dir("data"))
+        .args(ep.args());
     for n in nodes {
         cmd.args(["--node", n]);
     }

@@ -3,6 +3,10 @@
 //! into the `vigil-gateway` binary; tests drive them directly.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod catalog;
 pub mod router;
 pub mod rules;
 pub mod status;
+pub mod store;
+pub mod system;

@@ -1,39 +1,89 @@
-//! `vigil-gateway`: ingestion, the shard router, alert fan-out and the
-//! operations endpoints. With no flags it runs the whole system in one process:
-//! the gateway plus two engine nodes, connected over ZeroMQ (inproc).
+//! `vigil-gateway`: the HTTP API, ingestion, the shard router, alert fan-out.
+//! With no flags it runs the whole system in one process: the gateway plus two
+//! engine nodes connected over ZeroMQ (inproc), rules and alerts in an embedded
+//! store under `./vigil-data`.
 //!
-//! Threads: the router (every ZeroMQ socket, see `router.rs`), one per
-//! in-process node, and a small tokio runtime for HTTP and signals.
+//! `vigil-gateway keys create|list|revoke` manages API keys offline.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
-use axum::routing::get;
-use cep_engine::node::{NodeOptions, NodeStatus};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 use tracing::{error, info};
-use vigil_gateway::router::{Command, Router, RouterConfig};
-use vigil_gateway::rules::Registry;
-use vigil_gateway::status::Status;
+use vigil_gateway::api::ApiConfig;
+use vigil_gateway::router::RouterConfig;
+use vigil_gateway::store::Role;
+use vigil_gateway::system::{StoreConfig, System, SystemConfig};
 
 /// The Vigil gateway.
 #[derive(Parser, Debug)]
 #[command(name = "vigil-gateway", version, about)]
 struct Cli {
-    /// Rule files or directory to load (SIGHUP reloads them).
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Manage API keys (the store must not be open by a running embedded gateway).
+    Keys {
+        #[command(subcommand)]
+        action: KeyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create a key; prints the secret, alone, on stdout.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, analyst or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// List keys (name, role, created, revoked).
+    List,
+    /// Revoke a key by name.
+    Revoke { name: String },
+}
+
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// Embedded store directory (the default store).
+    #[arg(long, default_value = "./vigil-data", env = "VIGIL_DATA_DIR", global = true)]
+    data_dir: PathBuf,
+    /// Use Redis instead of the embedded store (rules, lists, keys, alerts shared by gateways).
+    #[arg(long, env = "VIGIL_REDIS", global = true)]
+    redis: Option<String>,
+    /// Key prefix in Redis.
+    #[arg(long, default_value = "vigil", env = "VIGIL_REDIS_NAMESPACE", global = true)]
+    redis_namespace: String,
+}
+
+impl StoreArgs {
+    fn config(&self) -> StoreConfig {
+        match &self.redis {
+            Some(url) => StoreConfig::Redis {
+                url: url.clone(),
+                namespace: self.redis_namespace.clone(),
+            },
+            None => StoreConfig::Embedded(self.data_dir.clone()),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Rule files imported into an empty store; SIGHUP re-imports changed rules.
     #[arg(long, default_value = "rules/", env = "VIGIL_RULES")]
     rules: PathBuf,
-    /// Where the embedded store keeps its files (used by the HTTP API milestone).
-    #[arg(long, default_value = "./vigil-data", env = "VIGIL_DATA_DIR")]
-    data_dir: PathBuf,
-    /// HTTP address: /healthz, /readyz, /metrics, /v1/cluster.
+    /// HTTP address: the API under /v1, /healthz, /readyz, /metrics.
     #[arg(long, default_value = "127.0.0.1:7700", env = "VIGIL_HTTP")]
     http: String,
     /// ZeroMQ PULL ingest (one JSON event per frame, or a multipart batch).
@@ -72,6 +122,9 @@ struct Cli {
     /// Largest single event accepted, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
+    /// Largest HTTP request body, bytes (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, default_value = "info", env = "VIGIL_LOG")]
     log: String,
@@ -84,209 +137,147 @@ fn duration_ms(s: &str) -> Result<i64, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.run.log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-
-    let mut registry = Registry::new(vec![cli.rules.clone()]);
-    let bundle = registry.reload()?.context("the rule set is empty")?;
-    let ctx = zmq::Context::new();
-
-    // In-process nodes unless external ones are named.
-    let node_stop = Arc::new(AtomicBool::new(false));
-    let mut node_threads = vec![];
-    let endpoints: Vec<String> = if cli.node.is_empty() {
-        (0..cli.nodes.max(1))
-            .map(|i| {
-                let opts = NodeOptions {
-                    name: format!("embedded-{i}"),
-                    bind: format!("inproc://vigil-node-{i}"),
-                    ..NodeOptions::default()
-                };
-                let bind = opts.bind.clone();
-                let (ctx, stop) = (ctx.clone(), node_stop.clone());
-                node_threads.push(std::thread::Builder::new().name(format!("node-{i}")).spawn(
-                    move || {
-                        if let Err(e) = cep_engine::node::serve(
-                            &ctx,
-                            opts,
-                            Arc::new(NodeStatus::default()),
-                            stop,
-                        ) {
-                            error!(error = %e, "in-process node failed");
-                        }
-                    },
-                ));
-                bind
-            })
-            .collect()
-    } else {
-        cli.node.clone()
-    };
-    // Let in-process nodes bind before the router connects.
-    std::thread::sleep(Duration::from_millis(20));
-
-    let status = Arc::new(Status::default());
-    let router = Router::new(
-        ctx.clone(),
-        RouterConfig {
-            nodes: endpoints.clone(),
-            pull: Some(cli.zmq_pull.clone()),
-            router: Some(cli.zmq_router.clone()),
-            publish: Some(cli.zmq_pub.clone()),
-            lateness_ms: cli.lateness,
-            max_runs_per_key: cli.max_runs_per_key,
-            batch_max: cli.batch.max(1),
-            pending_cap: cli.pending_cap.max(cli.batch),
-            node_timeout: Duration::from_millis(cli.node_timeout.max(100) as u64),
-            idle_ms: cli.idle,
-            max_event_bytes: cli.max_event_bytes,
-            ..RouterConfig::default()
-        },
-        status.clone(),
-    )?;
-    let (tx, rx) = mpsc::channel();
-    let rule_count = bundle.rules.len();
-    let version = bundle.version;
-    let _ = tx.send(Command::Deploy(bundle));
-    let router_thread = std::thread::Builder::new()
-        .name("router".into())
-        .spawn(move || router.run(rx))?;
-
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("gateway-io")
         .enable_all()
         .build()?;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&cli.http))
-        .with_context(|| format!("binding HTTP {}", cli.http))?;
-    let app = http_app(status.clone());
-    rt.spawn(async move {
+    match cli.command {
+        Some(Cmd::Keys { action }) => rt.block_on(keys(action, &cli.run.store)),
+        None => rt.block_on(run(cli.run)),
+    }
+}
+
+async fn keys(action: KeyCmd, store: &StoreArgs) -> anyhow::Result<()> {
+    let store = store.config().open().await?;
+    match action {
+        KeyCmd::Create { name, role } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("unknown role `{role}`: viewer, analyst or admin"))?;
+            let secret = vigil_gateway::api::create_key(&store, &name, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{secret}");
+        }
+        KeyCmd::List => {
+            for k in store.keys().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    k.name,
+                    k.role.as_str(),
+                    cep_engine::time::format_ms(k.created_at),
+                    if k.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        KeyCmd::Revoke { name } => {
+            if !store.revoke_key(&name).await? {
+                anyhow::bail!("no key named `{name}`");
+            }
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let system = System::start(SystemConfig {
+        rules: a.rules.clone(),
+        store: a.store.config(),
+        nodes: a.node.clone(),
+        embedded_nodes: a.nodes,
+        router: RouterConfig {
+            pull: Some(a.zmq_pull.clone()),
+            router: Some(a.zmq_router.clone()),
+            publish: Some(a.zmq_pub.clone()),
+            lateness_ms: a.lateness,
+            max_runs_per_key: a.max_runs_per_key,
+            batch_max: a.batch.max(1),
+            pending_cap: a.pending_cap.max(a.batch),
+            node_timeout: Duration::from_millis(a.node_timeout.max(100) as u64),
+            idle_ms: a.idle,
+            max_event_bytes: a.max_event_bytes,
+            ..RouterConfig::default()
+        },
+        api: ApiConfig {
+            max_body_bytes: a.max_body_bytes,
+        },
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&a.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", a.http))?;
+    let app = system.app();
+    let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             error!(error = %e, "HTTP server stopped");
         }
     });
 
+    let bundle = system.state.catalog.current();
     println!(
-        "Vigil gateway: {rule_count} rules (rule set v{version}) from {}",
-        cli.rules.display()
+        "Vigil gateway: {} rules running (rule set v{}), store: {}",
+        bundle.as_ref().map_or(0, |b| b.rules.len()),
+        bundle.as_ref().map_or(0, |b| b.version),
+        match &a.store.redis {
+            Some(url) => format!("redis {url}"),
+            None => format!("embedded {}", a.store.data_dir.display()),
+        }
     );
-    if cli.node.is_empty() {
-        println!(
-            "  engine nodes: {} in-process (ZeroMQ inproc)",
-            endpoints.len()
-        );
+    if a.node.is_empty() {
+        println!("  engine nodes: {} in-process (ZeroMQ inproc)", a.nodes.max(1));
     } else {
-        println!("  engine nodes: {}", endpoints.join(", "));
+        println!("  engine nodes: {}", a.node.join(", "));
     }
-    println!(
-        "  send events:  ZeroMQ PUSH   -> {}  (one JSON event per frame)",
-        cli.zmq_pull
-    );
-    println!(
-        "                ZeroMQ DEALER -> {}  (batches, each acknowledged)",
-        cli.zmq_router
-    );
-    println!(
-        "  alerts:       ZeroMQ SUB    <- {}  (topics alert.<severity>.<rule>)",
-        cli.zmq_pub
-    );
-    println!(
-        "  status:       http://{}/healthz  /readyz  /metrics  /v1/cluster",
-        cli.http
-    );
-    println!(
-        "  try it:       cargo run --release -p vigil-gateway --example zmq_client -- rules/tests/lib_card_testing/events.jsonl"
-    );
+    println!("  send events:  ZeroMQ PUSH   -> {}  (one JSON event per frame)", a.zmq_pull);
+    println!("                ZeroMQ DEALER -> {}  (batches, each acknowledged)", a.zmq_router);
+    println!("                HTTP POST http://{}/v1/events  (JSON or NDJSON, API key)", a.http);
+    println!("  alerts:       ZeroMQ SUB    <- {}  (topics alert.<severity>.<rule>)", a.zmq_pub);
+    println!("                HTTP GET  http://{}/v1/alerts, /v1/alerts/stream (SSE)", a.http);
+    println!("  API:          http://{}/v1/openapi.json   status: /healthz /readyz /metrics", a.http);
+    println!("  try it:       cargo run --release -p vigil-gateway --example zmq_client -- rules/tests/lib_card_testing/events.jsonl");
+    if let Some(k) = &system.first_admin_key {
+        println!();
+        println!("  First start: an admin API key was created. It is shown only this once:");
+        println!("    {k}");
+    }
 
-    // Signals: SIGHUP reloads the rules, SIGINT/SIGTERM drain and stop.
-    rt.block_on(async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut hup), Ok(mut term)) = (
-                signal(SignalKind::hangup()),
-                signal(SignalKind::terminate()),
-            ) else {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = term.recv() => break,
-                    _ = hup.recv() => match registry.reload() {
-                        Ok(Some(b)) => {
-                            info!(version = b.version, "rules changed: deploying");
-                            let _ = tx.send(Command::Deploy(b));
-                        }
-                        Ok(None) => info!("rules reloaded: nothing changed"),
-                        Err(e) => error!("{e:#}"),
-                    },
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    });
+    wait_for_stop(&system).await;
     info!("shutting down: draining queued events");
-    let _ = tx.send(Command::Shutdown);
-    let _ = router_thread.join();
-    node_stop.store(true, Ordering::Relaxed);
-    for t in node_threads.into_iter().flatten() {
-        let _ = t.join();
-    }
-    rt.shutdown_timeout(Duration::from_secs(1));
+    server.abort();
+    system.shutdown().await;
     info!("stopped");
     Ok(())
 }
 
-fn http_app(status: Arc<Status>) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/cluster", get(cluster))
-        .with_state(status)
-}
-
-/// Liveness: 200 while the gateway runs; the body says which nodes are down.
-async fn healthz(State(st): State<Arc<Status>>) -> impl IntoResponse {
-    let nodes = st.nodes();
-    let down: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n.state != "up")
-        .map(|n| n.name.as_str())
-        .collect();
-    Json(serde_json::json!({
-        "status": if down.is_empty() { "ok" } else { "degraded" },
-        "nodes_up": nodes.len() - down.len(),
-        "nodes_not_up": down,
-    }))
-}
-
-/// Readiness: 200 when every node is up on the current rule-set version.
-async fn readyz(State(st): State<Arc<Status>>) -> impl IntoResponse {
-    match st.ready() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true}))),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": why})),
-        ),
+/// SIGHUP re-imports the rule files; SIGINT/SIGTERM return.
+async fn wait_for_stop(system: &System) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term)) =
+            (signal(SignalKind::hangup()), signal(SignalKind::terminate()))
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match system.reimport().await {
+                    Ok(n) => info!(changes = n, "rule files re-imported"),
+                    Err(e) => error!("{e:#}"),
+                },
+            }
+        }
     }
-}
-
-async fn metrics(State(st): State<Arc<Status>>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        st.prometheus(),
-    )
-}
-
-async fn cluster(State(st): State<Arc<Status>>) -> impl IntoResponse {
-    Json(st.cluster())
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

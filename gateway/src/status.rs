@@ -64,6 +64,54 @@ pub struct Status {
     pub rules: AtomicU64,
     /// The router's event-time clock (highest accepted `ts`), epoch ms.
     pub clock_ms: std::sync::atomic::AtomicI64,
+    /// Stored alerts per (rule, mode).
+    pub rule_alerts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Alert latency: wall clock when stored minus the alert's event time.
+    pub alert_latency: Histogram,
+}
+
+/// Bucket bounds of [`Histogram`], seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+];
+
+/// A fixed-bucket Prometheus histogram (cumulative on output).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 13],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, secs: f64) {
+        let secs = secs.max(0.0);
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, o: &mut String) {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(
+            o,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
 }
 
 #[derive(Serialize)]
@@ -84,6 +132,16 @@ impl Status {
         if let Ok(mut m) = self.rejected.lock() {
             *m.entry(reason.to_string()).or_default() += 1;
         }
+    }
+
+    /// An alert reached the store for the first time.
+    pub fn alert_stored(&self, rule: &str, shadow: bool, at_ms: i64) {
+        let mode = if shadow { "shadow" } else { "active" };
+        if let Ok(mut m) = self.rule_alerts.lock() {
+            *m.entry((rule.to_string(), mode)).or_default() += 1;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        self.alert_latency.observe((now - at_ms) as f64 / 1000.0);
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
@@ -194,6 +252,15 @@ impl Status {
             o,
             "# HELP vigil_rules_version deployed rule-set version\n# TYPE vigil_rules_version gauge\nvigil_rules_version {}\n",
             self.rules_version.load(Ordering::Relaxed)
+        );
+        o.push_str("# HELP vigil_rule_alerts_total alerts stored, per rule and mode\n# TYPE vigil_rule_alerts_total counter\n");
+        for ((rule, mode), n) in self.rule_alerts.lock().map(|m| m.clone()).unwrap_or_default() {
+            let _ = writeln!(o, "vigil_rule_alerts_total{{rule=\"{rule}\",mode=\"{mode}\"}} {n}");
+        }
+        self.alert_latency.render(
+            "vigil_alert_latency_seconds",
+            "wall clock when an alert is stored minus its event time (at)",
+            &mut o,
         );
         let nodes = self.nodes();
         let gauges: [Gauge; 9] = [

@@ -1,0 +1,190 @@
+//! Events in, alerts out: `POST /v1/events`, the alert log and its SSE stream.
+
+use super::rules::event_lines;
+use super::{ApiError, ApiResult, AppState, Body, Caller, reply};
+use crate::router::HttpIngest;
+use crate::store::{AlertFilter, Mode, Role, StoredAlert};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// Ingest one JSON event (`application/json`) or an NDJSON batch
+/// (`application/x-ndjson`); answers once every accepted event is routed.
+#[utoipa::path(post, path = "/v1/events", tag = "events", security(("api_key" = [])),
+    request_body(content = String, description = "One JSON event, or NDJSON (one event per line)", content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, description = "`{accepted, rejected: [{line, reason, message}]}`"),
+        (status = 413, description = "Body over the configured size"),
+        (status = 415, description = "Another content type")))]
+pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
+    c.require(Role::Analyst, "sending events")?;
+    let events: Vec<Vec<u8>> = match body.content_type().as_str() {
+        "application/json" => vec![body.bytes.to_vec()],
+        "application/x-ndjson" | "application/jsonl" => event_lines(&body)?,
+        other => {
+            return Err(super::unsupported(
+                other,
+                "application/json (one event) or application/x-ndjson",
+            ));
+        }
+    };
+    // Line numbers of the NDJSON body (blank lines skipped).
+    let lines: Vec<usize> = if body.content_type() == "application/json" {
+        vec![1]
+    } else {
+        body.bytes
+            .split(|&c| c == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, _)| i + 1)
+            .collect()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    st.ingest
+        .send(HttpIngest { events, reply: tx })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the router is not running"))?;
+    let results = rx
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the router stopped"))?;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let rejected: Vec<serde_json::Value> = results
+        .iter()
+        .zip(lines)
+        .filter_map(|(r, line)| {
+            r.as_ref().err().map(|e| {
+                serde_json::json!({"line": line, "reason": e.reason, "message": e.detail})
+            })
+        })
+        .collect();
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"accepted": accepted, "rejected": rejected}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+pub struct AlertQuery {
+    rule: Option<String>,
+    key: Option<String>,
+    severity: Option<String>,
+    mode: Option<Mode>,
+    /// RFC 3339 or epoch ms, inclusive.
+    from: Option<String>,
+    /// RFC 3339 or epoch ms, exclusive.
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// SSE: also stream shadow alerts.
+    shadow: Option<bool>,
+}
+
+fn time_param(name: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
+    let Some(s) = v else { return Ok(None) };
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    cep_engine::time::parse_rfc3339_ms(s)
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request(format!("`{name}` must be RFC 3339 or epoch milliseconds")))
+}
+
+impl AlertQuery {
+    fn filter(&self) -> ApiResult<AlertFilter> {
+        Ok(AlertFilter {
+            rule: self.rule.clone(),
+            key: self.key.clone(),
+            severity: self.severity.clone(),
+            mode: self.mode,
+            from: time_param("from", &self.from)?,
+            to: time_param("to", &self.to)?,
+        })
+    }
+}
+
+fn alert_view(a: &StoredAlert) -> serde_json::Value {
+    a.alert.clone()
+}
+
+/// Query the alert log, newest first, with pagination.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("api_key" = [])),
+    params(("rule" = Option<String>, Query, description = "Rule name"), ("key" = Option<String>, Query, description = "Key"),
+        ("severity" = Option<String>, Query, description = "Severity"), ("mode" = Option<String>, Query, description = "active or shadow"),
+        ("from" = Option<String>, Query, description = "Alert time from (RFC 3339 or ms, inclusive)"),
+        ("to" = Option<String>, Query, description = "Alert time to (exclusive)"),
+        ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
+        ("cursor" = Option<String>, Query, description = "`next` of the previous page")),
+    responses((status = 200, description = "`{alerts: [alert…], next}`")))]
+pub async fn list_alerts(State(st): State<AppState>, _c: Caller, Query(q): Query<AlertQuery>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let page = st
+        .store
+        .query_alerts(&q.filter()?, q.cursor.as_deref(), limit)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(m) => ApiError::bad_request(m),
+            other => other.into(),
+        })?;
+    let alerts: Vec<serde_json::Value> = page.alerts.iter().map(alert_view).collect();
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"alerts": alerts, "next": page.next}),
+    ))
+}
+
+/// One alert with the events it matched (the explanation).
+#[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "Alert id")),
+    responses((status = 200, description = "`{alert, events: {binding: [event…]}}`"), (status = 404, description = "Unknown id")))]
+pub async fn get_alert(State(st): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let a = st
+        .store
+        .alert(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert with id `{id}`")))?;
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"alert": a.alert, "events": a.events}),
+    ))
+}
+
+/// Live alerts as Server-Sent Events (`event: alert`, `id`, `data` = alert JSON).
+/// Shadow alerts only with `shadow=true` (or `mode=shadow`).
+#[utoipa::path(get, path = "/v1/alerts/stream", tag = "alerts", security(("api_key" = [])),
+    params(("rule" = Option<String>, Query, description = "Rule name"), ("key" = Option<String>, Query, description = "Key"),
+        ("severity" = Option<String>, Query, description = "Severity"), ("mode" = Option<String>, Query, description = "active or shadow"),
+        ("shadow" = Option<bool>, Query, description = "Include shadow alerts")),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
+pub async fn stream_alerts(State(st): State<AppState>, _c: Caller, Query(q): Query<AlertQuery>) -> ApiResult<Response> {
+    let f = q.filter()?;
+    let shadow_ok = q.shadow.unwrap_or(false) || q.mode == Some(Mode::Shadow);
+    let rx = st.alerts.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(a) => {
+            let a: Arc<StoredAlert> = a;
+            let wanted = (a.mode == Mode::Active || shadow_ok)
+                && f.mode.is_none_or(|m| m == a.mode)
+                && f.rule.as_ref().is_none_or(|r| *r == a.rule)
+                && f.key.as_ref().is_none_or(|k| *k == a.key)
+                && f.severity.as_ref().is_none_or(|s| *s == a.severity);
+            wanted.then(|| {
+                Ok::<_, std::convert::Infallible>(
+                    SseEvent::default()
+                        .event("alert")
+                        .id(a.id.clone())
+                        .data(a.alert.to_string()),
+                )
+            })
+        }
+        // A slow client missed alerts: say how many (it can page the log).
+        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(
+            SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}")),
+        )),
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}

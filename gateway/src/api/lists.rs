@@ -1,0 +1,187 @@
+//! Reference lists (`in list "name"`): every change reaches the nodes through
+//! the router, in the event stream.
+
+use super::{ApiError, ApiResult, AppState, Body, Caller, reply, unsupported};
+use crate::router::Command;
+use crate::store::Role;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+
+/// Sends the stored list to every node.
+pub async fn publish(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
+    let entries = st.store.get_list(name).await?.unwrap_or_default();
+    st.command(Command::SetList {
+        name: name.to_string(),
+        entries: entries.clone(),
+    });
+    Ok(entries)
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("a list name is 1 to 128 printable characters"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct NewList {
+    name: String,
+    #[serde(default)]
+    entries: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Entries {
+    entries: Vec<String>,
+}
+
+/// Every list name with its size.
+#[utoipa::path(get, path = "/v1/lists", tag = "lists", security(("api_key" = [])),
+    responses((status = 200, description = "`[{name, entries}]` (entries = count)")))]
+pub async fn list_lists(State(st): State<AppState>, _c: Caller) -> ApiResult<Response> {
+    let mut out = vec![];
+    for n in st.store.list_names().await? {
+        let len = st.store.get_list(&n).await?.map_or(0, |l| l.len());
+        out.push(serde_json::json!({"name": n, "entries": len}));
+    }
+    Ok(reply(StatusCode::OK, out))
+}
+
+/// Create a list: `{"name": ..., "entries": [...]}` (409 if it exists).
+#[utoipa::path(post, path = "/v1/lists", tag = "lists", security(("api_key" = [])),
+    request_body(content = String, description = "{\"name\": ..., \"entries\": [...]}", content_type = "application/json"),
+    responses((status = 201, description = "`{name, entries}`"), (status = 409, description = "Exists")))]
+pub async fn create_list(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
+    c.require(Role::Analyst, "creating a list")?;
+    let l: NewList = body.json()?;
+    check_name(&l.name)?;
+    if st.store.get_list(&l.name).await?.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("list `{}` exists", l.name)));
+    }
+    st.store.put_list(&l.name, &l.entries).await?;
+    let entries = publish(&st, &l.name).await?;
+    st.catalog
+        .audit(&c.name, "list.create", &format!("list:{}", l.name), serde_json::Value::Null, serde_json::json!({"entries": entries.len()}))
+        .await?;
+    Ok(reply(StatusCode::CREATED, serde_json::json!({"name": l.name, "entries": entries})))
+}
+
+async fn must_exist(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
+    st.store
+        .get_list(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no list named `{name}`")))
+}
+
+/// A list and its entries.
+#[utoipa::path(get, path = "/v1/lists/{name}", tag = "lists", security(("api_key" = [])),
+    params(("name" = String, Path, description = "List name")),
+    responses((status = 200, description = "`{name, entries}`"), (status = 404, description = "Unknown list")))]
+pub async fn get_list(State(st): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    let entries = must_exist(&st, &name).await?;
+    Ok(reply(StatusCode::OK, serde_json::json!({"name": name, "entries": entries})))
+}
+
+/// Bulk load: replace (or create) the list from CSV (first column; a header
+/// row named `value` or `entry` is skipped), NDJSON (strings or `{"value": …}`)
+/// or a JSON array.
+#[utoipa::path(put, path = "/v1/lists/{name}", tag = "lists", security(("api_key" = [])),
+    params(("name" = String, Path, description = "List name")),
+    request_body(content = String, description = "text/csv, application/x-ndjson or application/json array", content_type = "text/csv"),
+    responses((status = 200, description = "`{name, entries: count}`")))]
+pub async fn replace_list(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+    c.require(Role::Analyst, "loading a list")?;
+    check_name(&name)?;
+    let entries = parse_bulk(&body)?;
+    let before = st.store.get_list(&name).await?.map(|l| l.len());
+    st.store.put_list(&name, &entries).await?;
+    let entries = publish(&st, &name).await?;
+    st.catalog
+        .audit(&c.name, "list.load", &format!("list:{name}"), serde_json::json!({"entries": before}), serde_json::json!({"entries": entries.len()}))
+        .await?;
+    Ok(reply(StatusCode::OK, serde_json::json!({"name": name, "entries": entries.len()})))
+}
+
+fn parse_bulk(body: &Body) -> ApiResult<Vec<String>> {
+    let text = body.text()?;
+    match body.content_type().as_str() {
+        "text/csv" => {
+            let mut out = vec![];
+            for (i, line) in text.lines().enumerate() {
+                let first = line.split(',').next().unwrap_or_default().trim().trim_matches('"');
+                if first.is_empty() || (i == 0 && (first == "value" || first == "entry")) {
+                    continue;
+                }
+                out.push(first.to_string());
+            }
+            Ok(out)
+        }
+        "application/x-ndjson" | "application/jsonl" => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(serde_json::Value::String(s)) => Ok(s),
+                Ok(serde_json::Value::Object(o)) => match o.get("value") {
+                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                    _ => Err(ApiError::bad_request(format!("line {}: expected a string or {{\"value\": \"...\"}}", i + 1))),
+                },
+                _ => Err(ApiError::bad_request(format!("line {}: expected a string or {{\"value\": \"...\"}}", i + 1))),
+            })
+            .collect(),
+        "application/json" => body.json::<Vec<String>>(),
+        other => Err(unsupported(other, "text/csv, application/x-ndjson or a JSON array of strings")),
+    }
+}
+
+/// Delete a list.
+#[utoipa::path(delete, path = "/v1/lists/{name}", tag = "lists", security(("api_key" = [])),
+    params(("name" = String, Path, description = "List name")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "Unknown list")))]
+pub async fn delete_list(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    c.require(Role::Analyst, "deleting a list")?;
+    let before = must_exist(&st, &name).await?;
+    st.store.delete_list(&name).await?;
+    publish(&st, &name).await?;
+    st.catalog
+        .audit(&c.name, "list.delete", &format!("list:{name}"), serde_json::json!({"entries": before.len()}), serde_json::Value::Null)
+        .await?;
+    Ok(reply(StatusCode::NO_CONTENT, ()))
+}
+
+/// Add entries: `{"entries": [...]}`.
+#[utoipa::path(post, path = "/v1/lists/{name}/entries", tag = "lists", security(("api_key" = [])),
+    params(("name" = String, Path, description = "List name")),
+    request_body(content = String, description = "{\"entries\": [...]}", content_type = "application/json"),
+    responses((status = 200, description = "`{added, entries: count}`"), (status = 404, description = "Unknown list")))]
+pub async fn add_entries(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+    c.require(Role::Analyst, "changing a list")?;
+    let e: Entries = body.json()?;
+    must_exist(&st, &name).await?;
+    let added = st.store.add_to_list(&name, &e.entries).await?;
+    let entries = publish(&st, &name).await?;
+    st.catalog
+        .audit(&c.name, "list.add", &format!("list:{name}"), serde_json::Value::Null, serde_json::json!({"added": e.entries}))
+        .await?;
+    Ok(reply(StatusCode::OK, serde_json::json!({"added": added, "entries": entries.len()})))
+}
+
+/// Remove entries: `{"entries": [...]}`.
+#[utoipa::path(delete, path = "/v1/lists/{name}/entries", tag = "lists", security(("api_key" = [])),
+    params(("name" = String, Path, description = "List name")),
+    request_body(content = String, description = "{\"entries\": [...]}", content_type = "application/json"),
+    responses((status = 200, description = "`{removed, entries: count}`"), (status = 404, description = "Unknown list")))]
+pub async fn remove_entries(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+    c.require(Role::Analyst, "changing a list")?;
+    let e: Entries = body.json()?;
+    must_exist(&st, &name).await?;
+    let removed = st.store.remove_from_list(&name, &e.entries).await?;
+    let entries = publish(&st, &name).await?;
+    st.catalog
+        .audit(&c.name, "list.remove", &format!("list:{name}"), serde_json::json!({"removed": e.entries}), serde_json::Value::Null)
+        .await?;
+    Ok(reply(StatusCode::OK, serde_json::json!({"removed": removed, "entries": entries.len()})))
+}

@@ -1,0 +1,307 @@
+//! Assembly: the store, the router thread, in-process nodes, the catalog, the
+//! alert writer and the watchers, wired into an [`AppState`]. `main.rs` runs it
+//! behind an HTTP listener; tests run it in-process.
+
+use crate::api::{self, ApiConfig, AppState, Inner};
+use crate::catalog::Catalog;
+use crate::router::{AlertOut, Channels, Command, Router, RouterConfig};
+use crate::status::Status;
+use crate::store::{Mode, Role, Store, StoredAlert};
+use cep_engine::node::{NodeOptions, NodeStatus};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{error, info, warn};
+
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Embedded(PathBuf),
+    Redis { url: String, namespace: String },
+}
+
+impl StoreConfig {
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        Ok(match self {
+            StoreConfig::Embedded(dir) => Store::open_embedded(dir).await?,
+            StoreConfig::Redis { url, namespace } => Store::open_redis(url, namespace).await?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    /// Rule files imported into an empty store (and on [`System::reimport`]).
+    pub rules: PathBuf,
+    pub store: StoreConfig,
+    /// External nodes; empty: `embedded_nodes` in-process nodes.
+    pub nodes: Vec<String>,
+    pub embedded_nodes: usize,
+    pub router: RouterConfig,
+    pub api: ApiConfig,
+}
+
+/// A running gateway (without its HTTP listener).
+pub struct System {
+    pub state: AppState,
+    /// The admin key created on a first start, to print once.
+    pub first_admin_key: Option<String>,
+    commands: std::sync::mpsc::Sender<Command>,
+    router_thread: Option<std::thread::JoinHandle<()>>,
+    node_stop: Arc<AtomicBool>,
+    node_threads: Vec<std::thread::JoinHandle<()>>,
+    rules: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Unique inproc names when several systems share a process (tests).
+static EMBEDDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl System {
+    /// Starts everything. Must be called inside a tokio runtime.
+    pub async fn start(cfg: SystemConfig) -> anyhow::Result<System> {
+        let store = cfg.store.open().await?;
+        let ctx = zmq::Context::new();
+        let node_stop = Arc::new(AtomicBool::new(false));
+        let mut node_threads = vec![];
+        let endpoints: Vec<String> = if cfg.nodes.is_empty() {
+            let id = EMBEDDED.fetch_add(1, Ordering::Relaxed);
+            let mut eps = vec![];
+            for i in 0..cfg.embedded_nodes.max(1) {
+                let opts = NodeOptions {
+                    name: format!("embedded-{i}"),
+                    bind: format!("inproc://vigil-{}-{id}-node-{i}", std::process::id()),
+                    ..NodeOptions::default()
+                };
+                eps.push(opts.bind.clone());
+                let (ctx, stop) = (ctx.clone(), node_stop.clone());
+                node_threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("node-{i}"))
+                        .spawn(move || {
+                            if let Err(e) = cep_engine::node::serve(
+                                &ctx,
+                                opts,
+                                Arc::new(NodeStatus::default()),
+                                stop,
+                            ) {
+                                error!(error = %e, "in-process node failed");
+                            }
+                        })?,
+                );
+            }
+            // Let in-process nodes bind before the router connects.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            eps
+        } else {
+            cfg.nodes.clone()
+        };
+
+        let status = Arc::new(Status::default());
+        let (ingest_tx, ingest_rx) = mpsc::channel(64);
+        let (alert_tx, alert_rx) = mpsc::channel::<AlertOut>(65_536);
+        let router = Router::new(
+            ctx,
+            RouterConfig {
+                nodes: endpoints,
+                ..cfg.router.clone()
+            },
+            status.clone(),
+        )?
+        .with_channels(Channels {
+            http: Some(ingest_rx),
+            alerts: Some(alert_tx),
+        });
+        let (commands, commands_rx) = std::sync::mpsc::channel();
+        let router_thread = std::thread::Builder::new()
+            .name("router".into())
+            .spawn(move || router.run(commands_rx))?;
+
+        let catalog = Arc::new(Catalog::new(store.clone(), commands.clone()));
+        let (alerts, _) = broadcast::channel(4096);
+        let state: AppState = Arc::new(Inner {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            status: status.clone(),
+            ingest: ingest_tx,
+            router: std::sync::Mutex::new(commands.clone()),
+            alerts: alerts.clone(),
+            config: cfg.api.clone(),
+        });
+
+        // First start: import the rule files, create the first admin key.
+        if store.schema().await?.is_none() && store.rule_states().await?.is_empty() {
+            let n = catalog.import(std::slice::from_ref(&cfg.rules), "import").await?;
+            info!(changes = n, rules = %cfg.rules.display(), "imported the rule files into an empty store");
+        }
+        let first_admin_key = if store.keys().await?.is_empty() {
+            Some(
+                api::create_key(&store, "admin", Role::Admin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?,
+            )
+        } else {
+            None
+        };
+        // Lists, then the rules, reach the nodes before any event.
+        for name in store.list_names().await? {
+            if let Some(entries) = store.get_list(&name).await? {
+                let _ = commands.send(Command::SetList { name, entries });
+            }
+        }
+        if let Err(e) = catalog.deploy().await {
+            anyhow::bail!("the stored rules do not compile: {e}");
+        }
+
+        let tasks = vec![
+            tokio::spawn(alert_writer(alert_rx, store.clone(), alerts, status)),
+            tokio::spawn(watch_shared_changes(state.clone())),
+        ];
+        Ok(System {
+            state,
+            first_admin_key,
+            commands,
+            router_thread: Some(router_thread),
+            node_stop,
+            node_threads,
+            rules: cfg.rules,
+            tasks,
+        })
+    }
+
+    pub fn app(&self) -> axum::Router {
+        api::app(self.state.clone())
+    }
+
+    /// Re-reads the rule files: changed rules become new active versions,
+    /// deployed together.
+    pub async fn reimport(&self) -> anyhow::Result<usize> {
+        let n = self
+            .state
+            .catalog
+            .import(std::slice::from_ref(&self.rules), "import")
+            .await?;
+        if n > 0 {
+            self.state
+                .catalog
+                .deploy()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(n)
+    }
+
+    /// Stops ingest, delivers what is queued, stops the nodes.
+    pub async fn shutdown(mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.router_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.node_stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut self.node_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        // Let the alert writer store what the router handed over.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Stores every alert (once per id), then fans it out to SSE subscribers.
+/// A failing store is retried: alerts wait in the bounded channel, and the
+/// router (then ingest) slows down rather than lose one.
+async fn alert_writer(
+    mut rx: mpsc::Receiver<AlertOut>,
+    store: Store,
+    tx: broadcast::Sender<Arc<StoredAlert>>,
+    status: Arc<Status>,
+) {
+    while let Some(a) = rx.recv().await {
+        let alert: serde_json::Value = serde_json::from_str(&a.json).unwrap_or_default();
+        let events: serde_json::Value = serde_json::from_str(&a.events).unwrap_or_default();
+        let at = alert["at"]
+            .as_str()
+            .and_then(cep_engine::time::parse_rfc3339_ms)
+            .unwrap_or(0);
+        let key = match &alert["key"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let stored = StoredAlert {
+            id: a.id,
+            rule: alert["rule"].as_str().unwrap_or_default().to_string(),
+            key,
+            severity: alert["severity"].as_str().unwrap_or_default().to_string(),
+            mode: if a.shadow { Mode::Shadow } else { Mode::Active },
+            at,
+            alert,
+            events,
+        };
+        let mut delay = Duration::from_millis(50);
+        let new = loop {
+            match store.put_alert(&stored).await {
+                Ok(new) => break new,
+                Err(e) => {
+                    warn!(error = %e, "storing an alert failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if new {
+            status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, at);
+            let _ = tx.send(Arc::new(stored));
+        }
+    }
+}
+
+/// Several gateways can share one Redis store: poll for changes made elsewhere
+/// (list revisions, audit entries about rules) and push them to our nodes.
+async fn watch_shared_changes(st: AppState) {
+    let mut lists_rev = st.store.lists_revision().await.unwrap_or(0);
+    let mut audit_seq = 0;
+    while let Ok(page) = st.store.audit(audit_seq, 1000).await {
+        match page.last() {
+            Some(e) => audit_seq = e.seq,
+            None => break,
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Ok(rev) = st.store.lists_revision().await
+            && rev != lists_rev
+        {
+            lists_rev = rev;
+            if let Ok(names) = st.store.list_names().await {
+                for n in names {
+                    let _ = api::publish_list(&st, &n).await;
+                }
+            }
+        }
+        if let Ok(entries) = st.store.audit(audit_seq, 1000).await
+            && let Some(last) = entries.last()
+        {
+            audit_seq = last.seq;
+            if entries
+                .iter()
+                .any(|e| e.action.starts_with("rule.") || e.action.starts_with("schema."))
+                && let Some(cur) = st.catalog.current()
+            {
+                // Redeploy only if the composed set differs from what runs.
+                if let Err(e) = st.catalog.redeploy_if_changed(&cur).await {
+                    warn!(error = %e, "redeploy after a shared change failed");
+                }
+            }
+        }
+    }
+}
