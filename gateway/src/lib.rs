@@ -6,3 +6,4 @@
 pub mod router;
 pub mod rules;
 pub mod status;
+pub mod store;
