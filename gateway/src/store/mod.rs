@@ -1,0 +1,332 @@
+//! The gateway's store: API keys, rule versions and states, the schema, the
+//! audit log, alerts and reference lists.
+//!
+//! Two backends with the same behaviour:
+//! - [`Store::open_embedded`]: one redb file (`<dir>/vigil.redb`), for a
+//!   single gateway;
+//! - [`Store::open_redis`]: a Redis server, every key under `{namespace}:`, so
+//!   several gateways (or test suites) share one server.
+//!
+//! [`Store`] is cheap to clone (an `Arc` or a connection manager inside) and
+//! every operation is async. Records are stored as JSON.
+
+pub mod embedded;
+pub mod redis;
+pub mod types;
+
+use std::path::Path;
+
+pub use types::*;
+
+/// Alerts kept by default; beyond it the oldest are trimmed on insert.
+pub const DEFAULT_MAX_ALERTS: usize = 1_000_000;
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing acted on does not exist (e.g. adding to an unknown list).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The operation contradicts what is stored (a duplicate key name), or
+    /// its input cannot be used (an unparsable alert cursor).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend failed: I/O, connection, corrupt record.
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// The store, on one of its backends.
+#[derive(Clone)]
+pub enum Store {
+    Embedded(embedded::EmbeddedStore),
+    Redis(redis::RedisStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("max_alerts", &self.max_alerts())
+            .finish()
+    }
+}
+
+/// Calls the same async method on whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Embedded(s) => s.$method($($arg),*).await,
+            Store::Redis(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating it and `dir` if needed) `<dir>/vigil.redb`.
+    pub async fn open_embedded(dir: &Path) -> StoreResult<Store> {
+        Ok(Store::Embedded(embedded::EmbeddedStore::open(dir).await?))
+    }
+
+    /// Connects to Redis at `url` (`redis://host:port/db`); every key is
+    /// `{namespace}:…`. Fails with [`StoreError::Backend`] if the server does
+    /// not answer.
+    pub async fn open_redis(url: &str, namespace: &str) -> StoreResult<Store> {
+        Ok(Store::Redis(redis::RedisStore::open(url, namespace).await?))
+    }
+
+    /// Sets how many alerts are kept (at least 1); on insert beyond it the
+    /// oldest (by `at`, then id) are deleted. Default [`DEFAULT_MAX_ALERTS`].
+    pub fn with_max_alerts(self, n: usize) -> Store {
+        let n = n.max(1);
+        match self {
+            Store::Embedded(s) => Store::Embedded(s.with_max_alerts(n)),
+            Store::Redis(s) => Store::Redis(s.with_max_alerts(n)),
+        }
+    }
+
+    pub fn max_alerts(&self) -> usize {
+        match self {
+            Store::Embedded(s) => s.max_alerts(),
+            Store::Redis(s) => s.max_alerts(),
+        }
+    }
+
+    /// `"embedded"` or `"redis"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Embedded(_) => "embedded",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    // --- API keys ---
+
+    /// Stores a new key. [`StoreError::Conflict`] if a key with this name, or
+    /// with this secret hash, already exists.
+    pub async fn put_key(&self, key: &ApiKey) -> StoreResult<()> {
+        dispatch!(self.put_key(key))
+    }
+
+    /// The key whose secret hashes to `hash` (revoked keys included).
+    pub async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<ApiKey>> {
+        dispatch!(self.key_by_hash(hash))
+    }
+
+    pub async fn key(&self, name: &str) -> StoreResult<Option<ApiKey>> {
+        dispatch!(self.key(name))
+    }
+
+    /// Every key, revoked ones included, sorted by name.
+    pub async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        dispatch!(self.keys())
+    }
+
+    /// Marks the key revoked (the record stays). `false`: no such key.
+    pub async fn revoke_key(&self, name: &str) -> StoreResult<bool> {
+        dispatch!(self.revoke_key(name))
+    }
+
+    // --- rule versions ---
+
+    /// Stores a new version of `rule`, numbered atomically 1, 2, 3… per rule.
+    pub async fn create_version(
+        &self,
+        rule: &str,
+        hash: &str,
+        text: &str,
+        created_by: &str,
+        at: i64,
+    ) -> StoreResult<RuleVersion> {
+        dispatch!(self.create_version(rule, hash, text, created_by, at))
+    }
+
+    pub async fn version(&self, rule: &str, version: u32) -> StoreResult<Option<RuleVersion>> {
+        dispatch!(self.version(rule, version))
+    }
+
+    /// Every version of `rule`, ascending.
+    pub async fn versions(&self, rule: &str) -> StoreResult<Vec<RuleVersion>> {
+        dispatch!(self.versions(rule))
+    }
+
+    // --- rule states ---
+
+    /// Creates or replaces the state of `state.name`.
+    pub async fn put_rule_state(&self, state: &RuleState) -> StoreResult<()> {
+        dispatch!(self.put_rule_state(state))
+    }
+
+    pub async fn rule_state(&self, name: &str) -> StoreResult<Option<RuleState>> {
+        dispatch!(self.rule_state(name))
+    }
+
+    /// Every rule state, sorted by name.
+    pub async fn rule_states(&self) -> StoreResult<Vec<RuleState>> {
+        dispatch!(self.rule_states())
+    }
+
+    // --- schema ---
+
+    /// The shared event declarations text, if one was stored.
+    pub async fn schema(&self) -> StoreResult<Option<String>> {
+        dispatch!(self.schema())
+    }
+
+    pub async fn put_schema(&self, text: &str) -> StoreResult<()> {
+        dispatch!(self.put_schema(text))
+    }
+
+    // --- audit ---
+
+    /// Appends `entry` with the next sequence number (1, 2, 3…, assigned
+    /// atomically; `entry.seq` is ignored) and returns that number.
+    pub async fn append_audit(&self, entry: AuditEntry) -> StoreResult<u64> {
+        dispatch!(self.append_audit(entry))
+    }
+
+    /// Up to `limit` entries with `seq > after_seq`, ascending.
+    pub async fn audit(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        dispatch!(self.audit(after_seq, limit))
+    }
+
+    // --- alerts ---
+
+    /// Stores the alert unless its id is already stored (then `false`, and
+    /// nothing changes). Trims the oldest alerts beyond the retention.
+    pub async fn put_alert(&self, alert: &StoredAlert) -> StoreResult<bool> {
+        dispatch!(self.put_alert(alert))
+    }
+
+    pub async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
+        dispatch!(self.alert(id))
+    }
+
+    /// One page of the alerts matching `filter`, newest first by (`at`, id)
+    /// descending. `cursor`: the `next` of the previous page. `limit` 0 is
+    /// taken as 1. An unparsable cursor is [`StoreError::Conflict`].
+    pub async fn query_alerts(
+        &self,
+        filter: &AlertFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<AlertPage> {
+        let after = cursor.map(Cursor::parse).transpose()?;
+        let limit = limit.max(1);
+        dispatch!(self.query_alerts(filter, after.as_ref(), limit))
+    }
+
+    /// How many alerts are stored.
+    pub async fn alert_count(&self) -> StoreResult<u64> {
+        dispatch!(self.alert_count())
+    }
+
+    // --- reference lists ---
+
+    /// Names of every list, sorted.
+    pub async fn list_names(&self) -> StoreResult<Vec<String>> {
+        dispatch!(self.list_names())
+    }
+
+    /// The entries of the list, sorted; `None`: no such list.
+    pub async fn get_list(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
+        dispatch!(self.get_list(name))
+    }
+
+    /// Creates or replaces the list (duplicates in `entries` collapse).
+    pub async fn put_list(&self, name: &str, entries: &[String]) -> StoreResult<()> {
+        dispatch!(self.put_list(name, entries))
+    }
+
+    /// Adds entries; returns how many were new. [`StoreError::NotFound`] if
+    /// the list does not exist.
+    pub async fn add_to_list(&self, name: &str, entries: &[String]) -> StoreResult<usize> {
+        dispatch!(self.add_to_list(name, entries))
+    }
+
+    /// Removes entries; returns how many were there. [`StoreError::NotFound`]
+    /// if the list does not exist.
+    pub async fn remove_from_list(&self, name: &str, entries: &[String]) -> StoreResult<usize> {
+        dispatch!(self.remove_from_list(name, entries))
+    }
+
+    /// Deletes the list; `false`: there was none.
+    pub async fn delete_list(&self, name: &str) -> StoreResult<bool> {
+        dispatch!(self.delete_list(name))
+    }
+
+    /// A counter bumped by every list change (`put_list`, `delete_list` of an
+    /// existing list, an add or remove that changed something); poll it to
+    /// notice changes made by other gateways.
+    pub async fn lists_revision(&self) -> StoreResult<u64> {
+        dispatch!(self.lists_revision())
+    }
+}
+
+/// A position in the alert order: the (`at`, id) of the last alert returned.
+/// Its text form `"<at>:<id>"` is the page's `next`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub at: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub(crate) fn of(alert: &StoredAlert) -> Cursor {
+        Cursor {
+            at: alert.at,
+            id: alert.id.clone(),
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> StoreResult<Cursor> {
+        let bad = || StoreError::Conflict(format!("bad cursor {text:?}"));
+        let (at, id) = text.split_once(':').ok_or_else(bad)?;
+        let at = at.parse::<i64>().map_err(|_| bad())?;
+        Ok(Cursor {
+            at,
+            id: id.to_string(),
+        })
+    }
+
+    pub(crate) fn text(&self) -> String {
+        format!("{}:{}", self.at, self.id)
+    }
+}
+
+/// Whether `alert` passes every set field of `filter`.
+pub(crate) fn filter_matches(filter: &AlertFilter, alert: &StoredAlert) -> bool {
+    filter.rule.as_ref().is_none_or(|r| *r == alert.rule)
+        && filter.key.as_ref().is_none_or(|k| *k == alert.key)
+        && filter
+            .severity
+            .as_ref()
+            .is_none_or(|s| *s == alert.severity)
+        && filter.mode.is_none_or(|m| m == alert.mode)
+        && filter.from.is_none_or(|from| alert.at >= from)
+        && filter.to.is_none_or(|to| alert.at < to)
+}
+
+/// Turns the matches found (at most `limit + 1`, in order) into a page.
+pub(crate) fn page(mut found: Vec<StoredAlert>, limit: usize) -> AlertPage {
+    let next = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(|a| Cursor::of(a).text())
+    } else {
+        None
+    };
+    AlertPage {
+        alerts: found,
+        next,
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding record: {e}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
+}

@@ -1,0 +1,715 @@
+//! The Redis backend: records as JSON under `{namespace}:…` keys, through a
+//! [`ConnectionManager`] (one multiplexed connection, reconnected on error).
+//!
+//! Layout, with `ns` the namespace:
+//!
+//! | key                     | type   | holds                                        |
+//! |-------------------------|--------|----------------------------------------------|
+//! | `ns:keys`               | hash   | key name → `ApiKey` JSON                     |
+//! | `ns:key_hashes`         | hash   | secret hash → key name                       |
+//! | `ns:version_seq:RULE`   | string | last version number of RULE (INCR)           |
+//! | `ns:versions:RULE`      | hash   | version number → `RuleVersion` JSON          |
+//! | `ns:rule_states`        | hash   | rule name → `RuleState` JSON                 |
+//! | `ns:schema`             | string | the schema text                              |
+//! | `ns:audit`              | list   | `AuditEntry` JSON; seq = index + 1 (RPUSH)   |
+//! | `ns:alerts`             | hash   | alert id → `StoredAlert` JSON                |
+//! | `ns:alerts_by_time`     | zset   | score 0, member `AT20:ID` (lexical order)    |
+//! | `ns:lists`              | set    | list names (a list may be empty)             |
+//! | `ns:list:NAME`          | set    | entries of list NAME                         |
+//! | `ns:lists_revision`     | string | list change counter (INCR)                   |
+//!
+//! Multi-key steps that must be atomic (key uniqueness, version numbering,
+//! idempotent alert insert with trimming, list changes with the revision
+//! bump) are Lua scripts.
+//!
+//! `AT20` is `at` with its sign bit flipped, as 20 zero-padded decimal
+//! digits, so that byte order of members is (at, id) order.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError, RedisResult, Script};
+
+use super::{
+    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEFAULT_MAX_ALERTS, RuleState, RuleVersion,
+    StoreError, StoreResult, StoredAlert, filter_matches, from_json, page, to_json,
+};
+
+/// Alerts fetched by the first round trip of a query scan; each further
+/// round trip fetches twice as many, up to `SCAN_BATCH_MAX`.
+const SCAN_BATCH: usize = 128;
+const SCAN_BATCH_MAX: usize = 4096;
+/// Members per SADD/SREM call inside scripts (Lua's `unpack` has a limit).
+const LUA_CHUNK: usize = 1000;
+
+/// KEYS: keys, key_hashes. ARGV: name, hash, json.
+/// Returns 0 stored, 1 name taken, 2 hash taken.
+static PUT_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 2 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return 0
+",
+    )
+});
+
+/// KEYS: version_seq, versions. ARGV: json (its `version` is rewritten on
+/// read from the hash field). Returns the new version number.
+static CREATE_VERSION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], n, ARGV[1])
+return n
+",
+    )
+});
+
+/// KEYS: alerts, alerts_by_time. ARGV: id, member, json, max alerts.
+/// Returns 0 if the id was already stored, else 1.
+static PUT_ALERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+  for _, member in ipairs(oldest) do
+    redis.call('HDEL', KEYS[1], string.sub(member, 22))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+return 1
+",
+    )
+});
+
+/// KEYS: lists, list, lists_revision. ARGV: name, entries…
+static PUT_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV, {LUA_CHUNK} do
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + {LUA_CHUNK} - 1, #ARGV)))
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
+return 1
+"
+    ))
+});
+
+/// KEYS: lists, list, lists_revision. ARGV: SADD or SREM, name, entries…
+/// Returns -1 if there is no such list, else how many entries changed.
+static CHANGE_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return -1 end
+local n = 0
+for i = 3, #ARGV, {LUA_CHUNK} do
+  n = n + redis.call(ARGV[1], KEYS[2], unpack(ARGV, i, math.min(i + {LUA_CHUNK} - 1, #ARGV)))
+end
+if n > 0 then redis.call('INCR', KEYS[3]) end
+return n
+"
+    ))
+});
+
+/// KEYS: lists, list, lists_revision. ARGV: name. Returns 1 if deleted.
+static DELETE_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('INCR', KEYS[3])
+return 1
+",
+    )
+});
+
+/// The Redis store. Clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    ns: String,
+    max_alerts: usize,
+}
+
+fn be(e: RedisError) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+/// Errors after which the connection manager reconnects: worth one retry.
+/// Not a response timeout: the command may have run, and running `INCR` or
+/// `RPUSH` twice would leave a stray version or audit entry.
+fn is_connection_error(e: &RedisError) -> bool {
+    (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout()
+}
+
+/// `at` as 20 digits whose byte order is the numeric order.
+fn at20(at: i64) -> String {
+    format!("{:020}", at.cast_unsigned() ^ (1 << 63))
+}
+
+/// The `alerts_by_time` member of an alert.
+fn member(at: i64, id: &str) -> String {
+    format!("{}:{id}", at20(at))
+}
+
+/// The id in an `alerts_by_time` member.
+fn member_id(member: &str) -> &str {
+    member.get(21..).unwrap_or("")
+}
+
+fn to_count(n: i64, what: &str) -> StoreResult<usize> {
+    usize::try_from(n).map_err(|_| StoreError::Backend(format!("redis: bad {what} count {n}")))
+}
+
+impl RedisStore {
+    pub(crate) async fn open(url: &str, namespace: &str) -> StoreResult<RedisStore> {
+        let client =
+            Client::open(url).map_err(|e| StoreError::Backend(format!("bad redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to redis: {e}")))?;
+        ::redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend(format!("redis does not answer PING: {e}")))?;
+        Ok(RedisStore {
+            conn,
+            ns: namespace.to_string(),
+            max_alerts: DEFAULT_MAX_ALERTS,
+        })
+    }
+
+    pub(crate) fn with_max_alerts(mut self, n: usize) -> RedisStore {
+        self.max_alerts = n;
+        self
+    }
+
+    pub(crate) fn max_alerts(&self) -> usize {
+        self.max_alerts
+    }
+
+    fn k(&self, name: &str) -> String {
+        format!("{}:{name}", self.ns)
+    }
+
+    /// Runs `op` on the connection; after a connection error (the first
+    /// call after the server dropped the connection fails, and makes the
+    /// manager reconnect) runs it once more.
+    async fn run<T, F, Fut>(&self, op: F) -> StoreResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match op(self.conn.clone()).await {
+            Err(e) if is_connection_error(&e) => op(self.conn.clone()).await.map_err(be),
+            other => other.map_err(be),
+        }
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> StoreResult<Option<String>> {
+        self.run(|mut c| async move {
+            ::redis::cmd("HGET")
+                .arg(key)
+                .arg(field)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn hvals(&self, key: &str) -> StoreResult<Vec<String>> {
+        self.run(|mut c| async move { ::redis::cmd("HVALS").arg(key).query_async(&mut c).await })
+            .await
+    }
+
+    async fn hset(&self, key: &str, field: &str, value: &str) -> StoreResult<()> {
+        self.run(|mut c| async move {
+            ::redis::cmd("HSET")
+                .arg(key)
+                .arg(field)
+                .arg(value)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    // --- API keys ---
+
+    pub(crate) async fn put_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let json = to_json(key)?;
+        let keys = self.k("keys");
+        let hashes = self.k("key_hashes");
+        let (keys, hashes, json) = (&keys, &hashes, &json);
+        let outcome: i64 = self
+            .run(|mut c| async move {
+                PUT_KEY
+                    .key(keys)
+                    .key(hashes)
+                    .arg(&key.name)
+                    .arg(&key.hash)
+                    .arg(json)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match outcome {
+            0 => Ok(()),
+            1 => Err(StoreError::Conflict(format!(
+                "an API key named {:?} exists",
+                key.name
+            ))),
+            _ => Err(StoreError::Conflict(
+                "an API key with the same secret exists".to_string(),
+            )),
+        }
+    }
+
+    pub(crate) async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<ApiKey>> {
+        match self.hget(&self.k("key_hashes"), hash).await? {
+            Some(name) => self.key(&name).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn key(&self, name: &str) -> StoreResult<Option<ApiKey>> {
+        self.hget(&self.k("keys"), name)
+            .await?
+            .map(|json| from_json(&json))
+            .transpose()
+    }
+
+    pub(crate) async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        let mut keys = self
+            .hvals(&self.k("keys"))
+            .await?
+            .iter()
+            .map(|json| from_json::<ApiKey>(json))
+            .collect::<StoreResult<Vec<_>>>()?;
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(keys)
+    }
+
+    pub(crate) async fn revoke_key(&self, name: &str) -> StoreResult<bool> {
+        // Keys are never deleted and `revoked` only goes to true, so a plain
+        // read-modify-write cannot lose anything.
+        let Some(mut key) = self.key(name).await? else {
+            return Ok(false);
+        };
+        if !key.revoked {
+            key.revoked = true;
+            self.hset(&self.k("keys"), name, &to_json(&key)?).await?;
+        }
+        Ok(true)
+    }
+
+    // --- rule versions ---
+
+    pub(crate) async fn create_version(
+        &self,
+        rule: &str,
+        hash: &str,
+        text: &str,
+        created_by: &str,
+        at: i64,
+    ) -> StoreResult<RuleVersion> {
+        let mut version = RuleVersion {
+            rule: rule.to_string(),
+            version: 0,
+            hash: hash.to_string(),
+            text: text.to_string(),
+            created_at: at,
+            created_by: created_by.to_string(),
+        };
+        let json = to_json(&version)?;
+        let seq = self.k(&format!("version_seq:{rule}"));
+        let versions = self.k(&format!("versions:{rule}"));
+        let (seq, versions, json) = (&seq, &versions, &json);
+        let n: i64 = self
+            .run(|mut c| async move {
+                CREATE_VERSION
+                    .key(seq)
+                    .key(versions)
+                    .arg(json)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        version.version = u32::try_from(n)
+            .map_err(|_| StoreError::Backend(format!("redis: bad version number {n}")))?;
+        Ok(version)
+    }
+
+    pub(crate) async fn version(&self, rule: &str, v: u32) -> StoreResult<Option<RuleVersion>> {
+        let json = self
+            .hget(&self.k(&format!("versions:{rule}")), &v.to_string())
+            .await?;
+        json.map(|json| {
+            let mut version: RuleVersion = from_json(&json)?;
+            version.version = v;
+            Ok(version)
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn versions(&self, rule: &str) -> StoreResult<Vec<RuleVersion>> {
+        let key = self.k(&format!("versions:{rule}"));
+        let key = &key;
+        let all: Vec<(String, String)> = self
+            .run(|mut c| async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await })
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (field, json) in all {
+            let mut version: RuleVersion = from_json(&json)?;
+            version.version = field.parse().map_err(|_| {
+                StoreError::Backend(format!("redis: bad version field {field:?} of {rule:?}"))
+            })?;
+            out.push(version);
+        }
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
+
+    // --- rule states ---
+
+    pub(crate) async fn put_rule_state(&self, state: &RuleState) -> StoreResult<()> {
+        self.hset(&self.k("rule_states"), &state.name, &to_json(state)?)
+            .await
+    }
+
+    pub(crate) async fn rule_state(&self, name: &str) -> StoreResult<Option<RuleState>> {
+        self.hget(&self.k("rule_states"), name)
+            .await?
+            .map(|json| from_json(&json))
+            .transpose()
+    }
+
+    pub(crate) async fn rule_states(&self) -> StoreResult<Vec<RuleState>> {
+        let mut states = self
+            .hvals(&self.k("rule_states"))
+            .await?
+            .iter()
+            .map(|json| from_json::<RuleState>(json))
+            .collect::<StoreResult<Vec<_>>>()?;
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(states)
+    }
+
+    // --- schema ---
+
+    pub(crate) async fn schema(&self) -> StoreResult<Option<String>> {
+        let key = self.k("schema");
+        let key = &key;
+        self.run(|mut c| async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn put_schema(&self, text: &str) -> StoreResult<()> {
+        let key = self.k("schema");
+        let key = &key;
+        self.run(|mut c| async move {
+            ::redis::cmd("SET")
+                .arg(key)
+                .arg(text)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    // --- audit ---
+
+    pub(crate) async fn append_audit(&self, mut entry: AuditEntry) -> StoreResult<u64> {
+        // The list index is the seq: RPUSH returns the new length
+        // atomically. The stored JSON carries seq 0; reads fill it in.
+        entry.seq = 0;
+        let json = to_json(&entry)?;
+        let key = self.k("audit");
+        let (key, json) = (&key, &json);
+        self.run(|mut c| async move {
+            ::redis::cmd("RPUSH")
+                .arg(key)
+                .arg(json)
+                .query_async::<u64>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn audit(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Entry seq s is at index s - 1: the entries after `after_seq` start
+        // at index `after_seq`.
+        let Ok(start) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let stop = start.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX) - 1);
+        let key = self.k("audit");
+        let key = &key;
+        let all: Vec<String> = self
+            .run(|mut c| async move {
+                ::redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(start)
+                    .arg(stop)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (seq, json) in (after_seq + 1..).zip(all) {
+            let mut entry: AuditEntry = from_json(&json)?;
+            entry.seq = seq;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    // --- alerts ---
+
+    pub(crate) async fn put_alert(&self, alert: &StoredAlert) -> StoreResult<bool> {
+        let json = to_json(alert)?;
+        let alerts = self.k("alerts");
+        let by_time = self.k("alerts_by_time");
+        let member = member(alert.at, &alert.id);
+        let max = self.max_alerts;
+        let (alerts, by_time, member, json) = (&alerts, &by_time, &member, &json);
+        let stored: i64 = self
+            .run(|mut c| async move {
+                PUT_ALERT
+                    .key(alerts)
+                    .key(by_time)
+                    .arg(&alert.id)
+                    .arg(member)
+                    .arg(json)
+                    .arg(max)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    pub(crate) async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
+        self.hget(&self.k("alerts"), id)
+            .await?
+            .map(|json| from_json(&json))
+            .transpose()
+    }
+
+    pub(crate) async fn query_alerts(
+        &self,
+        filter: &AlertFilter,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<AlertPage> {
+        // Lexical bounds on the members: `[x` inclusive, `(x` exclusive.
+        // Every member at `to` is longer than, so greater than, at20(to).
+        let min = filter
+            .from
+            .map_or_else(|| "-".to_string(), |from| format!("[{}", at20(from)));
+        let mut upper = filter.to.map(at20);
+        if let Some(c) = after {
+            let m = member(c.at, &c.id);
+            if upper.as_ref().is_none_or(|u| m < *u) {
+                upper = Some(m);
+            }
+        }
+        let mut max = upper.map_or_else(|| "+".to_string(), |u| format!("({u}"));
+        let by_time = self.k("alerts_by_time");
+        let alerts = self.k("alerts");
+        let (by_time, alerts) = (&by_time, &alerts);
+        let mut found = Vec::new();
+        let mut batch = SCAN_BATCH.max(limit.saturating_add(1)).min(SCAN_BATCH_MAX);
+        loop {
+            let (max_ref, min_ref) = (&max, &min);
+            let members: Vec<String> = self
+                .run(|mut c| async move {
+                    ::redis::cmd("ZREVRANGEBYLEX")
+                        .arg(by_time)
+                        .arg(max_ref)
+                        .arg(min_ref)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let Some(last) = members.last() else {
+                break;
+            };
+            let ids: Vec<&str> = members.iter().map(|m| member_id(m)).collect();
+            let ids = &ids;
+            let jsons: Vec<Option<String>> = self
+                .run(|mut c| async move {
+                    ::redis::cmd("HMGET")
+                        .arg(alerts)
+                        .arg(ids)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            // An id trimmed since the ZREVRANGEBYLEX reads as nil: skipped.
+            for json in jsons.into_iter().flatten() {
+                let alert: StoredAlert = from_json(&json)?;
+                if filter_matches(filter, &alert) {
+                    found.push(alert);
+                    if found.len() > limit {
+                        return Ok(page(found, limit));
+                    }
+                }
+            }
+            if members.len() < batch {
+                break;
+            }
+            max = format!("({last}");
+            batch = (batch * 2).min(SCAN_BATCH_MAX);
+        }
+        Ok(page(found, limit))
+    }
+
+    pub(crate) async fn alert_count(&self) -> StoreResult<u64> {
+        let key = self.k("alerts");
+        let key = &key;
+        self.run(|mut c| async move { ::redis::cmd("HLEN").arg(key).query_async(&mut c).await })
+            .await
+    }
+
+    // --- reference lists ---
+
+    fn list_keys(&self, name: &str) -> [String; 3] {
+        [
+            self.k("lists"),
+            self.k(&format!("list:{name}")),
+            self.k("lists_revision"),
+        ]
+    }
+
+    pub(crate) async fn list_names(&self) -> StoreResult<Vec<String>> {
+        let key = self.k("lists");
+        let key = &key;
+        let mut names: Vec<String> = self
+            .run(|mut c| async move { ::redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    pub(crate) async fn get_list(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
+        let [lists, list, _] = self.list_keys(name);
+        let (lists, list) = (&lists, &list);
+        // One MULTI/EXEC: existence and entries from the same moment.
+        let (exists, mut entries): (bool, Vec<String>) = self
+            .run(|mut c| async move {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("SISMEMBER")
+                    .arg(lists)
+                    .arg(name)
+                    .cmd("SMEMBERS")
+                    .arg(list)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        entries.sort();
+        Ok(Some(entries))
+    }
+
+    pub(crate) async fn put_list(&self, name: &str, entries: &[String]) -> StoreResult<()> {
+        let keys = self.list_keys(name);
+        let keys = &keys;
+        self.run(|mut c| async move {
+            PUT_LIST
+                .key(&keys[..])
+                .arg(name)
+                .arg(entries)
+                .invoke_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn change_list(
+        &self,
+        command: &str,
+        name: &str,
+        entries: &[String],
+    ) -> StoreResult<usize> {
+        let keys = self.list_keys(name);
+        let keys = &keys;
+        let n: i64 = self
+            .run(|mut c| async move {
+                CHANGE_LIST
+                    .key(&keys[..])
+                    .arg(command)
+                    .arg(name)
+                    .arg(entries)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n < 0 {
+            return Err(StoreError::NotFound(format!("list {name:?}")));
+        }
+        to_count(n, "list entry")
+    }
+
+    pub(crate) async fn add_to_list(&self, name: &str, entries: &[String]) -> StoreResult<usize> {
+        self.change_list("SADD", name, entries).await
+    }
+
+    pub(crate) async fn remove_from_list(
+        &self,
+        name: &str,
+        entries: &[String],
+    ) -> StoreResult<usize> {
+        self.change_list("SREM", name, entries).await
+    }
+
+    pub(crate) async fn delete_list(&self, name: &str) -> StoreResult<bool> {
+        let keys = self.list_keys(name);
+        let keys = &keys;
+        let deleted: i64 = self
+            .run(|mut c| async move {
+                DELETE_LIST
+                    .key(&keys[..])
+                    .arg(name)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    pub(crate) async fn lists_revision(&self) -> StoreResult<u64> {
+        let key = self.k("lists_revision");
+        let key = &key;
+        let rev: Option<u64> = self
+            .run(|mut c| async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(rev.unwrap_or(0))
+    }
+}
