@@ -360,14 +360,7 @@ fn embedded_gateway_acknowledges_router_batches_with_reasons() {
         .arg("--data-dir")
         .arg(fresh_dir("data"))
         .args(ep.args())
-        .args([
-        "--nodes",
-        "2",
-        "--max-event-bytes",
-        "400",
-        "--idle",
-        "0s",
-    ]);
+        .args(["--nodes", "2", "--max-event-bytes", "400", "--idle", "0s"]);
     let _gw = Proc::spawn("gateway", &mut cmd);
     wait_until("ready", Duration::from_secs(30), || {
         http_get(&ep.http, "/readyz").is_some_and(|(s, _)| s == 200)

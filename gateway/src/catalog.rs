@@ -45,10 +45,14 @@ impl From<StoreError> for CatalogError {
     }
 }
 
+impl std::error::Error for CatalogError {}
+
 impl std::fmt::Display for CatalogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CatalogError::Invalid(d) => write!(f, "the rule does not compile ({} diagnostics)", d.len()),
+            CatalogError::Invalid(d) => {
+                write!(f, "the rule does not compile ({} diagnostics)", d.len())
+            }
             CatalogError::BadRequest(m) | CatalogError::NotFound(m) | CatalogError::Conflict(m) => {
                 f.write_str(m)
             }
@@ -107,14 +111,21 @@ impl Catalog {
     }
 
     /// Compiles `text` (one rule) against the stored schema.
-    pub async fn validate(&self, text: &str) -> Result<(Validation, Option<RuleSet>), CatalogError> {
+    pub async fn validate(
+        &self,
+        text: &str,
+    ) -> Result<(Validation, Option<RuleSet>), CatalogError> {
         let schema = self.schema().await?;
         Ok(validate_against(&schema, text))
     }
 
     /// Records `text` as the next version of the rule it declares (a draft).
     /// The same text as the latest version is not a new version: that one is returned.
-    pub async fn create_version(&self, text: &str, actor: &str) -> Result<(RuleVersion, bool), CatalogError> {
+    pub async fn create_version(
+        &self,
+        text: &str,
+        actor: &str,
+    ) -> Result<(RuleVersion, bool), CatalogError> {
         let (v, _) = self.validate(text).await?;
         let Some(rule) = v.rule.clone() else {
             return Err(CatalogError::BadRequest(
@@ -178,7 +189,9 @@ impl Catalog {
         if let Some((v, _)) = after.deployed
             && self.store.version(name, v).await?.is_none()
         {
-            return Err(CatalogError::NotFound(format!("rule `{name}` has no version {v}")));
+            return Err(CatalogError::NotFound(format!(
+                "rule `{name}` has no version {v}"
+            )));
         }
         self.store.put_rule_state(&after).await?;
         if let Err(e) = self.deploy_locked(&mut counter).await {
@@ -211,7 +224,11 @@ impl Catalog {
             rules,
             set: Arc::new(set),
         };
-        info!(version = bundle.version, rules = bundle.rules.len(), "rule set composed");
+        info!(
+            version = bundle.version,
+            rules = bundle.rules.len(),
+            "rule set composed"
+        );
         if let Ok(tx) = self.router.lock() {
             let _ = tx.send(Command::Deploy(bundle.clone()));
         }
@@ -241,7 +258,9 @@ impl Catalog {
         let mut files = vec![(SCHEMA_FILE.to_string(), schema)];
         let mut rules = vec![];
         for st in self.store.rule_states().await? {
-            let Some((v, mode)) = st.deployed else { continue };
+            let Some((v, mode)) = st.deployed else {
+                continue;
+            };
             if st.paused || st.archived {
                 continue;
             }
@@ -353,7 +372,8 @@ impl Catalog {
 /// Compiles one rule text against a schema text.
 pub fn validate_against(schema: &str, text: &str) -> (Validation, Option<RuleSet>) {
     let (ast, _) = rule_lang::parse(1, text);
-    let rule = (ast.rules.len() == 1 && ast.events.is_empty()).then(|| ast.rules[0].name.name.clone());
+    let rule =
+        (ast.rules.len() == 1 && ast.events.is_empty()).then(|| ast.rules[0].name.name.clone());
     let mut sources = rule_lang::Sources::new();
     sources.add(SCHEMA_FILE, schema);
     sources.add(RULE_FILE, text);

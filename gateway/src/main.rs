@@ -54,13 +54,23 @@ enum KeyCmd {
 #[derive(Args, Debug)]
 struct StoreArgs {
     /// Embedded store directory (the default store).
-    #[arg(long, default_value = "./vigil-data", env = "VIGIL_DATA_DIR", global = true)]
+    #[arg(
+        long,
+        default_value = "./vigil-data",
+        env = "VIGIL_DATA_DIR",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Use Redis instead of the embedded store (rules, lists, keys, alerts shared by gateways).
     #[arg(long, env = "VIGIL_REDIS", global = true)]
     redis: Option<String>,
     /// Key prefix in Redis.
-    #[arg(long, default_value = "vigil", env = "VIGIL_REDIS_NAMESPACE", global = true)]
+    #[arg(
+        long,
+        default_value = "vigil",
+        env = "VIGIL_REDIS_NAMESPACE",
+        global = true
+    )]
     redis_namespace: String,
 }
 
@@ -229,17 +239,40 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     );
     if a.node.is_empty() {
-        println!("  engine nodes: {} in-process (ZeroMQ inproc)", a.nodes.max(1));
+        println!(
+            "  engine nodes: {} in-process (ZeroMQ inproc)",
+            a.nodes.max(1)
+        );
     } else {
         println!("  engine nodes: {}", a.node.join(", "));
     }
-    println!("  send events:  ZeroMQ PUSH   -> {}  (one JSON event per frame)", a.zmq_pull);
-    println!("                ZeroMQ DEALER -> {}  (batches, each acknowledged)", a.zmq_router);
-    println!("                HTTP POST http://{}/v1/events  (JSON or NDJSON, API key)", a.http);
-    println!("  alerts:       ZeroMQ SUB    <- {}  (topics alert.<severity>.<rule>)", a.zmq_pub);
-    println!("                HTTP GET  http://{}/v1/alerts, /v1/alerts/stream (SSE)", a.http);
-    println!("  API:          http://{}/v1/openapi.json   status: /healthz /readyz /metrics", a.http);
-    println!("  try it:       cargo run --release -p vigil-gateway --example zmq_client -- rules/tests/lib_card_testing/events.jsonl");
+    println!(
+        "  send events:  ZeroMQ PUSH   -> {}  (one JSON event per frame)",
+        a.zmq_pull
+    );
+    println!(
+        "                ZeroMQ DEALER -> {}  (batches, each acknowledged)",
+        a.zmq_router
+    );
+    println!(
+        "                HTTP POST http://{}/v1/events  (JSON or NDJSON, API key)",
+        a.http
+    );
+    println!(
+        "  alerts:       ZeroMQ SUB    <- {}  (topics alert.<severity>.<rule>)",
+        a.zmq_pub
+    );
+    println!(
+        "                HTTP GET  http://{}/v1/alerts, /v1/alerts/stream (SSE)",
+        a.http
+    );
+    println!(
+        "  API:          http://{}/v1/openapi.json   status: /healthz /readyz /metrics",
+        a.http
+    );
+    println!(
+        "  try it:       cargo run --release -p vigil-gateway --example zmq_client -- rules/tests/lib_card_testing/events.jsonl"
+    );
     if let Some(k) = &system.first_admin_key {
         println!();
         println!("  First start: an admin API key was created. It is shown only this once:");
@@ -259,9 +292,10 @@ async fn wait_for_stop(system: &System) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut hup), Ok(mut term)) =
-            (signal(SignalKind::hangup()), signal(SignalKind::terminate()))
-        else {
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

@@ -237,6 +237,7 @@ pub struct Router {
     stopping: Option<Instant>,
     lists: std::collections::BTreeMap<String, Vec<String>>,
     channels: Channels,
+    commands: Option<Receiver<Command>>,
     /// The most recent accepted events, raw (for rule diffs and tests).
     sample: VecDeque<Vec<u8>>,
 }
@@ -331,6 +332,7 @@ impl Router {
             stopping: None,
             lists: std::collections::BTreeMap::new(),
             channels: Channels::default(),
+            commands: None,
             sample: VecDeque::new(),
         })
     }
@@ -345,21 +347,9 @@ impl Router {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut last_ping = Instant::now();
         let mut last_view = Instant::now();
+        self.commands = Some(commands);
         loop {
-            match commands.try_recv() {
-                Ok(Command::Deploy(b)) => self.deploy(b),
-                Ok(Command::SetList { name, entries }) => self.set_list(name, entries),
-                Ok(Command::Sample(reply)) => {
-                    let _ = reply.send(self.sample.iter().cloned().collect());
-                }
-                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    if self.stopping.is_none() {
-                        info!("router: stopping ingest, delivering queued events");
-                        self.stopping = Some(Instant::now());
-                    }
-                }
-                Err(TryRecvError::Empty) => {}
-            }
+            self.drain_commands();
             if let Some(since) = self.stopping
                 && (self.drained() || since.elapsed() > Duration::from_secs(5))
             {
@@ -382,6 +372,30 @@ impl Router {
             if last_view.elapsed() >= Duration::from_millis(100) {
                 last_view = Instant::now();
                 self.publish_view();
+            }
+        }
+    }
+
+    /// Carries out every pending command. Called before HTTP ingest too, so a
+    /// change the API acknowledged (deploy, list) applies to every event
+    /// posted after the acknowledgement.
+    fn drain_commands(&mut self) {
+        loop {
+            let Some(rx) = &self.commands else { return };
+            match rx.try_recv() {
+                Ok(Command::Deploy(b)) => self.deploy(b),
+                Ok(Command::SetList { name, entries }) => self.set_list(name, entries),
+                Ok(Command::Sample(reply)) => {
+                    let _ = reply.send(self.sample.iter().cloned().collect());
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    if self.stopping.is_none() {
+                        info!("router: stopping ingest, delivering queued events");
+                        self.stopping = Some(Instant::now());
+                    }
+                    return;
+                }
+                Err(TryRecvError::Empty) => return,
             }
         }
     }
@@ -513,6 +527,9 @@ impl Router {
                 break;
             };
             let Ok(req) = rx.try_recv() else { break };
+            // The request was sent after any command the API acknowledged
+            // before it: take those first.
+            self.drain_commands();
             let results: Vec<Result<(), Rejection>> = req
                 .events
                 .iter()
@@ -812,7 +829,6 @@ impl Router {
     }
 
     fn publish_alerts(&mut self, alerts: Vec<wire::WireAlert>) {
-        let Some(publ) = &self.publish else { return };
         let c = &self.status.counters;
         for a in alerts {
             let topic = if a.shadow {
@@ -820,12 +836,27 @@ impl Router {
                 format!("shadow.{}", a.topic)
             } else {
                 c.alerts_published.fetch_add(1, Ordering::Relaxed);
-                a.topic
+                a.topic.clone()
             };
-            if let Err(e) =
-                publ.send_multipart([topic.as_bytes(), a.json.as_bytes()], zmq::DONTWAIT)
+            if let Some(publ) = &self.publish
+                && let Err(e) =
+                    publ.send_multipart([topic.as_bytes(), a.json.as_bytes()], zmq::DONTWAIT)
             {
                 warn!(error = %e, "alert PUB send failed");
+            }
+            if let Some(tx) = &self.channels.alerts {
+                let out = AlertOut {
+                    id: a.id,
+                    topic: a.topic,
+                    shadow: a.shadow,
+                    json: a.json,
+                    events: a.events,
+                };
+                // Bounded: a slow store slows the router; no alert is dropped.
+                if tx.blocking_send(out).is_err() {
+                    warn!("alert consumer gone: alerts reach the PUB socket only");
+                    self.channels.alerts = None;
+                }
             }
         }
     }

@@ -254,8 +254,16 @@ impl Status {
             self.rules_version.load(Ordering::Relaxed)
         );
         o.push_str("# HELP vigil_rule_alerts_total alerts stored, per rule and mode\n# TYPE vigil_rule_alerts_total counter\n");
-        for ((rule, mode), n) in self.rule_alerts.lock().map(|m| m.clone()).unwrap_or_default() {
-            let _ = writeln!(o, "vigil_rule_alerts_total{{rule=\"{rule}\",mode=\"{mode}\"}} {n}");
+        for ((rule, mode), n) in self
+            .rule_alerts
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            let _ = writeln!(
+                o,
+                "vigil_rule_alerts_total{{rule=\"{rule}\",mode=\"{mode}\"}} {n}"
+            );
         }
         self.alert_latency.render(
             "vigil_alert_latency_seconds",

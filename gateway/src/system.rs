@@ -129,11 +129,14 @@ impl System {
             router: std::sync::Mutex::new(commands.clone()),
             alerts: alerts.clone(),
             config: cfg.api.clone(),
+            list_lock: tokio::sync::Mutex::new(()),
         });
 
         // First start: import the rule files, create the first admin key.
         if store.schema().await?.is_none() && store.rule_states().await?.is_empty() {
-            let n = catalog.import(std::slice::from_ref(&cfg.rules), "import").await?;
+            let n = catalog
+                .import(std::slice::from_ref(&cfg.rules), "import")
+                .await?;
             info!(changes = n, rules = %cfg.rules.display(), "imported the rule files into an empty store");
         }
         let first_admin_key = if store.keys().await?.is_empty() {
@@ -209,8 +212,9 @@ impl System {
         .await;
         // Let the alert writer store what the router handed over.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for t in &self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.abort();
+            let _ = t.await;
         }
     }
 }

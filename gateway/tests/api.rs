@@ -66,7 +66,10 @@ async fn setup_with(store: StoreConfig, publish: Option<String>) -> T {
         .await
         .expect("system starts");
     let app = sys.app();
-    let admin = sys.first_admin_key.clone().expect("first start creates an admin key");
+    let admin = sys
+        .first_admin_key
+        .clone()
+        .expect("first start creates an admin key");
     let mut t = T {
         sys,
         app,
@@ -90,7 +93,14 @@ struct Resp {
 }
 
 impl T {
-    async fn call(&self, method: &str, path: &str, key: Option<&str>, ct: Option<&str>, body: &str) -> Resp {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        ct: Option<&str>,
+        body: &str,
+    ) -> Resp {
         let mut b = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("method"))
             .uri(path);
@@ -122,13 +132,23 @@ impl T {
     }
 
     async fn post_json(&self, path: &str, key: &str, body: serde_json::Value) -> Resp {
-        self.call("POST", path, Some(key), Some("application/json"), &body.to_string())
-            .await
+        self.call(
+            "POST",
+            path,
+            Some(key),
+            Some("application/json"),
+            &body.to_string(),
+        )
+        .await
     }
 
     async fn new_key(&self, name: &str, role: &str) -> String {
         let r = self
-            .post_json("/v1/keys", &self.admin, serde_json::json!({"name": name, "role": role}))
+            .post_json(
+                "/v1/keys",
+                &self.admin,
+                serde_json::json!({"name": name, "role": role}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.json["key"].as_str().expect("key").to_string()
@@ -155,18 +175,28 @@ impl T {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("timed out waiting for {n} alerts matching {query}");
+        let c = self.call("GET", "/v1/cluster", None, None, "").await;
+        let m = self.call("GET", "/metrics", None, None, "").await;
+        panic!(
+            "timed out waiting for {n} alerts matching {query}; cluster {}\n{}",
+            c.text, m.text
+        );
     }
 }
 
 fn txn(id: &str, ts: &str, card: &str, amount: f64, merchant: &str) -> String {
-    format!(r#"{{"id":"{id}","type":"Txn","ts":"{ts}","card_id":"{card}","amount":{amount},"merchant":"{merchant}"}}"#)
+    format!(
+        r#"{{"id":"{id}","type":"Txn","ts":"{ts}","card_id":"{card}","amount":{amount},"merchant":"{merchant}"}}"#
+    )
 }
 
 fn error_of(r: &Resp) -> (String, String) {
     (
         r.json["error"]["code"].as_str().unwrap_or("").to_string(),
-        r.json["error"]["message"].as_str().unwrap_or("").to_string(),
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
     )
 }
 
@@ -182,60 +212,220 @@ async fn authentication_errors_are_exact() {
         serde_json::json!({"error": {"code": "unauthorized", "message": "this call needs an API key: send `Authorization: Bearer <key>`"}})
     );
     let r = t.get("/v1/rules", "vk_nope").await;
-    assert_eq!((r.status, error_of(&r)), (StatusCode::UNAUTHORIZED, ("unauthorized".into(), "unknown API key".into())));
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (
+            StatusCode::UNAUTHORIZED,
+            ("unauthorized".into(), "unknown API key".into())
+        )
+    );
     let r = t.call("GET", "/v1/rules", None, None, "").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Revoked keys are refused.
     let k = t.new_key("temp", "viewer").await;
     assert_eq!(t.get("/v1/rules", &k).await.status, StatusCode::OK);
-    let r = t.call("DELETE", "/v1/keys/temp", Some(&t.admin), None, "").await;
+    let r = t
+        .call("DELETE", "/v1/keys/temp", Some(&t.admin), None, "")
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = t.get("/v1/rules", &k).await;
-    assert_eq!(error_of(&r), ("unauthorized".into(), "this API key was revoked".into()));
+    assert_eq!(
+        error_of(&r),
+        ("unauthorized".into(), "this API key was revoked".into())
+    );
     // Roles: the exact 403 body.
-    let r = t.post_json("/v1/keys", &t.analyst, serde_json::json!({"name": "x", "role": "admin"})).await;
+    let r = t
+        .post_json(
+            "/v1/keys",
+            &t.analyst,
+            serde_json::json!({"name": "x", "role": "admin"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(
         error_of(&r),
-        ("forbidden".into(), "creating keys needs the `admin` role; key `ana` has `analyst`".into())
+        (
+            "forbidden".into(),
+            "creating keys needs the `admin` role; key `ana` has `analyst`".into()
+        )
     );
     t.sys.shutdown().await;
 }
 
 /// (method, path, content type, body, weakest role allowed, status for that role).
-type Case = (&'static str, &'static str, Option<&'static str>, String, &'static str, u16);
+type Case = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    String,
+    &'static str,
+    u16,
+);
 
 fn matrix() -> Vec<Case> {
     let draft = "rule matrix_rule {\n  severity low\n  key card_id\n  pattern a: Txn -> b: Txn\n  within 1m\n}\n";
     let ev = txn("m1", "2026-01-05T10:00:00Z", "c9", 1.0, "shop");
     vec![
         ("GET", "/v1/rules", None, String::new(), "viewer", 200),
-        ("POST", "/v1/rules", Some("text/plain"), draft.into(), "analyst", 201),
-        ("POST", "/v1/rules/validate", Some("text/plain"), draft.into(), "analyst", 200),
+        (
+            "POST",
+            "/v1/rules",
+            Some("text/plain"),
+            draft.into(),
+            "analyst",
+            201,
+        ),
+        (
+            "POST",
+            "/v1/rules/validate",
+            Some("text/plain"),
+            draft.into(),
+            "analyst",
+            200,
+        ),
         ("GET", "/v1/rules/spike", None, String::new(), "viewer", 200),
-        ("GET", "/v1/rules/spike/versions", None, String::new(), "viewer", 200),
-        ("GET", "/v1/rules/spike/versions/1", None, String::new(), "viewer", 200),
-        ("POST", "/v1/rules/spike/versions/1/test", Some("application/x-ndjson"), ev.clone(), "analyst", 200),
-        ("POST", "/v1/rules/matrix_rule/deploy", Some("application/json"), r#"{"version":1,"mode":"shadow"}"#.into(), "analyst", 200),
-        ("POST", "/v1/rules/matrix_rule/pause", None, String::new(), "admin", 200),
-        ("POST", "/v1/rules/matrix_rule/resume", None, String::new(), "admin", 200),
-        ("GET", "/v1/rules/spike/diff?from=1&to=1", None, String::new(), "viewer", 200),
-        ("POST", "/v1/rules/matrix_rule/archive", None, String::new(), "admin", 200),
+        (
+            "GET",
+            "/v1/rules/spike/versions",
+            None,
+            String::new(),
+            "viewer",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/rules/spike/versions/1",
+            None,
+            String::new(),
+            "viewer",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/rules/spike/versions/1/test",
+            Some("application/x-ndjson"),
+            ev.clone(),
+            "analyst",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/rules/matrix_rule/deploy",
+            Some("application/json"),
+            r#"{"version":1,"mode":"shadow"}"#.into(),
+            "analyst",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/rules/matrix_rule/pause",
+            None,
+            String::new(),
+            "admin",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/rules/matrix_rule/resume",
+            None,
+            String::new(),
+            "admin",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/rules/spike/diff?from=1&to=1",
+            None,
+            String::new(),
+            "viewer",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/rules/matrix_rule/archive",
+            None,
+            String::new(),
+            "admin",
+            200,
+        ),
         ("GET", "/v1/schema", None, String::new(), "viewer", 200),
-        ("PUT", "/v1/schema", Some("text/plain"), SCHEMA.into(), "admin", 200),
-        ("POST", "/v1/events", Some("application/x-ndjson"), ev, "analyst", 200),
+        (
+            "PUT",
+            "/v1/schema",
+            Some("text/plain"),
+            SCHEMA.into(),
+            "admin",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/events",
+            Some("application/x-ndjson"),
+            ev,
+            "analyst",
+            200,
+        ),
         ("GET", "/v1/alerts", None, String::new(), "viewer", 200),
-        ("GET", "/v1/alerts/stream", None, String::new(), "viewer", 200),
+        (
+            "GET",
+            "/v1/alerts/stream",
+            None,
+            String::new(),
+            "viewer",
+            200,
+        ),
         ("GET", "/v1/alerts/0000", None, String::new(), "viewer", 404),
         ("GET", "/v1/lists", None, String::new(), "viewer", 200),
-        ("POST", "/v1/lists", Some("application/json"), r#"{"name":"mx","entries":["a"]}"#.into(), "analyst", 201),
+        (
+            "POST",
+            "/v1/lists",
+            Some("application/json"),
+            r#"{"name":"mx","entries":["a"]}"#.into(),
+            "analyst",
+            201,
+        ),
         ("GET", "/v1/lists/mx", None, String::new(), "viewer", 200),
-        ("PUT", "/v1/lists/mx", Some("text/csv"), "value\nb\nc\n".into(), "analyst", 200),
-        ("POST", "/v1/lists/mx/entries", Some("application/json"), r#"{"entries":["d"]}"#.into(), "analyst", 200),
-        ("DELETE", "/v1/lists/mx/entries", Some("application/json"), r#"{"entries":["b"]}"#.into(), "analyst", 200),
-        ("DELETE", "/v1/lists/mx", None, String::new(), "analyst", 204),
+        (
+            "PUT",
+            "/v1/lists/mx",
+            Some("text/csv"),
+            "value\nb\nc\n".into(),
+            "analyst",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/lists/mx/entries",
+            Some("application/json"),
+            r#"{"entries":["d"]}"#.into(),
+            "analyst",
+            200,
+        ),
+        (
+            "DELETE",
+            "/v1/lists/mx/entries",
+            Some("application/json"),
+            r#"{"entries":["b"]}"#.into(),
+            "analyst",
+            200,
+        ),
+        (
+            "DELETE",
+            "/v1/lists/mx",
+            None,
+            String::new(),
+            "analyst",
+            204,
+        ),
         ("GET", "/v1/keys", None, String::new(), "admin", 200),
-        ("POST", "/v1/keys", Some("application/json"), r#"{"name":"mk","role":"viewer"}"#.into(), "admin", 201),
+        (
+            "POST",
+            "/v1/keys",
+            Some("application/json"),
+            r#"{"name":"mk","role":"viewer"}"#.into(),
+            "admin",
+            201,
+        ),
         ("DELETE", "/v1/keys/mk", None, String::new(), "admin", 204),
         ("GET", "/v1/audit", None, String::new(), "viewer", 200),
     ]
@@ -244,26 +434,59 @@ fn matrix() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_at_every_role_boundary() {
     let t = setup().await;
-    let keys = [("viewer", t.viewer.clone()), ("analyst", t.analyst.clone()), ("admin", t.admin.clone())];
+    let keys = [
+        ("viewer", t.viewer.clone()),
+        ("analyst", t.analyst.clone()),
+        ("admin", t.admin.clone()),
+    ];
     let rank = |r: &str| keys.iter().position(|(n, _)| *n == r).expect("role");
     for (method, path, ct, body, min, want) in matrix() {
         // Without a key: 401, whatever the call.
         let r = t.call(method, path, None, ct, &body).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path} without a key");
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a key"
+        );
         // The role just below the minimum: 403 with a reason.
         if rank(min) > 0 {
             let (below, key) = &keys[rank(min) - 1];
             let r = t.call(method, path, Some(key), ct, &body).await;
-            assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path} as {below}: {}", r.text);
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} as {below}: {}",
+                r.text
+            );
             assert_eq!(r.json["error"]["code"], "forbidden");
-            assert!(r.json["error"]["message"].as_str().unwrap_or("").contains(&format!("`{min}` role")), "{}", r.text);
+            assert!(
+                r.json["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("`{min}` role")),
+                "{}",
+                r.text
+            );
         }
         // The minimum role succeeds.
-        let r = t.call(method, path, Some(&keys[rank(min)].1), ct, &body).await;
-        assert_eq!(r.status.as_u16(), want, "{method} {path} as {min}: {}", r.text);
+        let r = t
+            .call(method, path, Some(&keys[rank(min)].1), ct, &body)
+            .await;
+        assert_eq!(
+            r.status.as_u16(),
+            want,
+            "{method} {path} as {min}: {}",
+            r.text
+        );
     }
     // Deploying active needs admin even though deploy itself needs analyst.
-    let r = t.post_json("/v1/rules/spike/deploy", &t.analyst, serde_json::json!({"version": 1, "mode": "active"})).await;
+    let r = t
+        .post_json(
+            "/v1/rules/spike/deploy",
+            &t.analyst,
+            serde_json::json!({"version": 1, "mode": "active"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(
         error_of(&r).1,
@@ -289,12 +512,14 @@ async fn openapi_document_matches_the_routes() {
     let template = |p: &str| -> String {
         let p = p.split('?').next().unwrap_or(p);
         let parts: Vec<&str> = p.split('/').collect();
-        let named = match parts.as_slice() {
+        match parts.as_slice() {
             ["", "v1", "rules", "validate"] => p.to_string(),
             ["", "v1", "rules", _] => "/v1/rules/{name}".into(),
             ["", "v1", "rules", _, "versions"] => "/v1/rules/{name}/versions".into(),
             ["", "v1", "rules", _, "versions", _] => "/v1/rules/{name}/versions/{version}".into(),
-            ["", "v1", "rules", _, "versions", _, "test"] => "/v1/rules/{name}/versions/{version}/test".into(),
+            ["", "v1", "rules", _, "versions", _, "test"] => {
+                "/v1/rules/{name}/versions/{version}/test".into()
+            }
             ["", "v1", "rules", _, act] => format!("/v1/rules/{{name}}/{act}"),
             ["", "v1", "alerts", "stream"] => p.to_string(),
             ["", "v1", "alerts", _] => "/v1/alerts/{id}".into(),
@@ -302,14 +527,16 @@ async fn openapi_document_matches_the_routes() {
             ["", "v1", "lists", _, "entries"] => "/v1/lists/{name}/entries".into(),
             ["", "v1", "keys", _] => "/v1/keys/{name}".into(),
             _ => p.to_string(),
-        };
-        named
+        }
     };
     let exercised: BTreeSet<String> = matrix()
         .iter()
         .map(|(m, p, ..)| format!("{m} {}", template(p)))
         .collect();
-    assert_eq!(documented, exercised, "OpenAPI paths vs the routes the tests call");
+    assert_eq!(
+        documented, exercised,
+        "OpenAPI paths vs the routes the tests call"
+    );
     t.sys.shutdown().await;
 }
 
@@ -318,13 +545,34 @@ async fn bad_input_gets_the_exact_status_and_error() {
     let t = setup().await;
     // Malformed JSON.
     let r = t
-        .call("POST", "/v1/rules/spike/deploy", Some(&t.admin), Some("application/json"), "{\"version\": ")
+        .call(
+            "POST",
+            "/v1/rules/spike/deploy",
+            Some(&t.admin),
+            Some("application/json"),
+            "{\"version\": ",
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json["error"]["code"], "bad_request");
-    assert!(r.json["error"]["message"].as_str().unwrap_or("").starts_with("the body is not valid JSON for this call: "), "{}", r.text);
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("the body is not valid JSON for this call: "),
+        "{}",
+        r.text
+    );
     // Wrong content type.
-    let r = t.call("POST", "/v1/events", Some(&t.analyst), Some("text/plain"), "{}").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&t.analyst),
+            Some("text/plain"),
+            "{}",
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(
         r.json,
@@ -332,7 +580,15 @@ async fn bad_input_gets_the_exact_status_and_error() {
     );
     // Oversize (the test limit is 64 KiB).
     let big = "x".repeat(70_000);
-    let r = t.call("POST", "/v1/events", Some(&t.analyst), Some("application/x-ndjson"), &big).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            &big,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         r.json,
@@ -341,36 +597,103 @@ async fn bad_input_gets_the_exact_status_and_error() {
     // Unknown rule.
     let r = t.get("/v1/rules/nope", &t.viewer).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.json, serde_json::json!({"error": {"code": "not_found", "message": "no rule named `nope`"}}));
-    let r = t.post_json("/v1/rules/nope/deploy", &t.admin, serde_json::json!({"version": 1, "mode": "active"})).await;
-    assert_eq!((r.status, error_of(&r).1), (StatusCode::NOT_FOUND, "no rule named `nope`".into()));
-    let r = t.post_json("/v1/rules/spike/deploy", &t.admin, serde_json::json!({"version": 9, "mode": "active"})).await;
-    assert_eq!((r.status, error_of(&r).1), (StatusCode::NOT_FOUND, "rule `spike` has no version 9".into()));
+    assert_eq!(
+        r.json,
+        serde_json::json!({"error": {"code": "not_found", "message": "no rule named `nope`"}})
+    );
+    let r = t
+        .post_json(
+            "/v1/rules/nope/deploy",
+            &t.admin,
+            serde_json::json!({"version": 1, "mode": "active"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).1),
+        (StatusCode::NOT_FOUND, "no rule named `nope`".into())
+    );
+    let r = t
+        .post_json(
+            "/v1/rules/spike/deploy",
+            &t.admin,
+            serde_json::json!({"version": 9, "mode": "active"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).1),
+        (
+            StatusCode::NOT_FOUND,
+            "rule `spike` has no version 9".into()
+        )
+    );
     // Invalid rule text: 422 with diagnostics carrying line and column.
     let bad = "rule broken {\n  key card_id\n  pattern a: Txm -> b: Txn\n  within 1m\n}\n";
-    let r = t.call("POST", "/v1/rules", Some(&t.analyst), Some("text/plain"), bad).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            bad,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert_eq!(r.json["error"]["code"], "invalid_rule");
     let d = &r.json["diagnostics"][0];
-    assert_eq!((d["code"].as_str(), d["file"].as_str(), d["line"].as_u64(), d["column"].as_u64()), (Some("unknown-type"), Some("rule.vgl"), Some(3), Some(14)), "{}", r.text);
+    assert_eq!(
+        (
+            d["code"].as_str(),
+            d["file"].as_str(),
+            d["line"].as_u64(),
+            d["column"].as_u64()
+        ),
+        (Some("unknown-type"), Some("rule.vgl"), Some(3), Some(14)),
+        "{}",
+        r.text
+    );
     assert_eq!(
         r.json["error"]["message"],
-        format!("the rule does not compile: rule.vgl:3:14: {}", d["message"].as_str().unwrap_or(""))
+        format!(
+            "the rule does not compile: rule.vgl:3:14: {}",
+            d["message"].as_str().unwrap_or("")
+        )
     );
     // Validate gives the same diagnostics with 200.
-    let v = t.call("POST", "/v1/rules/validate", Some(&t.analyst), Some("text/plain"), bad).await;
+    let v = t
+        .call(
+            "POST",
+            "/v1/rules/validate",
+            Some(&t.analyst),
+            Some("text/plain"),
+            bad,
+        )
+        .await;
     assert_eq!(v.status, StatusCode::OK);
     assert_eq!(v.json["ok"], false);
     assert_eq!(v.json["diagnostics"], r.json["diagnostics"]);
     // Two rules in one text.
-    let r = t.call("POST", "/v1/rules", Some(&t.analyst), Some("text/plain"), &format!("{SPIKE}{BLOCKED}")).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            &format!("{SPIKE}{BLOCKED}"),
+        )
+        .await;
     assert_eq!(
         (r.status, error_of(&r).1),
-        (StatusCode::BAD_REQUEST, "the text must declare exactly one rule and no event types".into())
+        (
+            StatusCode::BAD_REQUEST,
+            "the text must declare exactly one rule and no event types".into()
+        )
     );
     // Unknown endpoint: JSON too.
     let r = t.get("/v1/nothing", &t.viewer).await;
-    assert_eq!(r.json, serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}}));
+    assert_eq!(
+        r.json,
+        serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}})
+    );
     t.sys.shutdown().await;
 }
 
@@ -379,18 +702,41 @@ async fn events_in_alerts_out_with_explanation_and_pagination() {
     let t = setup().await;
     let mut lines = vec![];
     for c in 0..5 {
-        lines.push(txn(&format!("s{c}"), &format!("2026-01-05T10:00:0{c}Z"), &format!("c{c}"), 10.0, "shop"));
-        lines.push(txn(&format!("b{c}"), &format!("2026-01-05T10:00:1{c}Z"), &format!("c{c}"), 100.0, "shop"));
+        lines.push(txn(
+            &format!("s{c}"),
+            &format!("2026-01-05T10:00:0{c}Z"),
+            &format!("c{c}"),
+            10.0,
+            "shop",
+        ));
+    }
+    for c in 0..5 {
+        lines.push(txn(
+            &format!("b{c}"),
+            &format!("2026-01-05T10:00:1{c}Z"),
+            &format!("c{c}"),
+            100.0,
+            "shop",
+        ));
     }
     lines.insert(3, "{not json".into());
-    lines.insert(5, r#"{"type":"Txn","ts":"2026-01-05T10:00:00Z","card_id":"c1"}"#.into());
+    lines.insert(
+        5,
+        r#"{"type":"Txn","ts":"2026-01-05T10:00:00Z","card_id":"c1"}"#.into(),
+    );
     let r = t.events(&lines).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["accepted"], 10);
     let rej = r.json["rejected"].as_array().expect("rejected");
     assert_eq!(rej.len(), 2);
-    assert_eq!((rej[0]["line"].as_u64(), rej[0]["reason"].as_str()), (Some(4), Some("malformed_json")));
-    assert_eq!((rej[1]["line"].as_u64(), rej[1]["reason"].as_str()), (Some(6), Some("missing_field")));
+    assert_eq!(
+        (rej[0]["line"].as_u64(), rej[0]["reason"].as_str()),
+        (Some(4), Some("malformed_json"))
+    );
+    assert_eq!(
+        (rej[1]["line"].as_u64(), rej[1]["reason"].as_str()),
+        (Some(6), Some("missing_field"))
+    );
 
     let all = t.wait_alerts("rule=spike", 5).await;
     assert_eq!(all.len(), 5);
@@ -419,10 +765,26 @@ async fn events_in_alerts_out_with_explanation_and_pagination() {
     assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(1));
     let r = t.get("/v1/alerts?severity=critical", &t.viewer).await;
     assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(0));
-    let r = t.get("/v1/alerts?from=2026-01-05T10:00:12Z&to=2026-01-05T10:00:14Z", &t.viewer).await;
-    assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(2), "{}", r.text);
+    let r = t
+        .get(
+            "/v1/alerts?from=2026-01-05T10:00:12Z&to=2026-01-05T10:00:14Z",
+            &t.viewer,
+        )
+        .await;
+    assert_eq!(
+        r.json["alerts"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.text
+    );
     let r = t.get("/v1/alerts?from=yesterday", &t.viewer).await;
-    assert_eq!(error_of(&r), ("bad_request".into(), "`from` must be RFC 3339 or epoch milliseconds".into()));
+    assert_eq!(
+        error_of(&r),
+        (
+            "bad_request".into(),
+            "`from` must be RFC 3339 or epoch milliseconds".into()
+        )
+    );
     // One alert with the matched events.
     let id = all[0]["id"].as_str().expect("id");
     let r = t.get(&format!("/v1/alerts/{id}"), &t.viewer).await;
@@ -438,24 +800,61 @@ async fn events_in_alerts_out_with_explanation_and_pagination() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_reach_the_nodes_and_in_list_uses_them() {
     let t = setup().await;
-    let r = t.post_json("/v1/lists", &t.analyst, serde_json::json!({"name": "blocked", "entries": ["evil"]})).await;
+    let r = t
+        .post_json(
+            "/v1/lists",
+            &t.analyst,
+            serde_json::json!({"name": "blocked", "entries": ["evil"]}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = t.post_json("/v1/lists", &t.analyst, serde_json::json!({"name": "blocked"})).await;
-    assert_eq!((r.status, error_of(&r).1), (StatusCode::CONFLICT, "list `blocked` exists".into()));
-    t.events(&[txn("l1", "2026-01-05T11:00:00Z", "k1", 5.0, "evil")]).await;
+    let r = t
+        .post_json(
+            "/v1/lists",
+            &t.analyst,
+            serde_json::json!({"name": "blocked"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).1),
+        (StatusCode::CONFLICT, "list `blocked` exists".into())
+    );
+    t.events(&[txn("l1", "2026-01-05T11:00:00Z", "k1", 5.0, "evil")])
+        .await;
     t.wait_alerts("rule=blocked", 1).await;
     // Add an entry: the next event at that merchant alerts.
-    let r = t.post_json("/v1/lists/blocked/entries", &t.analyst, serde_json::json!({"entries": ["bad", "evil"]})).await;
+    let r = t
+        .post_json(
+            "/v1/lists/blocked/entries",
+            &t.analyst,
+            serde_json::json!({"entries": ["bad", "evil"]}),
+        )
+        .await;
     assert_eq!(r.json, serde_json::json!({"added": 1, "entries": 2}));
-    t.events(&[txn("l2", "2026-01-05T11:00:01Z", "k2", 5.0, "bad")]).await;
+    t.events(&[txn("l2", "2026-01-05T11:00:01Z", "k2", 5.0, "bad")])
+        .await;
     t.wait_alerts("rule=blocked", 2).await;
     // Remove it: no alert any more (a later alert would show up below).
     let r = t
-        .call("DELETE", "/v1/lists/blocked/entries", Some(&t.analyst), Some("application/json"), r#"{"entries":["bad"]}"#)
+        .call(
+            "DELETE",
+            "/v1/lists/blocked/entries",
+            Some(&t.analyst),
+            Some("application/json"),
+            r#"{"entries":["bad"]}"#,
+        )
         .await;
     assert_eq!(r.json, serde_json::json!({"removed": 1, "entries": 1}));
     // Bulk load from CSV replaces the list.
-    let r = t.call("PUT", "/v1/lists/blocked", Some(&t.analyst), Some("text/csv"), "value\nworse\n\"quoted\",x\n").await;
+    let r = t
+        .call(
+            "PUT",
+            "/v1/lists/blocked",
+            Some(&t.analyst),
+            Some("text/csv"),
+            "value\nworse\n\"quoted\",x\n",
+        )
+        .await;
     assert_eq!(r.json, serde_json::json!({"name": "blocked", "entries": 2}));
     let r = t.get("/v1/lists/blocked", &t.viewer).await;
     assert_eq!(r.json["entries"], serde_json::json!(["quoted", "worse"]));
@@ -468,16 +867,49 @@ async fn lists_reach_the_nodes_and_in_list_uses_them() {
     assert_eq!(a[0]["key"], "k4", "the newest alert is the CSV entry's");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = t.get("/v1/alerts?rule=blocked", &t.viewer).await;
-    assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(3), "no alert for a removed entry");
+    assert_eq!(
+        r.json["alerts"].as_array().map(Vec::len),
+        Some(3),
+        "no alert for a removed entry"
+    );
     // NDJSON bulk load, and errors.
     let r = t
-        .call("PUT", "/v1/lists/other", Some(&t.analyst), Some("application/x-ndjson"), "\"a\"\n{\"value\":\"b\"}\n")
+        .call(
+            "PUT",
+            "/v1/lists/other",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            "\"a\"\n{\"value\":\"b\"}\n",
+        )
         .await;
     assert_eq!(r.json, serde_json::json!({"name": "other", "entries": 2}));
-    let r = t.call("PUT", "/v1/lists/other", Some(&t.analyst), Some("application/x-ndjson"), "1\n").await;
-    assert_eq!(error_of(&r), ("bad_request".into(), "line 1: expected a string or {\"value\": \"...\"}".into()));
-    let r = t.post_json("/v1/lists/none/entries", &t.analyst, serde_json::json!({"entries": ["x"]})).await;
-    assert_eq!((r.status, error_of(&r).1), (StatusCode::NOT_FOUND, "no list named `none`".into()));
+    let r = t
+        .call(
+            "PUT",
+            "/v1/lists/other",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            "1\n",
+        )
+        .await;
+    assert_eq!(
+        error_of(&r),
+        (
+            "bad_request".into(),
+            "line 1: expected a string or {\"value\": \"...\"}".into()
+        )
+    );
+    let r = t
+        .post_json(
+            "/v1/lists/none/entries",
+            &t.analyst,
+            serde_json::json!({"entries": ["x"]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).1),
+        (StatusCode::NOT_FOUND, "no list named `none`".into())
+    );
     t.sys.shutdown().await;
 }
 
@@ -485,22 +917,67 @@ async fn lists_reach_the_nodes_and_in_list_uses_them() {
 async fn test_and_diff_versions() {
     let t = setup().await;
     let v2 = SPIKE.replace("amount * 5", "amount * 20");
-    let r = t.call("POST", "/v1/rules", Some(&t.analyst), Some("text/plain"), &v2).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            &v2,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!((r.json["rule"].as_str(), r.json["version"].as_u64(), r.json["created"].as_bool()), (Some("spike"), Some(2), Some(true)));
+    assert_eq!(
+        (
+            r.json["rule"].as_str(),
+            r.json["version"].as_u64(),
+            r.json["created"].as_bool()
+        ),
+        (Some("spike"), Some(2), Some(true))
+    );
     // The same text again is not a new version.
-    let r = t.post_json("/v1/rules", &t.analyst, serde_json::json!({"text": v2})).await;
-    assert_eq!((r.status, r.json["version"].as_u64(), r.json["created"].as_bool()), (StatusCode::OK, Some(2), Some(false)));
+    let r = t
+        .post_json("/v1/rules", &t.analyst, serde_json::json!({"text": v2}))
+        .await;
+    assert_eq!(
+        (
+            r.status,
+            r.json["version"].as_u64(),
+            r.json["created"].as_bool()
+        ),
+        (StatusCode::OK, Some(2), Some(false))
+    );
     let events = [
         txn("t1", "2026-01-05T12:00:00Z", "c1", 1.0, "m"),
         txn("t2", "2026-01-05T12:00:01Z", "c1", 10.0, "m"),
         "garbage".to_string(),
     ]
     .join("\n");
-    let r = t.call("POST", "/v1/rules/spike/versions/1/test", Some(&t.analyst), Some("application/x-ndjson"), &events).await;
-    assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules/spike/versions/1/test",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            &events,
+        )
+        .await;
+    assert_eq!(
+        r.json["alerts"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
     assert_eq!(r.json["rejected"][0]["line"], 3);
-    let r = t.call("POST", "/v1/rules/spike/versions/2/test", Some(&t.analyst), Some("application/x-ndjson"), &events).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules/spike/versions/2/test",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            &events,
+        )
+        .await;
     assert_eq!(r.json["alerts"].as_array().map(Vec::len), Some(0));
     // Diff over the gateway's recent events.
     t.events(&[
@@ -512,12 +989,32 @@ async fn test_and_diff_versions() {
     .await;
     let r = t.get("/v1/rules/spike/diff?from=1&to=2", &t.viewer).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert!(r.json["text"].as_str().unwrap_or("").contains("-  pattern a: Txn -> b: Txn[amount > a.amount * 5]"), "{}", r.text);
-    assert!(r.json["text"].as_str().unwrap_or("").contains("+  pattern a: Txn -> b: Txn[amount > a.amount * 20]"));
+    assert!(
+        r.json["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("-  pattern a: Txn -> b: Txn[amount > a.amount * 5]"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.json["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("+  pattern a: Txn -> b: Txn[amount > a.amount * 20]")
+    );
     assert_eq!(r.json["sample_events"], 4);
-    assert_eq!(r.json["alerts"]["only_from"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    assert_eq!(
+        r.json["alerts"]["only_from"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
     assert_eq!(r.json["alerts"]["only_from"][0]["key"], "c1");
-    assert_eq!(r.json["alerts"]["only_to"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        r.json["alerts"]["only_to"].as_array().map(Vec::len),
+        Some(0)
+    );
     assert_eq!(r.json["alerts"]["both"], 1);
     t.sys.shutdown().await;
 }
@@ -540,17 +1037,42 @@ async fn shadow_then_promote_with_audit_trail() {
     sub.set_rcvtimeo(100).expect("timeout");
     let shadow_sub = ctx.socket(zmq::SUB).expect("SUB");
     shadow_sub.connect(&publ).expect("connect");
-    shadow_sub.set_subscribe(b"shadow.alert.").expect("subscribe");
+    shadow_sub
+        .set_subscribe(b"shadow.alert.")
+        .expect("subscribe");
     shadow_sub.set_rcvtimeo(100).expect("timeout");
     let mut normal_sse = t.sys.state.alerts.subscribe();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let rule = "rule twins {\n  severity medium\n  key card_id\n  pattern a: Txn -> b: Txn[amount == a.amount]\n  within 1m\n}\n";
-    let r = t.call("POST", "/v1/rules", Some(&t.analyst), Some("text/plain"), rule).await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            rule,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let r = t.post_json("/v1/rules/twins/deploy", &t.analyst, serde_json::json!({"version": 1, "mode": "shadow"})).await;
-    assert_eq!((r.status, r.json["status"].as_str()), (StatusCode::OK, Some("shadow")), "{}", r.text);
-    t.events(&[txn("w1", "2026-01-05T13:00:00Z", "tw", 7.0, "m"), txn("w2", "2026-01-05T13:00:01Z", "tw", 7.0, "m")]).await;
+    let r = t
+        .post_json(
+            "/v1/rules/twins/deploy",
+            &t.analyst,
+            serde_json::json!({"version": 1, "mode": "shadow"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (StatusCode::OK, Some("shadow")),
+        "{}",
+        r.text
+    );
+    t.events(&[
+        txn("w1", "2026-01-05T13:00:00Z", "tw", 7.0, "m"),
+        txn("w2", "2026-01-05T13:00:01Z", "tw", 7.0, "m"),
+    ])
+    .await;
     let shadow = t.wait_alerts("rule=twins&mode=shadow", 1).await;
     assert_eq!(shadow[0]["mode"], "shadow");
     // Only the shadow subscriber got it on ZeroMQ.
@@ -562,7 +1084,10 @@ async fn shadow_then_promote_with_audit_trail() {
     .await
     .expect("join");
     let (sub, _shadow_sub, normal, sh) = got;
-    assert!(normal.is_none(), "a normal subscriber must not see shadow alerts");
+    assert!(
+        normal.is_none(),
+        "a normal subscriber must not see shadow alerts"
+    );
     let sh = sh.expect("the shadow subscriber gets the shadow alert");
     assert_eq!(String::from_utf8_lossy(&sh[0]), "shadow.alert.medium.twins");
     // The SSE fan-out marks it shadow; the stream endpoint drops it without shadow=true.
@@ -570,13 +1095,36 @@ async fn shadow_then_promote_with_audit_trail() {
     assert_eq!(a.mode, vigil_gateway::store::Mode::Shadow);
 
     // Promote: analyst may not, admin may.
-    let r = t.post_json("/v1/rules/twins/deploy", &t.analyst, serde_json::json!({"version": 1, "mode": "active"})).await;
+    let r = t
+        .post_json(
+            "/v1/rules/twins/deploy",
+            &t.analyst,
+            serde_json::json!({"version": 1, "mode": "active"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = t.post_json("/v1/rules/twins/deploy", &t.admin, serde_json::json!({"version": 1, "mode": "active"})).await;
-    assert_eq!((r.status, r.json["status"].as_str()), (StatusCode::OK, Some("active")));
-    t.events(&[txn("w3", "2026-01-05T13:00:02Z", "tv", 8.0, "m"), txn("w4", "2026-01-05T13:00:03Z", "tv", 8.0, "m")]).await;
+    let r = t
+        .post_json(
+            "/v1/rules/twins/deploy",
+            &t.admin,
+            serde_json::json!({"version": 1, "mode": "active"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (StatusCode::OK, Some("active"))
+    );
+    t.events(&[
+        txn("w3", "2026-01-05T13:00:02Z", "tv", 8.0, "m"),
+        txn("w4", "2026-01-05T13:00:03Z", "tv", 8.0, "m"),
+    ])
+    .await;
     let active = t.wait_alerts("rule=twins&mode=active", 1).await;
-    assert!(active[0].get("mode").is_none(), "active alerts carry no mode field: {}", active[0]);
+    assert!(
+        active[0].get("mode").is_none(),
+        "active alerts carry no mode field: {}",
+        active[0]
+    );
     let normal = tokio::task::spawn_blocking(move || {
         for _ in 0..30 {
             if let Ok(m) = sub.recv_multipart(0) {
@@ -592,23 +1140,54 @@ async fn shadow_then_promote_with_audit_trail() {
 
     // The audit trail: who, what, before/after.
     let r = t.get("/v1/audit?limit=1000", &t.viewer).await;
-    let trail: Vec<(String, String, serde_json::Value)> = r.json
+    let trail: Vec<(String, String, serde_json::Value)> = r
+        .json
         .as_array()
         .expect("audit")
         .iter()
         .filter(|e| e["target"] == "rule:twins")
-        .map(|e| (e["actor"].as_str().unwrap_or("").to_string(), e["action"].as_str().unwrap_or("").to_string(), e["after"]["deployed"].clone()))
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_string(),
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["after"]["deployed"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         trail,
         vec![
-            ("ana".into(), "rule.create_version".into(), serde_json::Value::Null),
-            ("ana".into(), "rule.deploy".into(), serde_json::json!([1, "shadow"])),
-            ("admin".into(), "rule.deploy".into(), serde_json::json!([1, "active"])),
+            (
+                "ana".into(),
+                "rule.create_version".into(),
+                serde_json::Value::Null
+            ),
+            (
+                "ana".into(),
+                "rule.deploy".into(),
+                serde_json::json!([1, "shadow"])
+            ),
+            (
+                "admin".into(),
+                "rule.deploy".into(),
+                serde_json::json!([1, "active"])
+            ),
         ]
     );
-    let promote = r.json.as_array().and_then(|a| a.iter().rev().find(|e| e["target"] == "rule:twins").cloned()).expect("entry");
-    assert_eq!(promote["before"]["deployed"], serde_json::json!([1, "shadow"]));
+    let promote = r
+        .json
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .rev()
+                .find(|e| e["target"] == "rule:twins")
+                .cloned()
+        })
+        .expect("entry");
+    assert_eq!(
+        promote["before"]["deployed"],
+        serde_json::json!([1, "shadow"])
+    );
     t.sys.shutdown().await;
 }
 
@@ -617,28 +1196,102 @@ async fn a_restart_loses_no_rule_version_list_key_or_alert() {
     let data = temp("data");
     let rules = rules_dir();
     let t = {
-        let sys = System::start(config(rules.clone(), StoreConfig::Embedded(data.clone()), None)).await.expect("start");
+        let sys = System::start(config(
+            rules.clone(),
+            StoreConfig::Embedded(data.clone()),
+            None,
+        ))
+        .await
+        .expect("start");
         let app = sys.app();
         let admin = sys.first_admin_key.clone().expect("admin");
-        T { sys, app, admin, analyst: String::new(), viewer: String::new() }
+        T {
+            sys,
+            app,
+            admin,
+            analyst: String::new(),
+            viewer: String::new(),
+        }
     };
     let analyst = t.new_key("ana", "analyst").await;
-    let t = T { analyst: analyst.clone(), viewer: analyst.clone(), ..t };
+    let t = T {
+        analyst: analyst.clone(),
+        viewer: analyst.clone(),
+        ..t
+    };
     let v2 = SPIKE.replace("amount * 5", "amount * 6");
-    t.call("POST", "/v1/rules", Some(&t.analyst), Some("text/plain"), &v2).await;
-    t.post_json("/v1/lists", &t.analyst, serde_json::json!({"name": "blocked", "entries": ["x"]})).await;
-    t.events(&[txn("r1", "2026-01-05T14:00:00Z", "z", 1.0, "m"), txn("r2", "2026-01-05T14:00:01Z", "z", 9.0, "m")]).await;
+    t.call(
+        "POST",
+        "/v1/rules",
+        Some(&t.analyst),
+        Some("text/plain"),
+        &v2,
+    )
+    .await;
+    t.post_json(
+        "/v1/lists",
+        &t.analyst,
+        serde_json::json!({"name": "blocked", "entries": ["x"]}),
+    )
+    .await;
+    t.events(&[
+        txn("r1", "2026-01-05T14:00:00Z", "z", 1.0, "m"),
+        txn("r2", "2026-01-05T14:00:01Z", "z", 9.0, "m"),
+    ])
+    .await;
     let before = t.wait_alerts("", 1).await;
     let audit_before = t.get("/v1/audit?limit=1000", &t.admin).await.json;
-    t.sys.shutdown().await;
+    let T {
+        sys, app, admin, ..
+    } = t;
+    drop(app);
+    sys.shutdown().await;
+    let t = T {
+        sys: System::start(config(
+            rules.clone(),
+            StoreConfig::Embedded(data.clone()),
+            None,
+        ))
+        .await
+        .expect("restart"),
+        app: axum::Router::new(),
+        admin,
+        analyst: String::new(),
+        viewer: String::new(),
+    };
+    let T { sys, admin, .. } = t;
 
-    let sys = System::start(config(rules, StoreConfig::Embedded(data), None)).await.expect("restart");
-    assert!(sys.first_admin_key.is_none(), "keys survive: no new admin key");
-    let t = T { app: sys.app(), sys, admin: t.admin, analyst: analyst.clone(), viewer: analyst };
-    assert_eq!(t.get("/v1/rules/spike/versions", &t.analyst).await.json.as_array().map(Vec::len), Some(2));
-    assert_eq!(t.get("/v1/lists/blocked", &t.analyst).await.json["entries"], serde_json::json!(["x"]));
-    assert_eq!(t.get("/v1/alerts", &t.analyst).await.json["alerts"], serde_json::Value::Array(before));
-    assert_eq!(t.get("/v1/audit?limit=1000", &t.admin).await.json, audit_before);
+    assert!(
+        sys.first_admin_key.is_none(),
+        "keys survive: no new admin key"
+    );
+    let t = T {
+        app: sys.app(),
+        sys,
+        admin,
+        analyst: analyst.clone(),
+        viewer: analyst,
+    };
+    assert_eq!(
+        t.get("/v1/rules/spike/versions", &t.analyst)
+            .await
+            .json
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        t.get("/v1/lists/blocked", &t.analyst).await.json["entries"],
+        serde_json::json!(["x"])
+    );
+    assert_eq!(
+        t.get("/v1/alerts", &t.analyst).await.json["alerts"],
+        serde_json::Value::Array(before)
+    );
+    assert_eq!(
+        t.get("/v1/audit?limit=1000", &t.admin).await.json,
+        audit_before
+    );
     assert_eq!(t.get("/v1/keys", &t.admin).await.status, StatusCode::OK);
     // The rules run again: the same rule set is deployed.
     let r = t.get("/v1/rules", &t.analyst).await;

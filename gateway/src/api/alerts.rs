@@ -48,18 +48,28 @@ pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> A
     st.ingest
         .send(HttpIngest { events, reply: tx })
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the router is not running"))?;
-    let results = rx
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the router stopped"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the router is not running",
+            )
+        })?;
+    let results = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the router stopped",
+        )
+    })?;
     let accepted = results.iter().filter(|r| r.is_ok()).count();
     let rejected: Vec<serde_json::Value> = results
         .iter()
         .zip(lines)
         .filter_map(|(r, line)| {
-            r.as_ref().err().map(|e| {
-                serde_json::json!({"line": line, "reason": e.reason, "message": e.detail})
-            })
+            r.as_ref()
+                .err()
+                .map(|e| serde_json::json!({"line": line, "reason": e.reason, "message": e.detail}))
         })
         .collect();
     Ok(reply(
@@ -91,7 +101,9 @@ fn time_param(name: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
     }
     cep_engine::time::parse_rfc3339_ms(s)
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request(format!("`{name}` must be RFC 3339 or epoch milliseconds")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("`{name}` must be RFC 3339 or epoch milliseconds"))
+        })
 }
 
 impl AlertQuery {
@@ -120,7 +132,11 @@ fn alert_view(a: &StoredAlert) -> serde_json::Value {
         ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
         ("cursor" = Option<String>, Query, description = "`next` of the previous page")),
     responses((status = 200, description = "`{alerts: [alert…], next}`")))]
-pub async fn list_alerts(State(st): State<AppState>, _c: Caller, Query(q): Query<AlertQuery>) -> ApiResult<Response> {
+pub async fn list_alerts(
+    State(st): State<AppState>,
+    _c: Caller,
+    Query(q): Query<AlertQuery>,
+) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let page = st
         .store
@@ -141,7 +157,11 @@ pub async fn list_alerts(State(st): State<AppState>, _c: Caller, Query(q): Query
 #[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts", security(("api_key" = [])),
     params(("id" = String, Path, description = "Alert id")),
     responses((status = 200, description = "`{alert, events: {binding: [event…]}}`"), (status = 404, description = "Unknown id")))]
-pub async fn get_alert(State(st): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get_alert(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let a = st
         .store
         .alert(&id)
@@ -160,7 +180,11 @@ pub async fn get_alert(State(st): State<AppState>, _c: Caller, Path(id): Path<St
         ("severity" = Option<String>, Query, description = "Severity"), ("mode" = Option<String>, Query, description = "active or shadow"),
         ("shadow" = Option<bool>, Query, description = "Include shadow alerts")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
-pub async fn stream_alerts(State(st): State<AppState>, _c: Caller, Query(q): Query<AlertQuery>) -> ApiResult<Response> {
+pub async fn stream_alerts(
+    State(st): State<AppState>,
+    _c: Caller,
+    Query(q): Query<AlertQuery>,
+) -> ApiResult<Response> {
     let f = q.filter()?;
     let shadow_ok = q.shadow.unwrap_or(false) || q.mode == Some(Mode::Shadow);
     let rx = st.alerts.subscribe();
@@ -182,9 +206,13 @@ pub async fn stream_alerts(State(st): State<AppState>, _c: Caller, Query(q): Que
             })
         }
         // A slow client missed alerts: say how many (it can page the log).
-        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(
-            SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}")),
-        )),
+        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+            Some(Ok(SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}"))))
+        }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -38,27 +38,50 @@ struct NewKey {
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
     request_body(content = String, description = "{\"name\": ..., \"role\": ...}", content_type = "application/json"),
     responses((status = 201, description = "`{name, role, key}`"), (status = 409, description = "Name taken"), (status = 403, description = "Needs admin")))]
-pub async fn create_key_route(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
+pub async fn create_key_route(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "creating keys")?;
     let k: NewKey = body.json()?;
     let secret = create_key(&st.store, &k.name, k.role).await?;
     st.catalog
-        .audit(&c.name, "key.create", &format!("key:{}", k.name), serde_json::Value::Null, serde_json::json!({"role": k.role}))
+        .audit(
+            &c.name,
+            "key.create",
+            &format!("key:{}", k.name),
+            serde_json::Value::Null,
+            serde_json::json!({"role": k.role}),
+        )
         .await?;
-    Ok(reply(StatusCode::CREATED, serde_json::json!({"name": k.name, "role": k.role, "key": secret})))
+    Ok(reply(
+        StatusCode::CREATED,
+        serde_json::json!({"name": k.name, "role": k.role, "key": secret}),
+    ))
 }
 
 /// Revoke a key (it stays listed, refused from now on).
 #[utoipa::path(delete, path = "/v1/keys/{name}", tag = "keys", security(("api_key" = [])),
     params(("name" = String, Path, description = "Key name")),
     responses((status = 204, description = "Revoked"), (status = 404, description = "Unknown key"), (status = 403, description = "Needs admin")))]
-pub async fn revoke_key(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "revoking keys")?;
     if !st.store.revoke_key(&name).await? {
         return Err(ApiError::not_found(format!("no key named `{name}`")));
     }
     st.catalog
-        .audit(&c.name, "key.revoke", &format!("key:{name}"), serde_json::json!({"revoked": false}), serde_json::json!({"revoked": true}))
+        .audit(
+            &c.name,
+            "key.revoke",
+            &format!("key:{name}"),
+            serde_json::json!({"revoked": false}),
+            serde_json::json!({"revoked": true}),
+        )
         .await?;
     Ok(reply(StatusCode::NO_CONTENT, ()))
 }
@@ -73,7 +96,11 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("api_key" = [])),
     params(("after" = Option<u64>, Query, description = "Entries after this seq"), ("limit" = Option<usize>, Query, description = "At most (default 100, max 1000)")),
     responses((status = 200, description = "`[{seq, at, actor, action, target, before, after}]`")))]
-pub async fn list_audit(State(st): State<AppState>, _c: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
+pub async fn list_audit(
+    State(st): State<AppState>,
+    _c: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
     let entries = st
         .store
         .audit(q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000))

@@ -9,8 +9,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-/// Sends the stored list to every node.
+/// Sends the stored list to every node. Reads and sends under one lock, so a
+/// publisher that read an older list can never send it after a newer one.
 pub async fn publish(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
+    let _order = st.list_lock.lock().await;
     let entries = st.store.get_list(name).await?.unwrap_or_default();
     st.command(Command::SetList {
         name: name.to_string(),
@@ -21,7 +23,9 @@ pub async fn publish(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
 
 fn check_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("a list name is 1 to 128 printable characters"));
+        return Err(ApiError::bad_request(
+            "a list name is 1 to 128 printable characters",
+        ));
     }
     Ok(())
 }
@@ -59,14 +63,27 @@ pub async fn create_list(State(st): State<AppState>, c: Caller, body: Body) -> A
     let l: NewList = body.json()?;
     check_name(&l.name)?;
     if st.store.get_list(&l.name).await?.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("list `{}` exists", l.name)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("list `{}` exists", l.name),
+        ));
     }
     st.store.put_list(&l.name, &l.entries).await?;
     let entries = publish(&st, &l.name).await?;
     st.catalog
-        .audit(&c.name, "list.create", &format!("list:{}", l.name), serde_json::Value::Null, serde_json::json!({"entries": entries.len()}))
+        .audit(
+            &c.name,
+            "list.create",
+            &format!("list:{}", l.name),
+            serde_json::Value::Null,
+            serde_json::json!({"entries": entries.len()}),
+        )
         .await?;
-    Ok(reply(StatusCode::CREATED, serde_json::json!({"name": l.name, "entries": entries})))
+    Ok(reply(
+        StatusCode::CREATED,
+        serde_json::json!({"name": l.name, "entries": entries}),
+    ))
 }
 
 async fn must_exist(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
@@ -80,9 +97,16 @@ async fn must_exist(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
 #[utoipa::path(get, path = "/v1/lists/{name}", tag = "lists", security(("api_key" = [])),
     params(("name" = String, Path, description = "List name")),
     responses((status = 200, description = "`{name, entries}`"), (status = 404, description = "Unknown list")))]
-pub async fn get_list(State(st): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn get_list(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let entries = must_exist(&st, &name).await?;
-    Ok(reply(StatusCode::OK, serde_json::json!({"name": name, "entries": entries})))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"name": name, "entries": entries}),
+    ))
 }
 
 /// Bulk load: replace (or create) the list from CSV (first column; a header
@@ -92,7 +116,12 @@ pub async fn get_list(State(st): State<AppState>, _c: Caller, Path(name): Path<S
     params(("name" = String, Path, description = "List name")),
     request_body(content = String, description = "text/csv, application/x-ndjson or application/json array", content_type = "text/csv"),
     responses((status = 200, description = "`{name, entries: count}`")))]
-pub async fn replace_list(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn replace_list(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "loading a list")?;
     check_name(&name)?;
     let entries = parse_bulk(&body)?;
@@ -100,9 +129,18 @@ pub async fn replace_list(State(st): State<AppState>, c: Caller, Path(name): Pat
     st.store.put_list(&name, &entries).await?;
     let entries = publish(&st, &name).await?;
     st.catalog
-        .audit(&c.name, "list.load", &format!("list:{name}"), serde_json::json!({"entries": before}), serde_json::json!({"entries": entries.len()}))
+        .audit(
+            &c.name,
+            "list.load",
+            &format!("list:{name}"),
+            serde_json::json!({"entries": before}),
+            serde_json::json!({"entries": entries.len()}),
+        )
         .await?;
-    Ok(reply(StatusCode::OK, serde_json::json!({"name": name, "entries": entries.len()})))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"name": name, "entries": entries.len()}),
+    ))
 }
 
 fn parse_bulk(body: &Body) -> ApiResult<Vec<String>> {
@@ -111,7 +149,12 @@ fn parse_bulk(body: &Body) -> ApiResult<Vec<String>> {
         "text/csv" => {
             let mut out = vec![];
             for (i, line) in text.lines().enumerate() {
-                let first = line.split(',').next().unwrap_or_default().trim().trim_matches('"');
+                let first = line
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('"');
                 if first.is_empty() || (i == 0 && (first == "value" || first == "entry")) {
                     continue;
                 }
@@ -123,17 +166,28 @@ fn parse_bulk(body: &Body) -> ApiResult<Vec<String>> {
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
-                Ok(serde_json::Value::String(s)) => Ok(s),
-                Ok(serde_json::Value::Object(o)) => match o.get("value") {
-                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                    _ => Err(ApiError::bad_request(format!("line {}: expected a string or {{\"value\": \"...\"}}", i + 1))),
+            .map(
+                |(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(serde_json::Value::String(s)) => Ok(s),
+                    Ok(serde_json::Value::Object(o)) => match o.get("value") {
+                        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                        _ => Err(ApiError::bad_request(format!(
+                            "line {}: expected a string or {{\"value\": \"...\"}}",
+                            i + 1
+                        ))),
+                    },
+                    _ => Err(ApiError::bad_request(format!(
+                        "line {}: expected a string or {{\"value\": \"...\"}}",
+                        i + 1
+                    ))),
                 },
-                _ => Err(ApiError::bad_request(format!("line {}: expected a string or {{\"value\": \"...\"}}", i + 1))),
-            })
+            )
             .collect(),
         "application/json" => body.json::<Vec<String>>(),
-        other => Err(unsupported(other, "text/csv, application/x-ndjson or a JSON array of strings")),
+        other => Err(unsupported(
+            other,
+            "text/csv, application/x-ndjson or a JSON array of strings",
+        )),
     }
 }
 
@@ -141,13 +195,23 @@ fn parse_bulk(body: &Body) -> ApiResult<Vec<String>> {
 #[utoipa::path(delete, path = "/v1/lists/{name}", tag = "lists", security(("api_key" = [])),
     params(("name" = String, Path, description = "List name")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "Unknown list")))]
-pub async fn delete_list(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn delete_list(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "deleting a list")?;
     let before = must_exist(&st, &name).await?;
     st.store.delete_list(&name).await?;
     publish(&st, &name).await?;
     st.catalog
-        .audit(&c.name, "list.delete", &format!("list:{name}"), serde_json::json!({"entries": before.len()}), serde_json::Value::Null)
+        .audit(
+            &c.name,
+            "list.delete",
+            &format!("list:{name}"),
+            serde_json::json!({"entries": before.len()}),
+            serde_json::Value::Null,
+        )
         .await?;
     Ok(reply(StatusCode::NO_CONTENT, ()))
 }
@@ -157,16 +221,30 @@ pub async fn delete_list(State(st): State<AppState>, c: Caller, Path(name): Path
     params(("name" = String, Path, description = "List name")),
     request_body(content = String, description = "{\"entries\": [...]}", content_type = "application/json"),
     responses((status = 200, description = "`{added, entries: count}`"), (status = 404, description = "Unknown list")))]
-pub async fn add_entries(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn add_entries(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "changing a list")?;
     let e: Entries = body.json()?;
     must_exist(&st, &name).await?;
     let added = st.store.add_to_list(&name, &e.entries).await?;
     let entries = publish(&st, &name).await?;
     st.catalog
-        .audit(&c.name, "list.add", &format!("list:{name}"), serde_json::Value::Null, serde_json::json!({"added": e.entries}))
+        .audit(
+            &c.name,
+            "list.add",
+            &format!("list:{name}"),
+            serde_json::Value::Null,
+            serde_json::json!({"added": e.entries}),
+        )
         .await?;
-    Ok(reply(StatusCode::OK, serde_json::json!({"added": added, "entries": entries.len()})))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"added": added, "entries": entries.len()}),
+    ))
 }
 
 /// Remove entries: `{"entries": [...]}`.
@@ -174,14 +252,28 @@ pub async fn add_entries(State(st): State<AppState>, c: Caller, Path(name): Path
     params(("name" = String, Path, description = "List name")),
     request_body(content = String, description = "{\"entries\": [...]}", content_type = "application/json"),
     responses((status = 200, description = "`{removed, entries: count}`"), (status = 404, description = "Unknown list")))]
-pub async fn remove_entries(State(st): State<AppState>, c: Caller, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn remove_entries(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "changing a list")?;
     let e: Entries = body.json()?;
     must_exist(&st, &name).await?;
     let removed = st.store.remove_from_list(&name, &e.entries).await?;
     let entries = publish(&st, &name).await?;
     st.catalog
-        .audit(&c.name, "list.remove", &format!("list:{name}"), serde_json::json!({"removed": e.entries}), serde_json::Value::Null)
+        .audit(
+            &c.name,
+            "list.remove",
+            &format!("list:{name}"),
+            serde_json::json!({"removed": e.entries}),
+            serde_json::Value::Null,
+        )
         .await?;
-    Ok(reply(StatusCode::OK, serde_json::json!({"removed": removed, "entries": entries.len()})))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"removed": removed, "entries": entries.len()}),
+    ))
 }

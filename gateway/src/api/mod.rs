@@ -54,6 +54,8 @@ pub struct Inner {
     pub router: std::sync::Mutex<Sender<Command>>,
     pub alerts: broadcast::Sender<Arc<StoredAlert>>,
     pub config: ApiConfig,
+    /// Orders list publications (see [`lists::publish`]).
+    pub list_lock: tokio::sync::Mutex<()>,
 }
 
 pub type AppState = Arc<Inner>;
@@ -317,8 +319,9 @@ impl Body {
         if ct != "application/json" {
             return Err(unsupported(&ct, "application/json"));
         }
-        serde_json::from_slice(&self.bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON for this call: {e}")))
+        serde_json::from_slice(&self.bytes).map_err(|e| {
+            ApiError::bad_request(format!("the body is not valid JSON for this call: {e}"))
+        })
     }
 
     pub fn text(&self) -> ApiResult<&str> {
@@ -391,7 +394,11 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(alerts::stream_alerts))
         .routes(routes!(alerts::get_alert))
         .routes(routes!(lists::list_lists, lists::create_list))
-        .routes(routes!(lists::get_list, lists::replace_list, lists::delete_list))
+        .routes(routes!(
+            lists::get_list,
+            lists::replace_list,
+            lists::delete_list
+        ))
         .routes(routes!(lists::add_entries, lists::remove_entries))
         .routes(routes!(keys::list_keys, keys::create_key_route))
         .routes(routes!(keys::revoke_key))

@@ -78,7 +78,10 @@ fn rule_text(b: &Body) -> ApiResult<String> {
     match b.content_type().as_str() {
         "text/plain" | "text/x-vgl" => Ok(b.text()?.to_string()),
         "application/json" => Ok(b.json::<TextBody>()?.text),
-        other => Err(unsupported(other, "text/plain (the .vgl text) or application/json {\"text\": ...}")),
+        other => Err(unsupported(
+            other,
+            "text/plain (the .vgl text) or application/json {\"text\": ...}",
+        )),
     }
 }
 
@@ -90,12 +93,20 @@ fn rule_text(b: &Body) -> ApiResult<String> {
         (status = 200, description = "Same text as the latest version: that version, `created: false`"),
         (status = 422, description = "Does not compile: `error` and `diagnostics`"),
         (status = 403, description = "Needs analyst")))]
-pub async fn create_version(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
+pub async fn create_version(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "creating a rule version")?;
     let text = rule_text(&body)?;
     let (v, created) = st.catalog.create_version(&text, &c.name).await?;
     Ok(reply(
-        if created { StatusCode::CREATED } else { StatusCode::OK },
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         serde_json::json!({
             "rule": v.rule, "version": v.version, "hash": v.hash, "created": created,
         }),
@@ -124,7 +135,11 @@ async fn state_of(st: &AppState, name: &str) -> ApiResult<RuleState> {
 #[utoipa::path(get, path = "/v1/rules/{name}", tag = "rules", security(("api_key" = [])),
     params(("name" = String, Path, description = "Rule name")),
     responses((status = 200, description = "The rule"), (status = 404, description = "Unknown rule")))]
-pub async fn get_rule(State(st): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn get_rule(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let s = state_of(&st, &name).await?;
     let versions: Vec<_> = st
         .store
@@ -147,7 +162,11 @@ pub async fn get_rule(State(st): State<AppState>, _c: Caller, Path(name): Path<S
 #[utoipa::path(get, path = "/v1/rules/{name}/versions", tag = "rules", security(("api_key" = [])),
     params(("name" = String, Path, description = "Rule name")),
     responses((status = 200, description = "`[{rule, version, hash, text, created_at, created_by}]`"), (status = 404, description = "Unknown rule")))]
-pub async fn list_versions(State(st): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn list_versions(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     state_of(&st, &name).await?;
     Ok(reply(StatusCode::OK, st.store.versions(&name).await?))
 }
@@ -187,18 +206,33 @@ pub fn event_lines(b: &Body) -> ApiResult<Vec<Vec<u8>>> {
                 serde_json::Value::Array(a) => a,
                 serde_json::Value::Object(mut o) => match o.remove("events") {
                     Some(serde_json::Value::Array(a)) => a,
-                    _ => return Err(ApiError::bad_request("expected {\"events\": [...]} or a JSON array of events")),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "expected {\"events\": [...]} or a JSON array of events",
+                        ));
+                    }
                 },
-                _ => return Err(ApiError::bad_request("expected {\"events\": [...]} or a JSON array of events")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "expected {\"events\": [...]} or a JSON array of events",
+                    ));
+                }
             };
             Ok(list.iter().map(|e| e.to_string().into_bytes()).collect())
         }
-        other => Err(unsupported(other, "application/x-ndjson or application/json")),
+        other => Err(unsupported(
+            other,
+            "application/x-ndjson or application/json",
+        )),
     }
 }
 
 /// Runs one rule text (with the schema) over events, as replay would.
-fn run_text(schema: &str, text: &str, events: &[Vec<u8>]) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+fn run_text(
+    schema: &str,
+    text: &str,
+    events: &[Vec<u8>],
+) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     let (v, set) = validate_against(schema, text);
     let Some(set) = set.filter(|_| v.ok) else {
         return Err(crate::catalog::CatalogError::Invalid(v.diagnostics).into());
@@ -211,7 +245,8 @@ fn run_text(schema: &str, text: &str, events: &[Vec<u8>]) -> ApiResult<(Vec<serd
     for (i, e) in events.iter().enumerate() {
         match decoder.decode(e, || format!("test:{}", i + 1)) {
             Ok(ev) => engine.push(ev),
-            Err(r) => rejected.push(serde_json::json!({"line": i + 1, "reason": r.reason, "message": r.detail})),
+            Err(r) => rejected
+                .push(serde_json::json!({"line": i + 1, "reason": r.reason, "message": r.detail})),
         }
     }
     engine.finish(false);
@@ -239,9 +274,10 @@ pub async fn test_version(
     let events = event_lines(&body)?;
     let schema = st.catalog.schema().await?;
     let n = events.len();
-    let (alerts, rejected) = tokio::task::spawn_blocking(move || run_text(&schema, &ver.text, &events))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (alerts, rejected) =
+        tokio::task::spawn_blocking(move || run_text(&schema, &ver.text, &events))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(reply(
         StatusCode::OK,
         serde_json::json!({"events": n, "alerts": alerts, "rejected": rejected}),
@@ -298,7 +334,11 @@ async fn lifecycle(
 #[utoipa::path(post, path = "/v1/rules/{name}/pause", tag = "rules", security(("api_key" = [])),
     params(("name" = String, Path, description = "Rule name")),
     responses((status = 200, description = "The rule"), (status = 403, description = "Needs admin")))]
-pub async fn pause(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn pause(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     lifecycle(st, c, name, "rule.pause", |s| {
         s.paused = true;
         Ok(())
@@ -310,7 +350,11 @@ pub async fn pause(State(st): State<AppState>, c: Caller, Path(name): Path<Strin
 #[utoipa::path(post, path = "/v1/rules/{name}/resume", tag = "rules", security(("api_key" = [])),
     params(("name" = String, Path, description = "Rule name")),
     responses((status = 200, description = "The rule"), (status = 403, description = "Needs admin")))]
-pub async fn resume(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn resume(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     lifecycle(st, c, name, "rule.resume", |s| {
         if s.archived {
             return Err(crate::catalog::CatalogError::Conflict(
@@ -327,7 +371,11 @@ pub async fn resume(State(st): State<AppState>, c: Caller, Path(name): Path<Stri
 #[utoipa::path(post, path = "/v1/rules/{name}/archive", tag = "rules", security(("api_key" = [])),
     params(("name" = String, Path, description = "Rule name")),
     responses((status = 200, description = "The rule"), (status = 403, description = "Needs admin")))]
-pub async fn archive(State(st): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn archive(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     lifecycle(st, c, name, "rule.archive", |s| {
         s.archived = true;
         Ok(())
@@ -415,7 +463,9 @@ pub async fn put_schema(State(st): State<AppState>, c: Caller, body: Body) -> Ap
     let text = rule_text(&body)?;
     let (ast, _) = rule_lang::parse(0, &text);
     if !ast.rules.is_empty() {
-        return Err(ApiError::bad_request("the schema holds event declarations only"));
+        return Err(ApiError::bad_request(
+            "the schema holds event declarations only",
+        ));
     }
     let old = st.catalog.schema().await?;
     st.store.put_schema(&text).await?;
