@@ -1,0 +1,264 @@
+//! `vigil-gateway keys …` and the SSE stream over a real socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn temp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn gateway(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil-gateway"))
+        .args(args)
+        .output()
+        .expect("run vigil-gateway")
+}
+
+#[test]
+fn keys_create_prints_the_key_alone_then_list_and_revoke() {
+    let dir = temp("keys");
+    let d = dir.to_str().expect("utf-8 path");
+    let out = gateway(&[
+        "keys",
+        "create",
+        "--name",
+        "ci-bot",
+        "--role",
+        "analyst",
+        "--data-dir",
+        d,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Exactly the key and a newline: scripts capture it with $(...).
+    let key = stdout.strip_suffix('\n').expect("one line");
+    assert!(!key.contains('\n'));
+    assert!(
+        key.starts_with("vk_")
+            && key.len() == 67
+            && key[3..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{stdout:?}"
+    );
+
+    let out = gateway(&["keys", "list", "--data-dir", d]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.starts_with("ci-bot\tanalyst\t") && list.trim_end().ends_with("\tactive"),
+        "{list}"
+    );
+    assert!(!list.contains(key), "list never shows secrets");
+
+    let out = gateway(&[
+        "keys",
+        "create",
+        "--name",
+        "ci-bot",
+        "--role",
+        "viewer",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!out.status.success(), "a name is unique");
+    let out = gateway(&[
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "root",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown role `root`: viewer, analyst or admin")
+    );
+
+    let out = gateway(&["keys", "revoke", "ci-bot", "--data-dir", d]);
+    assert!(out.status.success());
+    let out = gateway(&["keys", "list", "--data-dir", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end()
+            .ends_with("\trevoked")
+    );
+    let out = gateway(&["keys", "revoke", "nobody", "--data-dir", d]);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A real gateway process: first start prints the admin key once; SSE
+/// delivers alerts over a real socket; shadow alerts only with shadow=true.
+#[test]
+fn first_start_key_and_sse_over_a_socket() {
+    let dir = temp("sse");
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(
+        rules.join("r.vgl"),
+        "event Txn { card_id: string, amount: float }\nrule pair {\n  severity low\n  key card_id\n  pattern a: Txn -> b: Txn\n  within 1m\n}\n",
+    )
+    .expect("write");
+    let http = format!("127.0.0.1:{}", free_port());
+    let zmq = |p: u16| format!("tcp://127.0.0.1:{p}");
+    let args = |data: &str| -> Vec<String> {
+        vec![
+            "--rules".into(),
+            rules.display().to_string(),
+            "--data-dir".into(),
+            data.into(),
+            "--http".into(),
+            http.clone(),
+            "--zmq-pull".into(),
+            zmq(free_port()),
+            "--zmq-router".into(),
+            zmq(free_port()),
+            "--zmq-pub".into(),
+            zmq(free_port()),
+            "--idle".into(),
+            "0s".into(),
+        ]
+    };
+    let data = dir.join("data");
+    let d = data.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-gateway"))
+        .args(args(&d))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut key = None;
+    let start = Instant::now();
+    while key.is_none() && start.elapsed() < Duration::from_secs(30) {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.trim().starts_with("vk_") {
+            key = Some(line.trim().to_string());
+        }
+    }
+    let key = key.expect("the first start prints an admin key");
+
+    // SSE: one client without shadow, one with.
+    let open = |query: &str| {
+        let mut s = std::net::TcpStream::connect(&http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(s, "GET /v1/alerts/stream{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n").expect("write");
+        BufReader::new(s)
+    };
+    let wait_ready = || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(mut s) = std::net::TcpStream::connect(&http) {
+                let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
+                let mut r = String::new();
+                let _ = std::io::Read::read_to_string(&mut s, &mut r);
+                if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not ready");
+    };
+    wait_ready();
+    let mut plain = open("");
+    let mut with_shadow = open("?shadow=true");
+    std::thread::sleep(Duration::from_millis(200));
+    let post = |path: &str, ct: &str, body: &str| -> String {
+        let mut s = std::net::TcpStream::connect(&http).expect("connect");
+        write!(s, "POST {path} HTTP/1.0\r\nAuthorization: Bearer {key}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+        let mut r = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut r);
+        r
+    };
+    // A shadow rule and an active one; one pair of events matches both.
+    let twin =
+        "rule twin {\n  severity high\n  key card_id\n  pattern a: Txn -> b: Txn\n  within 1m\n}\n";
+    assert!(post("/v1/rules", "text/plain", twin).contains("201"));
+    let r = post(
+        "/v1/rules/twin/deploy",
+        "application/json",
+        r#"{"version":1,"mode":"shadow"}"#,
+    );
+    assert!(
+        r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    let events = "{\"id\":\"x1\",\"type\":\"Txn\",\"ts\":\"2026-01-05T10:00:00Z\",\"card_id\":\"k\",\"amount\":1}\n{\"id\":\"x2\",\"type\":\"Txn\",\"ts\":\"2026-01-05T10:00:01Z\",\"card_id\":\"k\",\"amount\":2}\n";
+    let r = post("/v1/events", "application/x-ndjson", events);
+    assert!(r.contains("\"accepted\":2"), "{r}");
+
+    let read_alerts = |s: &mut BufReader<std::net::TcpStream>, n: usize| -> Vec<String> {
+        let mut got = vec![];
+        let mut line = String::new();
+        while got.len() < n {
+            line.clear();
+            if s.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(d) = line.strip_prefix("data: ") {
+                got.push(d.trim().to_string());
+            }
+        }
+        got
+    };
+    let shadow_side = read_alerts(&mut with_shadow, 2);
+    assert_eq!(shadow_side.len(), 2, "{shadow_side:?}");
+    assert!(
+        shadow_side
+            .iter()
+            .any(|a| a.contains("\"rule\":\"twin\"") && a.contains("\"mode\":\"shadow\""))
+    );
+    let plain_side = read_alerts(&mut plain, 1);
+    assert!(
+        plain_side[0].contains("\"rule\":\"pair\""),
+        "{plain_side:?}"
+    );
+    // Nothing else for the plain client: the next thing it sees is not the shadow alert.
+    plain
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let more = read_alerts(&mut plain, 1);
+    assert!(more.iter().all(|a| !a.contains("twin")), "{more:?}");
+
+    let _ = child.kill();
+    let _ = child.wait();
+    // A restart prints no new key.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-gateway"))
+        .args(args(&d))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_ready();
+    let _ = child.kill();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut rest);
+    let _ = child.wait();
+    assert!(
+        rest.contains("Vigil gateway:") && !rest.contains("vk_"),
+        "{rest}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
