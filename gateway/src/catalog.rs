@@ -106,6 +106,19 @@ impl Catalog {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
+    /// Tags of a running rule (webhook filters use them).
+    pub fn rule_tags(&self, rule: &str) -> Vec<String> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| {
+                c.as_ref()
+                    .and_then(|b| b.set.rules.iter().find(|r| r.name == rule))
+                    .map(|r| r.tags.clone())
+            })
+            .unwrap_or_default()
+    }
+
     pub async fn schema(&self) -> Result<String, CatalogError> {
         Ok(self.store.schema().await?.unwrap_or_default())
     }

@@ -10,3 +10,4 @@ pub mod rules;
 pub mod status;
 pub mod store;
 pub mod system;
+pub mod webhooks;

@@ -15,6 +15,7 @@ use vigil_gateway::api::ApiConfig;
 use vigil_gateway::router::RouterConfig;
 use vigil_gateway::store::Role;
 use vigil_gateway::system::{StoreConfig, System, SystemConfig};
+use vigil_gateway::webhooks::{WebhookConfig, parse_schedule};
 
 /// The Vigil gateway.
 #[derive(Parser, Debug)]
@@ -135,6 +136,24 @@ struct RunArgs {
     /// Largest HTTP request body, bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Webhook retry delays, comma-separated (after the last, dead letter).
+    #[arg(long, default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    webhook_schedule: String,
+    /// Time limit of one webhook attempt.
+    #[arg(long, default_value = "10s", value_parser = duration_ms)]
+    webhook_timeout: i64,
+    /// An alert id is delivered once per endpoint within this window.
+    #[arg(long, default_value = "24h", value_parser = duration_ms)]
+    webhook_dedup_window: i64,
+    /// Attempts in flight per webhook endpoint.
+    #[arg(long, default_value_t = 4)]
+    webhook_concurrency: usize,
+    /// Allow webhook endpoints on loopback addresses.
+    #[arg(long)]
+    webhook_allow_loopback: bool,
+    /// Allow webhook endpoints on private and link-local addresses.
+    #[arg(long)]
+    webhook_allow_private: bool,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, default_value = "info", env = "VIGIL_LOG")]
     log: String,
@@ -215,6 +234,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         api: ApiConfig {
             max_body_bytes: a.max_body_bytes,
+        },
+        webhooks: WebhookConfig {
+            schedule: parse_schedule(&a.webhook_schedule)
+                .map_err(|e| anyhow::anyhow!("--webhook-schedule: {e}"))?,
+            timeout: Duration::from_millis(a.webhook_timeout.max(1) as u64),
+            dedup_window: Duration::from_millis(a.webhook_dedup_window.max(0) as u64),
+            concurrency: a.webhook_concurrency.max(1),
+            allow_loopback: a.webhook_allow_loopback,
+            allow_private: a.webhook_allow_private,
+            ..WebhookConfig::default()
         },
     })
     .await?;

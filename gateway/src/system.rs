@@ -41,6 +41,7 @@ pub struct SystemConfig {
     pub embedded_nodes: usize,
     pub router: RouterConfig,
     pub api: ApiConfig,
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// A running gateway (without its HTTP listener).
@@ -120,6 +121,7 @@ impl System {
             .spawn(move || router.run(commands_rx))?;
 
         let catalog = Arc::new(Catalog::new(store.clone(), commands.clone()));
+        let dispatcher = crate::webhooks::Dispatcher::new(store.clone(), cfg.webhooks.clone())?;
         let (alerts, _) = broadcast::channel(4096);
         let state: AppState = Arc::new(Inner {
             catalog: catalog.clone(),
@@ -130,6 +132,7 @@ impl System {
             alerts: alerts.clone(),
             config: cfg.api.clone(),
             list_lock: tokio::sync::Mutex::new(()),
+            dispatcher: dispatcher.clone(),
         });
 
         // First start: import the rule files, create the first admin key.
@@ -158,8 +161,16 @@ impl System {
             anyhow::bail!("the stored rules do not compile: {e}");
         }
 
+        dispatcher.start().await?;
         let tasks = vec![
-            tokio::spawn(alert_writer(alert_rx, store.clone(), alerts, status)),
+            tokio::spawn(alert_writer(
+                alert_rx,
+                store.clone(),
+                alerts,
+                status,
+                catalog.clone(),
+                dispatcher,
+            )),
             tokio::spawn(watch_shared_changes(state.clone())),
         ];
         Ok(System {
@@ -227,6 +238,8 @@ async fn alert_writer(
     store: Store,
     tx: broadcast::Sender<Arc<StoredAlert>>,
     status: Arc<Status>,
+    catalog: Arc<Catalog>,
+    dispatcher: Arc<crate::webhooks::Dispatcher>,
 ) {
     while let Some(a) = rx.recv().await {
         let alert: serde_json::Value = serde_json::from_str(&a.json).unwrap_or_default();
@@ -263,6 +276,15 @@ async fn alert_writer(
         };
         if new {
             status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, at);
+            // Webhook deliveries are queued in the store before the alert is
+            // considered handled (they survive a restart from here on).
+            let tags = catalog.rule_tags(&stored.rule);
+            let mut delay = Duration::from_millis(50);
+            while let Err(e) = dispatcher.on_alert(&stored, &tags).await {
+                warn!(error = %e, "queueing webhook deliveries failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
             let _ = tx.send(Arc::new(stored));
         }
     }

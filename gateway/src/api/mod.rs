@@ -10,6 +10,7 @@ mod alerts;
 mod keys;
 mod lists;
 mod rules;
+mod webhooks;
 
 pub use lists::publish as publish_list;
 
@@ -56,6 +57,7 @@ pub struct Inner {
     pub config: ApiConfig,
     /// Orders list publications (see [`lists::publish`]).
     pub list_lock: tokio::sync::Mutex<()>,
+    pub dispatcher: Arc<crate::webhooks::Dispatcher>,
 }
 
 pub type AppState = Arc<Inner>;
@@ -355,7 +357,7 @@ pub fn reply<T: Serialize>(status: StatusCode, v: T) -> Response {
 #[openapi(
     info(
         title = "Vigil API",
-        description = "Rules, events, alerts, reference lists and keys. Every /v1 call except /v1/openapi.json and /v1/cluster needs `Authorization: Bearer <key>`; roles: viewer (read), analyst (author, validate, test, deploy shadow, events, lists), admin (deploy active, pause, archive, keys)."
+        description = "Rules, events, alerts, reference lists and keys. Every /v1 call except /v1/openapi.json and /v1/cluster needs `Authorization: Bearer <key>`; roles: viewer (read), analyst (author, validate, test, deploy shadow, events, lists), admin (deploy active, pause, archive, keys, webhooks)."
     ),
     modifiers(&BearerAuth)
 )]
@@ -403,6 +405,12 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::list_keys, keys::create_key_route))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::list_audit))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(webhooks::get_webhook, webhooks::update_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::dead_letters))
+        .routes(routes!(webhooks::resend))
         .split_for_parts()
 }
 
@@ -459,7 +467,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.status.prometheus(),
+        st.status.prometheus() + &st.dispatcher.metrics.prometheus(),
     )
         .into_response()
 }

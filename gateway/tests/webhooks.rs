@@ -1,0 +1,443 @@
+//! Webhook delivery against real HTTP receivers on loopback (axum servers in
+//! the test), with signatures checked by an HMAC written here from the RFC,
+//! not the gateway's signing code.
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vigil_gateway::api::ApiConfig;
+use vigil_gateway::router::RouterConfig;
+use vigil_gateway::store::{Mode, StoredAlert};
+use vigil_gateway::system::{StoreConfig, System, SystemConfig};
+use vigil_gateway::webhooks::WebhookConfig;
+
+// ---------------------------------------------------------------------------
+// An independent HMAC-SHA256 (RFC 2104) and the Standard Webhooks check.
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+}
+
+/// Does `header` (space-separated `v1,<sig>`) hold a valid signature for `secret`?
+fn verify(secret: &str, id: &str, ts: &str, body: &str, header: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Ok(key) = b64.decode(secret.trim_start_matches("whsec_")) else {
+        return false;
+    };
+    let want = b64.encode(hmac_sha256(&key, format!("{id}.{ts}.{body}").as_bytes()));
+    header.split(' ').any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
+}
+
+#[test]
+fn the_independent_hmac_agrees_with_the_spec_example() {
+    assert!(verify(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        r#"{"test": 2432232314}"#,
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// A programmable receiver.
+
+#[derive(Clone, Debug)]
+struct Got {
+    headers: HeaderMap,
+    body: String,
+    at: Instant,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    /// Statuses to answer, in order; then `then`.
+    script: Arc<Mutex<VecDeque<u16>>>,
+    then: Arc<Mutex<u16>>,
+    delay: Duration,
+    url: String,
+}
+
+impl Receiver {
+    async fn start(delay: Duration) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let r = Receiver {
+            got: Arc::default(),
+            script: Arc::default(),
+            then: Arc::new(Mutex::new(200)),
+            delay,
+            url,
+        };
+        let st = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let st = st.clone();
+                async move {
+                    tokio::time::sleep(st.delay).await;
+                    st.got.lock().expect("lock").push(Got { headers, body, at: Instant::now() });
+                    let code = st
+                        .script
+                        .lock()
+                        .expect("lock")
+                        .pop_front()
+                        .unwrap_or(*st.then.lock().expect("lock"));
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::OK)
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        r
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    fn answer(&self, statuses: &[u16], then: u16) {
+        self.script.lock().expect("lock").extend(statuses);
+        *self.then.lock().expect("lock") = then;
+    }
+
+    async fn wait(&self, n: usize, timeout: Duration) -> Vec<Got> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let g = self.got();
+            if g.len() >= n {
+                return g;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("receiver got {} requests, wanted {n}", self.got().len());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A gateway with an embedded store and in-process nodes.
+
+fn temp(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "vigil-wh-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn rules() -> PathBuf {
+    let d = temp("rules");
+    std::fs::write(
+        d.join("r.vgl"),
+        "event Txn { card_id: string, amount: float }\nrule pair {\n  severity high\n  tags [\"card\"]\n  key card_id\n  pattern a: Txn -> b: Txn\n  within 1m\n}\nrule other {\n  severity low\n  key card_id\n  pattern a: Txn[amount > 1000]\n  within 1m\n}\n",
+    )
+    .expect("write");
+    d
+}
+
+fn config(data: PathBuf, rules: PathBuf, schedule: &str) -> SystemConfig {
+    SystemConfig {
+        rules,
+        store: StoreConfig::Embedded(data),
+        nodes: vec![],
+        embedded_nodes: 1,
+        router: RouterConfig {
+            idle_ms: 0,
+            ..RouterConfig::default()
+        },
+        api: ApiConfig::default(),
+        webhooks: WebhookConfig {
+            schedule: vigil_gateway::webhooks::parse_schedule(schedule).expect("schedule"),
+            timeout: Duration::from_secs(5),
+            allow_loopback: true,
+            ..WebhookConfig::default()
+        },
+    }
+}
+
+struct G {
+    sys: System,
+    key: String,
+}
+
+impl G {
+    async fn start(data: PathBuf, rules: PathBuf, schedule: &str) -> G {
+        let sys = System::start(config(data, rules, schedule)).await.expect("start");
+        let key = sys.first_admin_key.clone().unwrap_or_default();
+        G { sys, key }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
+        use tower::ServiceExt;
+        let mut b = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.key));
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        let req = b
+            .body(axum::body::Body::from(body.map(|v| v.to_string()).unwrap_or_default()))
+            .expect("request");
+        let resp = self.sys.app().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn register(&self, body: serde_json::Value) -> (String, String) {
+        let (s, v) = self.call("POST", "/v1/webhooks", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (v["id"].as_str().expect("id").into(), v["secret"].as_str().expect("secret").into())
+    }
+
+    async fn pair(&self, card: &str, t: u32) {
+        use tower::ServiceExt;
+        let body = format!(
+            "{{\"id\":\"{card}-a\",\"type\":\"Txn\",\"ts\":\"2026-01-05T10:00:{t:02}Z\",\"card_id\":\"{card}\",\"amount\":1}}\n{{\"id\":\"{card}-b\",\"type\":\"Txn\",\"ts\":\"2026-01-05T10:00:{:02}Z\",\"card_id\":\"{card}\",\"amount\":2}}\n",
+            t + 1
+        );
+        let req = axum::http::Request::post("/v1/events")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/x-ndjson")
+            .body(axum::body::Body::from(body))
+            .expect("request");
+        let r = self.sys.app().oneshot(req).await.expect("response");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+fn header<'a>(g: &'a Got, name: &str) -> &'a str {
+    g.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_signed_and_verifies_independently() {
+    let rx = Receiver::start(Duration::ZERO).await;
+    let g = G::start(temp("data"), rules(), "100ms").await;
+    let (id, secret) = g
+        .register(serde_json::json!({"url": rx.url, "rules": ["pair"], "min_severity": "high"}))
+        .await;
+    assert!(secret.starts_with("whsec_"));
+    g.pair("c1", 0).await;
+    let got = rx.wait(1, Duration::from_secs(10)).await;
+    let m = &got[0];
+    let (mid, ts, sig) = (header(m, "webhook-id"), header(m, "webhook-timestamp"), header(m, "webhook-signature"));
+    assert!(verify(&secret, mid, ts, &m.body, sig), "signature {sig} does not verify");
+    assert!(!verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", mid, ts, &m.body, sig));
+    let now = chrono::Utc::now().timestamp();
+    assert!((now - ts.parse::<i64>().unwrap_or(0)).abs() < 300, "timestamp {ts}");
+    let payload: serde_json::Value = serde_json::from_str(&m.body).expect("JSON");
+    assert_eq!(payload["type"], "alert.created");
+    assert_eq!(payload["data"]["rule"], "pair");
+    assert_eq!(mid, format!("msg_{}", payload["data"]["id"].as_str().unwrap_or("")));
+    // The filter kept `other` out (it would need amount > 1000 anyway); a
+    // second rule-filtered endpoint gets nothing for `pair`.
+    let (s, log) = g.call("GET", &format!("/v1/webhooks/{id}/deliveries"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(log[0]["outcome"], "delivered");
+    assert_eq!(log[0]["status"], 200);
+    g.sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_failures_then_success_delivers_once_with_the_same_id() {
+    let rx = Receiver::start(Duration::ZERO).await;
+    rx.answer(&[500, 503, 502], 200);
+    let g = G::start(temp("data"), rules(), "100ms,100ms,100ms,100ms").await;
+    let (id, secret) = g.register(serde_json::json!({"url": rx.url})).await;
+    g.pair("c2", 0).await;
+    let got = rx.wait(4, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_after = rx.got();
+    assert_eq!(got_after.len(), 4, "no attempt after the success");
+    let ids: Vec<&str> = got.iter().map(|g| header(g, "webhook-id")).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    for m in &got {
+        assert!(verify(&secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, header(m, "webhook-signature")));
+    }
+    let (_, log) = g.call("GET", &format!("/v1/webhooks/{id}/deliveries"), None).await;
+    let outcomes: Vec<&str> = log.as_array().expect("log").iter().rev().filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["retry", "retry", "retry", "delivered"]);
+    g.sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_the_whole_schedule_ends_in_dead_letters_and_resend_delivers() {
+    let rx = Receiver::start(Duration::ZERO).await;
+    rx.answer(&[], 500);
+    let g = G::start(temp("data"), rules(), "50ms,50ms").await;
+    let (id, _) = g.register(serde_json::json!({"url": rx.url})).await;
+    g.pair("c3", 0).await;
+    rx.wait(3, Duration::from_secs(10)).await;
+    let mut dead = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, d) = g.call("GET", &format!("/v1/dead-letters?webhook={id}"), None).await;
+        if d.as_array().is_some_and(|a| !a.is_empty()) {
+            dead = d;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead[0]["attempts"], 3, "{dead}");
+    assert_eq!(dead[0]["last_status"], 500);
+    let msg = dead[0]["msg_id"].as_str().expect("msg").to_string();
+    rx.answer(&[], 200);
+    let (s, _) = g.call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let got = rx.wait(4, Duration::from_secs(10)).await;
+    assert_eq!(header(&got[3], "webhook-id"), msg, "the same webhook-id on the re-send");
+    let (_, d) = g.call("GET", &format!("/v1/dead-letters?webhook={id}"), None).await;
+    assert_eq!(d, serde_json::json!([]));
+    let (s, e) = g.call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    g.sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_in_the_middle_of_retries_loses_nothing() {
+    let rx = Receiver::start(Duration::ZERO).await;
+    rx.answer(&[], 500);
+    let (data, rules) = (temp("data"), rules());
+    let g = G::start(data.clone(), rules.clone(), "300ms,300ms,300ms,300ms,300ms").await;
+    let key = g.key.clone();
+    g.register(serde_json::json!({"url": rx.url})).await;
+    g.pair("c4", 0).await;
+    rx.wait(1, Duration::from_secs(10)).await;
+    g.sys.shutdown().await;
+    let before = rx.got().len();
+    rx.answer(&[], 200);
+    // A new process on the same store picks the pending delivery up.
+    let mut g = G::start(data, rules, "300ms,300ms,300ms,300ms,300ms").await;
+    g.key = key;
+    let got = rx.wait(before + 1, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = got.iter().map(|m| header(m, "webhook-id")).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.got().len(), before + 1, "delivered once after the restart");
+    g.sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_are_refused_with_a_clear_error() {
+    let g = G::start(temp("data"), rules(), "1s").await;
+    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "http://10.1.2.3/hook"}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        e,
+        serde_json::json!({"error": {"code": "endpoint_not_allowed", "message": "`10.1.2.3` resolves to 10.1.2.3, a private or link-local address: webhook endpoints must be public"}})
+    );
+    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "http://169.254.169.254/latest"}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "ftp://example.com/x"}))).await;
+    assert_eq!((s, e["error"]["message"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("`ftp://example.com/x`: only http and https endpoints are allowed")));
+    // Without --webhook-allow-loopback, loopback is refused too.
+    let strict = WebhookConfig::default();
+    let err = vigil_gateway::webhooks::check_url("http://127.0.0.1:9/x", &strict).await.expect_err("refused");
+    assert_eq!(err, "`127.0.0.1` resolves to 127.0.0.1, a loopback address: webhook endpoints must be public (start the gateway with --webhook-allow-loopback to allow loopback)");
+    g.sys.shutdown().await;
+}
+
+fn alert(id: &str) -> StoredAlert {
+    StoredAlert {
+        id: id.into(),
+        rule: "pair".into(),
+        key: "k".into(),
+        severity: "high".into(),
+        mode: Mode::Active,
+        at: 0,
+        alert: serde_json::json!({"id": id, "rule": "pair", "severity": "high"}),
+        events: serde_json::json!({}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_410_and_rotation() {
+    let rx = Receiver::start(Duration::ZERO).await;
+    let g = G::start(temp("data"), rules(), "100ms").await;
+    let (id, old_secret) = g.register(serde_json::json!({"url": rx.url})).await;
+    let d = g.sys.state.dispatcher.clone();
+    // The same alert id twice (two nodes, a replay): one delivery.
+    d.on_alert(&alert("dup1"), &[]).await.expect("queue");
+    d.on_alert(&alert("dup1"), &[]).await.expect("queue");
+    rx.wait(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.got().len(), 1);
+    // Rotation: during the grace period both secrets sign.
+    let (s, r) = g.call("POST", &format!("/v1/webhooks/{id}/rotate"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let new_secret = r["secret"].as_str().expect("secret").to_string();
+    d.on_alert(&alert("rot1"), &[]).await.expect("queue");
+    let got = rx.wait(2, Duration::from_secs(10)).await;
+    let m = &got[1];
+    let sig = header(m, "webhook-signature");
+    assert_eq!(sig.split(' ').count(), 2, "{sig}");
+    assert!(verify(&old_secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, sig));
+    assert!(verify(&new_secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, sig));
+    // 410 Gone disables the endpoint.
+    rx.answer(&[410], 200);
+    d.on_alert(&alert("gone1"), &[]).await.expect("queue");
+    rx.wait(3, Duration::from_secs(10)).await;
+    let mut enabled = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (_, w) = g.call("GET", &format!("/v1/webhooks/{id}"), None).await;
+        enabled = w["enabled"].clone();
+        if enabled == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(enabled, false);
+    d.on_alert(&alert("after410"), &[]).await.expect("queue");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.got().len(), 3, "a disabled endpoint gets nothing");
+    g.sys.shutdown().await;
+}
+
+/// Load: 10,000 alerts to 3 endpoints, one answering in 200 ms. Prints the
+/// figures; run with `cargo test -p vigil-gateway --release --test webhooks -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn load_ten_thousand_alerts_three_endpoints_one_slow() {
+    let fast1 = Receiver::start(Duration::ZERO).await;
+    let fast2 = Receiver::start(Duration::ZERO).await;
+    let slow = Receiver::start(Duration::from_millis(200)).await;
+    let g = G::start(temp("data"), rules(), "1s").await;
+    for r in [&fast1, &fast2, &slow] {
+        g.register(serde_json::json!({"url": r.url})).await;
+    }
+    let d = g.sys.state.dispatcher.clone();
+    let start = Instant::now();
+    for i in 0..10_000 {
+        d.on_alert(&alert(&format!("load{i}")), &[]).await.expect("queue");
+    }
+    let queued = start.elapsed();
+    let f1 = fast1.wait(10_000, Duration::from_secs(600)).await;
+    let f2 = fast2.wait(10_000, Duration::from_secs(600)).await;
+    let fast_done = f1.iter().chain(&f2).map(|g| g.at).max().map(|t| t - start).unwrap_or_default();
+    let slow_n = slow.got().len();
+    println!(
+        "queued 10,000 alerts x 3 endpoints in {queued:?}; both fast endpoints had all 10,000 after {fast_done:?} ({:.0} deliveries/s each); the slow endpoint (200 ms/request, 4 in flight) had {slow_n} by then",
+        10_000.0 / fast_done.as_secs_f64()
+    );
+    g.sys.shutdown().await;
+}
