@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use vigil_gateway::store::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, Mode, Role, RuleState, Store, StoreError,
-    StoredAlert,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, Mode,
+    Role, RuleState, Store, StoreError, StoredAlert, Webhook, WebhookSecret,
 };
 
 // ---------------------------------------------------------------- harness
@@ -168,6 +168,67 @@ fn alert(id: &str, at: i64, rule: &str, key: &str, severity: &str, mode: Mode) -
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+fn webhook(id: &str) -> Webhook {
+    Webhook {
+        id: id.to_string(),
+        url: format!("https://example.com/hooks/{id}"),
+        description: format!("endpoint {id}"),
+        rules: strings(&["card_testing"]),
+        tags: vec![],
+        min_severity: Some("high".to_string()),
+        include_shadow: false,
+        secrets: vec![WebhookSecret {
+            secret: format!("whsec_{id}"),
+            expires_at: None,
+        }],
+        disabled: None,
+        created_at: 1_700_000_000_000,
+        created_by: "alice".to_string(),
+    }
+}
+
+fn delivery(
+    webhook: &str,
+    msg_id: &str,
+    alert_id: &str,
+    next_at: i64,
+    created_at: i64,
+) -> Delivery {
+    Delivery {
+        webhook: webhook.to_string(),
+        msg_id: msg_id.to_string(),
+        alert_id: alert_id.to_string(),
+        body: format!(r#"{{"alert":{alert_id:?},"n":[1,2]}}"#),
+        attempts: 0,
+        next_at,
+        created_at,
+        last_status: None,
+        last_error: None,
+    }
+}
+
+fn attempt(webhook: &str, msg_id: &str, n: u32) -> DeliveryAttempt {
+    DeliveryAttempt {
+        webhook: webhook.to_string(),
+        msg_id: msg_id.to_string(),
+        attempt: n,
+        at: 1_700_000_000_000 + i64::from(n),
+        status: if n.is_multiple_of(2) { Some(503) } else { None },
+        error: if n.is_multiple_of(2) {
+            None
+        } else {
+            Some("connection refused".to_string())
+        },
+        latency_ms: u64::from(n) * 3,
+        outcome: "retry".to_string(),
+    }
+}
+
+/// The msg ids of deliveries, in order.
+fn msg_ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.msg_id.as_str()).collect()
 }
 
 // ---------------------------------------------------------------- suite
@@ -815,6 +876,442 @@ async fn lists(s: &Store) {
     assert_eq!(s.get_list("ips").await.unwrap(), Some(vec![]));
 }
 
+// ---------------------------------------------------------------- webhooks
+
+/// Every webhook operation, on an empty store.
+async fn webhook_suite(s: &Store) {
+    webhook_crud(s).await;
+    enqueue_dedup(s).await;
+    due_order_and_updates(s).await;
+    dead_letters(s).await;
+    delivery_log(s).await;
+    delete_webhook_drops_its_data(s).await;
+}
+
+async fn webhook_crud(s: &Store) {
+    assert!(s.webhooks().await.unwrap().is_empty());
+    assert_eq!(s.webhook("wh_a").await.unwrap(), None);
+    let b = webhook("wh_b");
+    let a = Webhook {
+        rules: vec![],
+        tags: strings(&["pci", "eu"]),
+        min_severity: None,
+        include_shadow: true,
+        ..webhook("wh_a")
+    };
+    s.put_webhook(&b).await.unwrap();
+    s.put_webhook(&a).await.unwrap();
+    assert_eq!(s.webhook("wh_a").await.unwrap(), Some(a.clone()));
+    assert_eq!(s.webhooks().await.unwrap(), vec![a.clone(), b.clone()]);
+
+    // Replacing: a rotated secret, disabled.
+    let b2 = Webhook {
+        secrets: vec![
+            WebhookSecret {
+                secret: "whsec_new".to_string(),
+                expires_at: None,
+            },
+            WebhookSecret {
+                secret: "whsec_wh_b".to_string(),
+                expires_at: Some(1_700_000_086_400),
+            },
+        ],
+        disabled: Some("410 Gone at 2024-01-01T00:00:00Z".to_string()),
+        ..b
+    };
+    s.put_webhook(&b2).await.unwrap();
+    assert_eq!(s.webhook("wh_b").await.unwrap(), Some(b2.clone()));
+    assert_eq!(s.webhooks().await.unwrap(), vec![a, b2.clone()]);
+
+    let err = s.put_webhook(&webhook("wh_\0x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    assert!(s.delete_webhook("wh_a").await.unwrap());
+    assert!(!s.delete_webhook("wh_a").await.unwrap());
+    assert_eq!(s.webhook("wh_a").await.unwrap(), None);
+    assert_eq!(s.webhooks().await.unwrap(), vec![b2]);
+    assert!(s.delete_webhook("wh_b").await.unwrap());
+    assert!(s.webhooks().await.unwrap().is_empty());
+}
+
+async fn enqueue_dedup(s: &Store) {
+    let d1 = delivery("wh_d", "msg_1", "al_1", 1_000, 1_000);
+    assert!(s.enqueue_delivery(&d1, 2_000).await.unwrap());
+    // The same (webhook, alert) before the expiry: refused, nothing stored.
+    let d2 = delivery("wh_d", "msg_2", "al_1", 1_500, 1_500);
+    assert!(!s.enqueue_delivery(&d2, 9_000).await.unwrap());
+    assert!(!s.enqueue_delivery(&d1, 2_000).await.unwrap());
+    assert_eq!(s.pending_for("wh_d", 10).await.unwrap(), vec![d1.clone()]);
+    // Another webhook, or another alert: independent.
+    let e1 = delivery("wh_e", "msg_1", "al_1", 1_500, 1_500);
+    assert!(s.enqueue_delivery(&e1, 2_000).await.unwrap());
+    let d3 = delivery("wh_d", "msg_3", "al_3", 1_500, 1_500);
+    assert!(s.enqueue_delivery(&d3, 2_000).await.unwrap());
+    // At the expiry the record is over: queued again, recorded anew.
+    let d4 = delivery("wh_d", "msg_4", "al_1", 2_000, 2_000);
+    assert!(s.enqueue_delivery(&d4, 5_000).await.unwrap());
+    let d5 = delivery("wh_d", "msg_5", "al_1", 4_999, 4_999);
+    assert!(!s.enqueue_delivery(&d5, 9_000).await.unwrap());
+    assert_eq!(
+        s.pending_for("wh_d", 10).await.unwrap(),
+        vec![d1.clone(), d3.clone(), d4.clone()]
+    );
+    assert_eq!(s.pending_stats().await.unwrap(), (4, Some(1_000)));
+
+    for bad in [
+        delivery("wh\0d", "msg_9", "al_9", 0, 0),
+        delivery("wh_d", "msg\09", "al_9", 0, 0),
+    ] {
+        let err = s.enqueue_delivery(&bad, 9_000).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
+
+    // 20 concurrent enqueues of one pair: exactly one is stored.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let d = delivery("wh_c", &format!("msg_{i:02}"), "al_c", 10_000, 10_000);
+                let stored = s.enqueue_delivery(&d, 70_000).await;
+                (d, stored)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (d, stored) = task.await.unwrap();
+        if stored.unwrap() {
+            winners.push(d);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one enqueue wins");
+    assert_eq!(s.pending_for("wh_c", 100).await.unwrap(), winners);
+
+    // Clean up (and completing works).
+    for d in [&d1, &d3, &d4, &e1, &winners[0]] {
+        assert!(s.complete_delivery(&d.webhook, &d.msg_id).await.unwrap());
+    }
+    assert_eq!(s.pending_stats().await.unwrap(), (0, None));
+}
+
+async fn due_order_and_updates(s: &Store) {
+    assert_eq!(s.pending_stats().await.unwrap(), (0, None));
+    assert!(s.due_deliveries(i64::MAX, 100).await.unwrap().is_empty());
+    let a = delivery("wh_1", "m_a", "al_a", 100, 50);
+    let b = delivery("wh_2", "m_b", "al_b", 100, 40);
+    let c = delivery("wh_1", "m_c", "al_c", 100, 40);
+    let d = delivery("wh_2", "m_d", "al_d", 300, 10);
+    let e = delivery("wh_1", "m_e", "al_e", -5, 60);
+    let f = delivery("wh_2", "m_f", "al_f", 1_000, 5);
+    for x in [&a, &b, &c, &d, &e, &f] {
+        assert!(s.enqueue_delivery(x, 100_000).await.unwrap());
+    }
+    // By (next_at, created_at, msg_id).
+    let due = |now: i64, limit: usize| {
+        let s = s.clone();
+        async move { s.due_deliveries(now, limit).await.unwrap() }
+    };
+    assert_eq!(
+        due(i64::MAX, 100).await,
+        vec![
+            e.clone(),
+            b.clone(),
+            c.clone(),
+            a.clone(),
+            d.clone(),
+            f.clone()
+        ]
+    );
+    assert_eq!(msg_ids(&due(99, 100).await), ["m_e"]);
+    assert_eq!(msg_ids(&due(100, 100).await), ["m_e", "m_b", "m_c", "m_a"]);
+    assert_eq!(msg_ids(&due(100, 2).await), ["m_e", "m_b"]);
+    assert_eq!(
+        msg_ids(&due(i64::MAX, 5).await),
+        ["m_e", "m_b", "m_c", "m_a", "m_d"]
+    );
+    assert!(due(-6, 100).await.is_empty());
+    assert!(due(i64::MIN, 100).await.is_empty());
+    assert!(due(i64::MAX, 0).await.is_empty());
+
+    // One webhook's, by (created_at, msg_id).
+    assert_eq!(
+        s.pending_for("wh_1", 100).await.unwrap(),
+        vec![c.clone(), a.clone(), e.clone()]
+    );
+    assert_eq!(
+        msg_ids(&s.pending_for("wh_2", 2).await.unwrap()),
+        ["m_f", "m_d"]
+    );
+    assert!(s.pending_for("wh_2", 0).await.unwrap().is_empty());
+    assert!(s.pending_for("wh_nope", 10).await.unwrap().is_empty());
+    assert_eq!(s.pending_stats().await.unwrap(), (6, Some(5)));
+
+    // Updates move next_at: d into the due set, a and f out of it.
+    let d2 = Delivery {
+        attempts: 1,
+        next_at: 50,
+        last_status: Some(503),
+        last_error: Some("503 Service Unavailable".to_string()),
+        ..d.clone()
+    };
+    let a2 = Delivery {
+        attempts: 1,
+        next_at: 2_000,
+        last_error: Some("timed out".to_string()),
+        ..a.clone()
+    };
+    let f2 = Delivery {
+        attempts: 3,
+        next_at: 5_000,
+        ..f.clone()
+    };
+    for x in [&d2, &a2, &f2] {
+        s.update_delivery(x).await.unwrap();
+    }
+    assert_eq!(
+        due(100, 100).await,
+        vec![e.clone(), d2.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(
+        msg_ids(&due(1_000, 100).await),
+        ["m_e", "m_d", "m_b", "m_c"]
+    );
+    assert_eq!(
+        msg_ids(&due(i64::MAX, 100).await),
+        ["m_e", "m_d", "m_b", "m_c", "m_a", "m_f"]
+    );
+    assert_eq!(
+        s.pending_for("wh_1", 100).await.unwrap(),
+        vec![c.clone(), a2.clone(), e.clone()]
+    );
+    // Back in.
+    let a3 = Delivery {
+        next_at: 0,
+        attempts: 2,
+        ..a2.clone()
+    };
+    s.update_delivery(&a3).await.unwrap();
+    assert_eq!(
+        msg_ids(&due(100, 100).await),
+        ["m_e", "m_a", "m_d", "m_b", "m_c"]
+    );
+    assert_eq!(s.pending_stats().await.unwrap(), (6, Some(5)));
+
+    // Updating what is not pending.
+    for missing in [
+        delivery("wh_1", "m_zz", "al_a", 0, 0),
+        delivery("wh_2", "m_a", "al_a", 0, 0),
+    ] {
+        let err = s.update_delivery(&missing).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    }
+
+    // Enqueueing a message id that is pending replaces it (no stray index).
+    let c2 = Delivery {
+        alert_id: "al_c2".to_string(),
+        next_at: 200,
+        ..c.clone()
+    };
+    assert!(s.enqueue_delivery(&c2, 100_000).await.unwrap());
+    assert_eq!(msg_ids(&due(100, 100).await), ["m_e", "m_a", "m_d", "m_b"]);
+    assert_eq!(s.pending_stats().await.unwrap(), (6, Some(5)));
+
+    // Completing.
+    assert!(s.complete_delivery("wh_2", "m_f").await.unwrap());
+    assert!(!s.complete_delivery("wh_2", "m_f").await.unwrap());
+    assert!(
+        !s.complete_delivery("wh_2", "m_c").await.unwrap(),
+        "other webhook"
+    );
+    assert_eq!(s.pending_stats().await.unwrap(), (5, Some(10)));
+    let err = s.update_delivery(&f2).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        msg_ids(&due(i64::MAX, 100).await),
+        ["m_e", "m_a", "m_d", "m_b", "m_c"]
+    );
+    for (webhook, msg) in [
+        ("wh_1", "m_a"),
+        ("wh_2", "m_b"),
+        ("wh_1", "m_c"),
+        ("wh_2", "m_d"),
+        ("wh_1", "m_e"),
+    ] {
+        assert!(s.complete_delivery(webhook, msg).await.unwrap(), "{msg}");
+    }
+    assert_eq!(s.pending_stats().await.unwrap(), (0, None));
+    assert!(due(i64::MAX, 100).await.is_empty());
+    assert!(s.pending_for("wh_1", 100).await.unwrap().is_empty());
+}
+
+async fn dead_letters(s: &Store) {
+    assert!(s.dead_letters(None, 10).await.unwrap().is_empty());
+    let p1 = delivery("wh_1", "m_1", "al_1", 100, 30);
+    let p2 = delivery("wh_2", "m_2", "al_2", 100, 20);
+    let p3 = delivery("wh_1", "m_3", "al_3", 100, 10);
+    for p in [&p1, &p2, &p3] {
+        assert!(s.enqueue_delivery(p, 100_000).await.unwrap());
+    }
+    let dead = |d: &Delivery| Delivery {
+        attempts: 8,
+        last_status: Some(500),
+        last_error: Some("500 Internal Server Error".to_string()),
+        ..d.clone()
+    };
+    let (p1d, p3d) = (dead(&p1), dead(&p3));
+    // Moved: no longer pending.
+    s.dead_letter(&p1d).await.unwrap();
+    assert_eq!(s.pending_for("wh_1", 10).await.unwrap(), vec![p3.clone()]);
+    assert_eq!(s.pending_stats().await.unwrap(), (2, Some(10)));
+    s.dead_letter(&p3d).await.unwrap();
+    assert!(s.pending_for("wh_1", 10).await.unwrap().is_empty());
+    assert_eq!(s.pending_stats().await.unwrap(), (1, Some(20)));
+    assert_eq!(
+        msg_ids(&s.due_deliveries(i64::MAX, 10).await.unwrap()),
+        ["m_2"]
+    );
+    // One that was never pending.
+    let x = dead(&delivery("wh_2", "m_9", "al_9", 0, 25));
+    s.dead_letter(&x).await.unwrap();
+    assert_eq!(s.pending_stats().await.unwrap(), (1, Some(20)));
+
+    // Oldest first.
+    assert_eq!(
+        s.dead_letters(None, 10).await.unwrap(),
+        vec![p3d.clone(), x.clone(), p1d.clone()]
+    );
+    assert_eq!(
+        msg_ids(&s.dead_letters(None, 2).await.unwrap()),
+        ["m_3", "m_9"]
+    );
+    assert_eq!(
+        s.dead_letters(Some("wh_1"), 10).await.unwrap(),
+        vec![p3d.clone(), p1d.clone()]
+    );
+    assert_eq!(
+        msg_ids(&s.dead_letters(Some("wh_1"), 1).await.unwrap()),
+        ["m_3"]
+    );
+    assert_eq!(
+        s.dead_letters(Some("wh_2"), 10).await.unwrap(),
+        vec![x.clone()]
+    );
+    assert!(
+        s.dead_letters(Some("wh_nope"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.dead_letters(None, 0).await.unwrap().is_empty());
+
+    // Dead-lettering the same message again replaces it.
+    let x2 = Delivery {
+        created_at: 5,
+        attempts: 9,
+        ..x.clone()
+    };
+    s.dead_letter(&x2).await.unwrap();
+    assert_eq!(
+        s.dead_letters(None, 10).await.unwrap(),
+        vec![x2.clone(), p3d.clone(), p1d.clone()]
+    );
+
+    // Taking.
+    assert_eq!(s.take_dead_letter("wh_1", "m_1").await.unwrap(), Some(p1d));
+    assert_eq!(s.take_dead_letter("wh_1", "m_1").await.unwrap(), None);
+    assert_eq!(s.take_dead_letter("wh_2", "m_3").await.unwrap(), None);
+    assert_eq!(
+        s.dead_letters(None, 10).await.unwrap(),
+        vec![x2.clone(), p3d.clone()]
+    );
+    assert_eq!(s.take_dead_letter("wh_2", "m_9").await.unwrap(), Some(x2));
+    assert_eq!(s.take_dead_letter("wh_1", "m_3").await.unwrap(), Some(p3d));
+    assert!(s.dead_letters(None, 10).await.unwrap().is_empty());
+    assert!(s.dead_letters(Some("wh_1"), 10).await.unwrap().is_empty());
+    // Dead letters are not pending: the pending one is untouched.
+    assert_eq!(s.pending_for("wh_2", 10).await.unwrap(), vec![p2.clone()]);
+    assert!(s.complete_delivery("wh_2", "m_2").await.unwrap());
+    assert_eq!(s.pending_stats().await.unwrap(), (0, None));
+}
+
+async fn delivery_log(s: &Store) {
+    assert!(s.delivery_log("wh_l", 10).await.unwrap().is_empty());
+    let total = DELIVERY_LOG_MAX as u32 + 5;
+    for n in 1..=total {
+        s.log_attempt(&attempt("wh_l", &format!("m_{n}"), n))
+            .await
+            .unwrap();
+        if n.is_multiple_of(400) {
+            s.log_attempt(&attempt("wh_m", "m", n / 400)).await.unwrap();
+        }
+    }
+    let log = s.delivery_log("wh_l", 5_000).await.unwrap();
+    assert_eq!(log.len(), DELIVERY_LOG_MAX, "the newest 1,000 kept");
+    // Newest first.
+    assert_eq!(log[0], attempt("wh_l", &format!("m_{total}"), total));
+    assert_eq!(
+        log.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        (6..=total).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.delivery_log("wh_l", 3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.attempt)
+            .collect::<Vec<_>>(),
+        [total, total - 1, total - 2]
+    );
+    assert!(s.delivery_log("wh_l", 0).await.unwrap().is_empty());
+    // Another webhook's log is its own.
+    assert_eq!(
+        s.delivery_log("wh_m", 10).await.unwrap(),
+        vec![attempt("wh_m", "m", 2), attempt("wh_m", "m", 1)]
+    );
+    assert!(s.delivery_log("wh_nope", 10).await.unwrap().is_empty());
+}
+
+async fn delete_webhook_drops_its_data(s: &Store) {
+    s.put_webhook(&webhook("wh_x")).await.unwrap();
+    s.put_webhook(&webhook("wh_y")).await.unwrap();
+    let y = delivery("wh_y", "m_1", "al_1", 10, 10);
+    assert!(s.enqueue_delivery(&y, 100_000).await.unwrap());
+    for i in 0..3 {
+        let x = delivery("wh_x", &format!("m_{i}"), &format!("al_{i}"), i, i);
+        assert!(s.enqueue_delivery(&x, 100_000).await.unwrap());
+    }
+    s.dead_letter(&delivery("wh_x", "m_0", "al_0", 0, 0))
+        .await
+        .unwrap();
+    s.dead_letter(&delivery("wh_y", "m_9", "al_9", 0, 9))
+        .await
+        .unwrap();
+    s.log_attempt(&attempt("wh_x", "m_0", 1)).await.unwrap();
+    s.log_attempt(&attempt("wh_y", "m_1", 1)).await.unwrap();
+    assert_eq!(s.pending_stats().await.unwrap(), (3, Some(1)));
+
+    assert!(s.delete_webhook("wh_x").await.unwrap());
+    assert_eq!(s.webhook("wh_x").await.unwrap(), None);
+    assert!(s.pending_for("wh_x", 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.due_deliveries(i64::MAX, 10).await.unwrap(),
+        vec![y.clone()]
+    );
+    assert_eq!(s.pending_stats().await.unwrap(), (1, Some(10)));
+    assert!(s.dead_letters(Some("wh_x"), 10).await.unwrap().is_empty());
+    assert!(s.delivery_log("wh_x", 10).await.unwrap().is_empty());
+    // The other webhook keeps everything.
+    assert_eq!(s.pending_for("wh_y", 10).await.unwrap(), vec![y]);
+    assert_eq!(msg_ids(&s.dead_letters(None, 10).await.unwrap()), ["m_9"]);
+    assert_eq!(s.delivery_log("wh_y", 10).await.unwrap().len(), 1);
+    assert_eq!(s.webhooks().await.unwrap(), vec![webhook("wh_y")]);
+    // Deleting again: nothing there.
+    assert!(!s.delete_webhook("wh_x").await.unwrap());
+    // The dedup records stay until they expire.
+    let again = delivery("wh_x", "m_5", "al_1", 0, 50);
+    assert!(!s.enqueue_delivery(&again, 100_000).await.unwrap());
+}
+
 // ---------------------------------------------------------------- persistence
 
 /// Writes one of everything.
@@ -841,6 +1338,16 @@ async fn fill(s: &Store) {
         .unwrap();
     s.put_list("l", &strings(&["b", "a"])).await.unwrap();
     s.add_to_list("l", &strings(&["c"])).await.unwrap();
+    s.put_webhook(&webhook("wh_p")).await.unwrap();
+    for (msg, next_at, created_at) in [("m_1", 30, 3), ("m_2", 20, 2), ("m_3", 10, 1)] {
+        let d = delivery("wh_p", msg, &format!("al-{msg}"), next_at, created_at);
+        assert!(s.enqueue_delivery(&d, 100_000).await.unwrap());
+    }
+    s.dead_letter(&delivery("wh_p", "m_3", "al-m_3", 10, 1))
+        .await
+        .unwrap();
+    s.log_attempt(&attempt("wh_p", "m_3", 1)).await.unwrap();
+    s.log_attempt(&attempt("wh_p", "m_3", 2)).await.unwrap();
 }
 
 /// Checks that everything `fill` wrote is there, and that counters go on.
@@ -914,6 +1421,41 @@ async fn check_filled(s: &Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    // Webhooks: the endpoint, pending deliveries with their indexes, dead
+    // letters, the log, the dedup records.
+    assert_eq!(s.webhooks().await.unwrap(), vec![webhook("wh_p")]);
+    let m1 = delivery("wh_p", "m_1", "al-m_1", 30, 3);
+    let m2 = delivery("wh_p", "m_2", "al-m_2", 20, 2);
+    assert_eq!(
+        s.pending_for("wh_p", 10).await.unwrap(),
+        vec![m2.clone(), m1.clone()]
+    );
+    assert_eq!(s.due_deliveries(25, 10).await.unwrap(), vec![m2.clone()]);
+    assert_eq!(s.pending_stats().await.unwrap(), (2, Some(2)));
+    assert_eq!(
+        s.dead_letters(None, 10).await.unwrap(),
+        vec![delivery("wh_p", "m_3", "al-m_3", 10, 1)]
+    );
+    assert_eq!(
+        s.delivery_log("wh_p", 10).await.unwrap(),
+        vec![attempt("wh_p", "m_3", 2), attempt("wh_p", "m_3", 1)]
+    );
+    assert!(
+        !s.enqueue_delivery(&delivery("wh_p", "m_4", "al-m_1", 0, 4), 100_000)
+            .await
+            .unwrap()
+    );
+    let m1b = Delivery {
+        next_at: 5,
+        attempts: 1,
+        ..m1
+    };
+    s.update_delivery(&m1b).await.unwrap();
+    assert_eq!(s.due_deliveries(25, 10).await.unwrap(), vec![m1b, m2]);
+    assert!(s.complete_delivery("wh_p", "m_2").await.unwrap());
+    assert_eq!(s.pending_stats().await.unwrap(), (1, Some(3)));
+    assert!(s.take_dead_letter("wh_p", "m_3").await.unwrap().is_some());
 }
 
 // ---------------------------------------------------------------- tests
@@ -940,6 +1482,107 @@ async fn redis_store_suite() {
     assert_eq!(s.max_alerts(), 1_000_000);
     let spare = open_redis(&server, &unique("spare")).await;
     suite(s, spare).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_webhooks() {
+    let dir = TempDir::new();
+    let s = Store::open_embedded(dir.path()).await.unwrap();
+    webhook_suite(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_webhooks() {
+    let server = RedisServer::start();
+    let s = open_redis(&server, &unique("hooks")).await;
+    webhook_suite(&s).await;
+}
+
+/// Expired dedup records are purged, a bounded number per enqueue: checked
+/// in the redb file itself.
+#[tokio::test]
+async fn embedded_dedup_records_are_purged() {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+    const DEDUP: TableDefinition<(&str, &str), i64> = TableDefinition::new("webhook_dedup");
+    const BY_EXPIRY: TableDefinition<(i64, &str, &str), ()> =
+        TableDefinition::new("webhook_dedup_by_expiry");
+    let dir = TempDir::new();
+    let counts = |stage: &str| {
+        let db = redb::Database::open(dir.path().join("vigil.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let dedup = txn.open_table(DEDUP).unwrap().len().unwrap();
+        let by_expiry = txn.open_table(BY_EXPIRY).unwrap().len().unwrap();
+        assert_eq!(dedup, by_expiry, "{stage}: both tables agree");
+        dedup
+    };
+    let enqueue = |s: &Store, i: i64, created_at: i64, dedup_until: i64| {
+        let s = s.clone();
+        async move {
+            let d = delivery("wh_p", &format!("m_{i}"), &format!("al_{i}"), 0, created_at);
+            assert!(s.enqueue_delivery(&d, dedup_until).await.unwrap());
+        }
+    };
+    {
+        let s = Store::open_embedded(dir.path()).await.unwrap();
+        for i in 0..100 {
+            enqueue(&s, i, i, 1_000).await;
+        }
+    }
+    assert_eq!(counts("all live"), 100);
+    {
+        // Each enqueue purges up to 64 expired records, in (expiry,
+        // webhook, alert) order: al_0, al_1, al_10, al_11… Here al_99, an
+        // expired pair past those 64, is queued again: its record replaced.
+        let s = Store::open_embedded(dir.path()).await.unwrap();
+        enqueue(&s, 99, 5_000, 10_000).await;
+    }
+    assert_eq!(counts("one purge"), 100 - 64);
+    {
+        let s = Store::open_embedded(dir.path()).await.unwrap();
+        // Purges the 35 left; 2 live records.
+        enqueue(&s, 101, 5_001, 10_000).await;
+        enqueue(&s, 102, 5_002, 10_000).await;
+        assert_eq!(s.pending_stats().await.unwrap().0, 102);
+        // A duplicate changes nothing.
+        let dup = delivery("wh_p", "m_x", "al_99", 0, 5_003);
+        assert!(!s.enqueue_delivery(&dup, 10_000).await.unwrap());
+        assert_eq!(s.pending_stats().await.unwrap().0, 102);
+    }
+    assert_eq!(counts("live ones"), 3);
+    {
+        // At 10,000 all three have expired.
+        let s = Store::open_embedded(dir.path()).await.unwrap();
+        enqueue(&s, 200, 10_000, 20_000).await;
+    }
+    assert_eq!(counts("all purged"), 1);
+}
+
+/// Redis expires dedup records by itself (the key's TTL).
+#[tokio::test]
+async fn redis_dedup_records_expire() {
+    let server = RedisServer::start();
+    let ns = unique("dedup");
+    let s = open_redis(&server, &ns).await;
+    let count = || {
+        server.command(&format!(
+            "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 {ns}:webhook_dedup:*"
+        ))
+    };
+    let short = delivery("wh_p", "m_1", "al_1", 0, 1_000);
+    assert!(s.enqueue_delivery(&short, 1_050).await.unwrap());
+    let long = delivery("wh_p", "m_2", "al_2", 0, 1_000);
+    assert!(s.enqueue_delivery(&long, 600_000).await.unwrap());
+    assert_eq!(count().as_deref(), Some(":2"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().as_deref() != Some(":1") {
+        assert!(Instant::now() < deadline, "the short record never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !s.enqueue_delivery(&delivery("wh_p", "m_3", "al_2", 0, 2_000), 600_000)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]

@@ -15,8 +15,9 @@ use redb::{
 };
 
 use super::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEFAULT_MAX_ALERTS, RuleState, RuleVersion,
-    StoreError, StoreResult, StoredAlert, filter_matches, from_json, page, to_json,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEDUP_PURGE_BATCH, DEFAULT_MAX_ALERTS,
+    DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState, RuleVersion, StoreError, StoreResult,
+    StoredAlert, Webhook, filter_matches, from_json, page, to_json,
 };
 
 /// Key name → `ApiKey` JSON.
@@ -41,6 +42,30 @@ const ALERTS_BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("a
 const LISTS: TableDefinition<&str, ()> = TableDefinition::new("lists");
 /// (list, entry) of every list entry.
 const LIST_ENTRIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("list_entries");
+/// Webhook id → `Webhook` JSON.
+const WEBHOOKS: TableDefinition<&str, &str> = TableDefinition::new("webhooks");
+/// (webhook, alert id) → dedup expiry (epoch ms).
+const DEDUP: TableDefinition<(&str, &str), i64> = TableDefinition::new("webhook_dedup");
+/// (expiry, webhook, alert id) of every dedup record: the purge order.
+const DEDUP_BY_EXPIRY: TableDefinition<(i64, &str, &str), ()> =
+    TableDefinition::new("webhook_dedup_by_expiry");
+/// (webhook, n) → `DeliveryAttempt` JSON; n counts 1, 2, 3… per webhook.
+const DELIVERY_LOG: TableDefinition<(&str, u64), &str> = TableDefinition::new("delivery_log");
+
+/// The pending deliveries.
+const PENDING: Queue = Queue {
+    records: TableDefinition::new("deliveries"),
+    by_age: TableDefinition::new("deliveries_by_age"),
+    of: TableDefinition::new("deliveries_of"),
+    due: Some(TableDefinition::new("deliveries_due")),
+};
+/// The dead letters.
+const DEAD: Queue = Queue {
+    records: TableDefinition::new("dead_letters"),
+    by_age: TableDefinition::new("dead_letters_by_age"),
+    of: TableDefinition::new("dead_letters_of"),
+    due: None,
+};
 
 const SCHEMA: &str = "schema";
 const LISTS_REVISION: &str = "lists_revision";
@@ -67,10 +92,11 @@ where
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
-/// The exclusive upper bound of every `(list, entry)` key of `list`: the
-/// smallest first component greater than `list` is `list` + NUL.
-fn after_list(list: &str) -> String {
-    format!("{list}\0")
+/// The exclusive upper bound of every key whose first component is `first`
+/// (e.g. the `(list, entry)` keys of a list): the smallest string greater
+/// than `first` is `first` + NUL.
+fn after(first: &str) -> String {
+    format!("{first}\0")
 }
 
 impl EmbeddedStore {
@@ -95,6 +121,18 @@ impl EmbeddedStore {
             txn.open_table(ALERTS_BY_TIME).map_err(be)?;
             txn.open_table(LISTS).map_err(be)?;
             txn.open_table(LIST_ENTRIES).map_err(be)?;
+            txn.open_table(WEBHOOKS).map_err(be)?;
+            txn.open_table(DEDUP).map_err(be)?;
+            txn.open_table(DEDUP_BY_EXPIRY).map_err(be)?;
+            txn.open_table(DELIVERY_LOG).map_err(be)?;
+            for queue in [PENDING, DEAD] {
+                txn.open_table(queue.records).map_err(be)?;
+                txn.open_table(queue.by_age).map_err(be)?;
+                txn.open_table(queue.of).map_err(be)?;
+                if let Some(due) = queue.due {
+                    txn.open_table(due).map_err(be)?;
+                }
+            }
             txn.commit().map_err(be)?;
             Ok(db)
         })
@@ -532,7 +570,7 @@ impl EmbeddedStore {
                 return Ok(None);
             }
             let entries = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after_list(&name);
+            let end = after(&name);
             let mut out = Vec::new();
             for item in entries
                 .range((name.as_str(), "")..(end.as_str(), ""))
@@ -553,7 +591,7 @@ impl EmbeddedStore {
             let mut lists = txn.open_table(LISTS).map_err(be)?;
             lists.insert(name.as_str(), ()).map_err(be)?;
             let mut table = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after_list(&name);
+            let end = after(&name);
             table
                 .retain_in((name.as_str(), "")..(end.as_str(), ""), |_, _| false)
                 .map_err(be)?;
@@ -633,7 +671,7 @@ impl EmbeddedStore {
                 return Ok(false);
             }
             let mut table = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after_list(&name);
+            let end = after(&name);
             table
                 .retain_in((name.as_str(), "")..(end.as_str(), ""), |_, _| false)
                 .map_err(be)?;
@@ -653,6 +691,270 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    // --- webhooks ---
+
+    pub(crate) async fn put_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        let id = webhook.id.clone();
+        let json = to_json(webhook)?;
+        self.write(move |txn| {
+            let mut webhooks = txn.open_table(WEBHOOKS).map_err(be)?;
+            webhooks.insert(id.as_str(), json.as_str()).map_err(be)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        let id = id.to_string();
+        self.read(move |txn| {
+            let webhooks = txn.open_table(WEBHOOKS).map_err(be)?;
+            match webhooks.get(id.as_str()).map_err(be)? {
+                Some(json) => Ok(Some(from_json(json.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        self.read(|txn| {
+            let webhooks = txn.open_table(WEBHOOKS).map_err(be)?;
+            let mut out = Vec::new();
+            for item in webhooks.iter().map_err(be)? {
+                let (_, json) = item.map_err(be)?;
+                out.push(from_json(json.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let existed = txn
+                .open_table(WEBHOOKS)
+                .map_err(be)?
+                .remove(id.as_str())
+                .map_err(be)?
+                .is_some();
+            PENDING.remove_all_of(txn, &id)?;
+            DEAD.remove_all_of(txn, &id)?;
+            let mut log = txn.open_table(DELIVERY_LOG).map_err(be)?;
+            log.retain_in((id.as_str(), 0u64)..=(id.as_str(), u64::MAX), |_, _| false)
+                .map_err(be)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    // --- webhook deliveries ---
+
+    pub(crate) async fn enqueue_delivery(
+        &self,
+        delivery: &Delivery,
+        dedup_until: i64,
+    ) -> StoreResult<bool> {
+        // A duplicate needs no write transaction (which costs a sync to
+        // disk): spot it in a read one first.
+        let (webhook, alert_id) = (delivery.webhook.clone(), delivery.alert_id.clone());
+        let created_at = delivery.created_at;
+        let dedup_live = self
+            .read(move |txn| {
+                let dedup = txn.open_table(DEDUP).map_err(be)?;
+                let expiry = dedup
+                    .get((webhook.as_str(), alert_id.as_str()))
+                    .map_err(be)?
+                    .map(|e| e.value());
+                Ok(expiry.is_some_and(|e| e > created_at))
+            })
+            .await?;
+        if dedup_live {
+            return Ok(false);
+        }
+        let delivery = delivery.clone();
+        self.write(move |txn| {
+            let (webhook, alert_id) = (delivery.webhook.as_str(), delivery.alert_id.as_str());
+            {
+                let mut dedup = txn.open_table(DEDUP).map_err(be)?;
+                let mut by_expiry = txn.open_table(DEDUP_BY_EXPIRY).map_err(be)?;
+                purge_expired_dedup(&mut dedup, &mut by_expiry, delivery.created_at)?;
+                let expiry = dedup
+                    .get((webhook, alert_id))
+                    .map_err(be)?
+                    .map(|e| e.value());
+                if let Some(expiry) = expiry {
+                    if expiry > delivery.created_at {
+                        // Recorded since the check above.
+                        return Ok(false);
+                    }
+                    by_expiry.remove((expiry, webhook, alert_id)).map_err(be)?;
+                }
+                dedup.insert((webhook, alert_id), dedup_until).map_err(be)?;
+                by_expiry
+                    .insert((dedup_until, webhook, alert_id), ())
+                    .map_err(be)?;
+            }
+            PENDING.insert(txn, &delivery)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(crate) async fn due_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.read(move |txn| PENDING.due(txn, now, limit)).await
+    }
+
+    pub(crate) async fn pending_for(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let webhook = webhook.to_string();
+        self.read(move |txn| PENDING.list(txn, Some(&webhook), limit))
+            .await
+    }
+
+    pub(crate) async fn update_delivery(&self, delivery: &Delivery) -> StoreResult<()> {
+        let delivery = delivery.clone();
+        self.write(move |txn| {
+            if PENDING
+                .remove(txn, &delivery.webhook, &delivery.msg_id)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!(
+                    "pending delivery {:?} of webhook {:?}",
+                    delivery.msg_id, delivery.webhook
+                )));
+            }
+            PENDING.insert(txn, &delivery)
+        })
+        .await
+    }
+
+    pub(crate) async fn complete_delivery(&self, webhook: &str, msg_id: &str) -> StoreResult<bool> {
+        let (webhook, msg_id) = (webhook.to_string(), msg_id.to_string());
+        self.write(move |txn| Ok(PENDING.remove(txn, &webhook, &msg_id)?.is_some()))
+            .await
+    }
+
+    pub(crate) async fn pending_stats(&self) -> StoreResult<(u64, Option<i64>)> {
+        self.read(|txn| {
+            let count = txn
+                .open_table(PENDING.records)
+                .map_err(be)?
+                .len()
+                .map_err(be)?;
+            let oldest = txn
+                .open_table(PENDING.by_age)
+                .map_err(be)?
+                .first()
+                .map_err(be)?
+                .map(|(k, _)| k.value().0);
+            Ok((count, oldest))
+        })
+        .await
+    }
+
+    // --- dead letters ---
+
+    pub(crate) async fn dead_letter(&self, delivery: &Delivery) -> StoreResult<()> {
+        let delivery = delivery.clone();
+        self.write(move |txn| {
+            PENDING.remove(txn, &delivery.webhook, &delivery.msg_id)?;
+            DEAD.insert(txn, &delivery)
+        })
+        .await
+    }
+
+    pub(crate) async fn dead_letters(
+        &self,
+        webhook: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let webhook = webhook.map(str::to_string);
+        self.read(move |txn| DEAD.list(txn, webhook.as_deref(), limit))
+            .await
+    }
+
+    pub(crate) async fn take_dead_letter(
+        &self,
+        webhook: &str,
+        msg_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let (webhook, msg_id) = (webhook.to_string(), msg_id.to_string());
+        self.write(move |txn| DEAD.remove(txn, &webhook, &msg_id))
+            .await
+    }
+
+    // --- delivery log ---
+
+    pub(crate) async fn log_attempt(&self, attempt: &DeliveryAttempt) -> StoreResult<()> {
+        let webhook = attempt.webhook.clone();
+        let json = to_json(attempt)?;
+        let max = u64::try_from(DELIVERY_LOG_MAX).unwrap_or(u64::MAX);
+        self.write(move |txn| {
+            let mut log = txn.open_table(DELIVERY_LOG).map_err(be)?;
+            let all = (webhook.as_str(), 0u64)..=(webhook.as_str(), u64::MAX);
+            let first = log
+                .range(all.clone())
+                .map_err(be)?
+                .next()
+                .transpose()
+                .map_err(be)?
+                .map(|(k, _)| k.value().1);
+            let last = log
+                .range(all)
+                .map_err(be)?
+                .next_back()
+                .transpose()
+                .map_err(be)?
+                .map_or(0, |(k, _)| k.value().1);
+            let n = last.checked_add(1).ok_or_else(|| {
+                StoreError::Backend(format!("webhook {webhook:?}: delivery log numbering"))
+            })?;
+            log.insert((webhook.as_str(), n), json.as_str())
+                .map_err(be)?;
+            // Numbers are consecutive (only the oldest are ever removed):
+            // keep n - max + 1 ..= n.
+            let keep_from = n.saturating_sub(max - 1);
+            if first.is_some_and(|f| f < keep_from) {
+                log.retain_in(
+                    (webhook.as_str(), 0u64)..(webhook.as_str(), keep_from),
+                    |_, _| false,
+                )
+                .map_err(be)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn delivery_log(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        let webhook = webhook.to_string();
+        self.read(move |txn| {
+            let log = txn.open_table(DELIVERY_LOG).map_err(be)?;
+            let mut out = Vec::new();
+            let range = log
+                .range((webhook.as_str(), 0u64)..=(webhook.as_str(), u64::MAX))
+                .map_err(be)?;
+            for item in range.rev().take(limit) {
+                let (_, json) = item.map_err(be)?;
+                out.push(from_json(json.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn bump_lists_revision(txn: &WriteTransaction) -> StoreResult<()> {
@@ -663,4 +965,215 @@ fn bump_lists_revision(txn: &WriteTransaction) -> StoreResult<()> {
         .map_or(0, |v| v.value());
     counters.insert(LISTS_REVISION, current + 1).map_err(be)?;
     Ok(())
+}
+
+/// Removes up to [`DEDUP_PURGE_BATCH`] dedup records that expired by `now`.
+fn purge_expired_dedup(
+    dedup: &mut redb::Table<(&str, &str), i64>,
+    by_expiry: &mut redb::Table<(i64, &str, &str), ()>,
+    now: i64,
+) -> StoreResult<()> {
+    // Expired: expiry <= now, i.e. every key below (now + 1, "", "").
+    let upper = match now.checked_add(1) {
+        Some(n) => Bound::Excluded((n, "", "")),
+        None => Bound::Unbounded,
+    };
+    let mut expired = Vec::new();
+    for item in by_expiry
+        .range::<(i64, &str, &str)>((Bound::Unbounded, upper))
+        .map_err(be)?
+        .take(DEDUP_PURGE_BATCH)
+    {
+        let (k, _) = item.map_err(be)?;
+        let (expiry, webhook, alert_id) = k.value();
+        expired.push((expiry, webhook.to_string(), alert_id.to_string()));
+    }
+    for (expiry, webhook, alert_id) in &expired {
+        by_expiry
+            .remove((*expiry, webhook.as_str(), alert_id.as_str()))
+            .map_err(be)?;
+        let current = dedup
+            .get((webhook.as_str(), alert_id.as_str()))
+            .map_err(be)?
+            .map(|e| e.value());
+        if current == Some(*expiry) {
+            dedup
+                .remove((webhook.as_str(), alert_id.as_str()))
+                .map_err(be)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records keyed by (webhook, msg_id).
+type RecordTable = TableDefinition<'static, (&'static str, &'static str), &'static str>;
+/// (created_at, msg_id, webhook) index entries.
+type AgeIndex = TableDefinition<'static, (i64, &'static str, &'static str), ()>;
+/// (webhook, created_at, msg_id) index entries.
+type WebhookIndex = TableDefinition<'static, (&'static str, i64, &'static str), ()>;
+/// (next_at, created_at, msg_id, webhook) index entries.
+type DueIndex = TableDefinition<'static, (i64, i64, &'static str, &'static str), ()>;
+
+/// A set of deliveries (pending or dead) with its indexes. Records are keyed
+/// by (webhook, msg_id); the index entries are derived from the stored
+/// record, so they are removed with it.
+#[derive(Clone, Copy)]
+struct Queue {
+    /// (webhook, msg_id) → `Delivery` JSON.
+    records: RecordTable,
+    /// (created_at, msg_id, webhook): the global oldest-first order.
+    by_age: AgeIndex,
+    /// (webhook, created_at, msg_id): one webhook's oldest-first order.
+    of: WebhookIndex,
+    /// (next_at, created_at, msg_id, webhook): the due order (pending only).
+    due: Option<DueIndex>,
+}
+
+impl Queue {
+    /// Removes the record and its index entries; returns it.
+    fn remove(
+        &self,
+        txn: &WriteTransaction,
+        webhook: &str,
+        msg_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let json = txn
+            .open_table(self.records)
+            .map_err(be)?
+            .remove((webhook, msg_id))
+            .map_err(be)?
+            .map(|j| j.value().to_string());
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let d: Delivery = from_json(&json)?;
+        txn.open_table(self.by_age)
+            .map_err(be)?
+            .remove((d.created_at, msg_id, webhook))
+            .map_err(be)?;
+        txn.open_table(self.of)
+            .map_err(be)?
+            .remove((webhook, d.created_at, msg_id))
+            .map_err(be)?;
+        if let Some(due) = self.due {
+            txn.open_table(due)
+                .map_err(be)?
+                .remove((d.next_at, d.created_at, msg_id, webhook))
+                .map_err(be)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// Stores the record (replacing one with the same key) and its index
+    /// entries.
+    fn insert(&self, txn: &WriteTransaction, d: &Delivery) -> StoreResult<()> {
+        let (webhook, msg_id) = (d.webhook.as_str(), d.msg_id.as_str());
+        self.remove(txn, webhook, msg_id)?;
+        txn.open_table(self.records)
+            .map_err(be)?
+            .insert((webhook, msg_id), to_json(d)?.as_str())
+            .map_err(be)?;
+        txn.open_table(self.by_age)
+            .map_err(be)?
+            .insert((d.created_at, msg_id, webhook), ())
+            .map_err(be)?;
+        txn.open_table(self.of)
+            .map_err(be)?
+            .insert((webhook, d.created_at, msg_id), ())
+            .map_err(be)?;
+        if let Some(due) = self.due {
+            txn.open_table(due)
+                .map_err(be)?
+                .insert((d.next_at, d.created_at, msg_id, webhook), ())
+                .map_err(be)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every record of `webhook`.
+    fn remove_all_of(&self, txn: &WriteTransaction, webhook: &str) -> StoreResult<()> {
+        let end = after(webhook);
+        let mut msg_ids = Vec::new();
+        {
+            let of = txn.open_table(self.of).map_err(be)?;
+            for item in of
+                .range((webhook, i64::MIN, "")..(end.as_str(), i64::MIN, ""))
+                .map_err(be)?
+            {
+                let (k, _) = item.map_err(be)?;
+                msg_ids.push(k.value().2.to_string());
+            }
+        }
+        for msg_id in &msg_ids {
+            self.remove(txn, webhook, msg_id)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` records, oldest first: of `webhook`, or of all.
+    fn list(
+        &self,
+        txn: &ReadTransaction,
+        webhook: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let records = txn.open_table(self.records).map_err(be)?;
+        let mut out = Vec::new();
+        let mut push = |webhook: &str, msg_id: &str| -> StoreResult<()> {
+            if let Some(json) = records.get((webhook, msg_id)).map_err(be)? {
+                out.push(from_json(json.value())?);
+            }
+            Ok(())
+        };
+        match webhook {
+            Some(webhook) => {
+                let of = txn.open_table(self.of).map_err(be)?;
+                let end = after(webhook);
+                for item in of
+                    .range((webhook, i64::MIN, "")..(end.as_str(), i64::MIN, ""))
+                    .map_err(be)?
+                    .take(limit)
+                {
+                    let (k, _) = item.map_err(be)?;
+                    push(webhook, k.value().2)?;
+                }
+            }
+            None => {
+                let by_age = txn.open_table(self.by_age).map_err(be)?;
+                for item in by_age.iter().map_err(be)?.take(limit) {
+                    let (k, _) = item.map_err(be)?;
+                    let (_, msg_id, webhook) = k.value();
+                    push(webhook, msg_id)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records with `next_at <= now`, in due order.
+    fn due(&self, txn: &ReadTransaction, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let Some(due) = self.due else {
+            return Ok(Vec::new());
+        };
+        let due = txn.open_table(due).map_err(be)?;
+        let records = txn.open_table(self.records).map_err(be)?;
+        // next_at <= now: every key below (now + 1, MIN, "", "").
+        let upper = match now.checked_add(1) {
+            Some(n) => Bound::Excluded((n, i64::MIN, "", "")),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in due
+            .range::<(i64, i64, &str, &str)>((Bound::Unbounded, upper))
+            .map_err(be)?
+            .take(limit)
+        {
+            let (k, _) = item.map_err(be)?;
+            let (_, _, msg_id, webhook) = k.value();
+            if let Some(json) = records.get((webhook, msg_id)).map_err(be)? {
+                out.push(from_json(json.value())?);
+            }
+        }
+        Ok(out)
+    }
 }

@@ -1,5 +1,6 @@
 //! The gateway's store: API keys, rule versions and states, the schema, the
-//! audit log, alerts and reference lists.
+//! audit log, alerts, reference lists, and webhooks with their delivery
+//! queue, dead letters and delivery log.
 //!
 //! Two backends with the same behaviour:
 //! - [`Store::open_embedded`]: one redb file (`<dir>/vigil.redb`), for a
@@ -20,6 +21,13 @@ pub use types::*;
 
 /// Alerts kept by default; beyond it the oldest are trimmed on insert.
 pub const DEFAULT_MAX_ALERTS: usize = 1_000_000;
+
+/// Delivery attempts kept per webhook; beyond it the oldest are dropped.
+pub const DELIVERY_LOG_MAX: usize = 1_000;
+
+/// Expired dedup records purged by one embedded `enqueue_delivery` (Redis
+/// expires them itself).
+pub(crate) const DEDUP_PURGE_BATCH: usize = 64;
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +271,149 @@ impl Store {
     pub async fn lists_revision(&self) -> StoreResult<u64> {
         dispatch!(self.lists_revision())
     }
+
+    // --- webhooks ---
+
+    /// Creates or replaces the webhook `webhook.id`. [`StoreError::Conflict`]
+    /// if the id contains NUL.
+    pub async fn put_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        check_id("webhook id", &webhook.id)?;
+        dispatch!(self.put_webhook(webhook))
+    }
+
+    pub async fn webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        dispatch!(self.webhook(id))
+    }
+
+    /// Every webhook, sorted by id.
+    pub async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        dispatch!(self.webhooks())
+    }
+
+    /// Deletes the webhook with its pending deliveries, its dead letters and
+    /// its delivery log (its dedup records stay until they expire). `false`:
+    /// there was no such webhook (whatever it had is deleted all the same).
+    pub async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        dispatch!(self.delete_webhook(id))
+    }
+
+    // --- webhook deliveries ---
+
+    /// Queues `delivery` once per (`webhook`, `alert_id`): if that pair has
+    /// a dedup record expiring after `delivery.created_at`, stores nothing
+    /// and returns `false`; otherwise records the pair until `dedup_until`
+    /// (epoch ms), stores the delivery as pending (replacing a pending one
+    /// with the same `msg_id`) and returns `true`. Atomic. Expired dedup
+    /// records are purged as it goes. [`StoreError::Conflict`] if the
+    /// webhook or message id contains NUL.
+    pub async fn enqueue_delivery(
+        &self,
+        delivery: &Delivery,
+        dedup_until: i64,
+    ) -> StoreResult<bool> {
+        check_id("webhook id", &delivery.webhook)?;
+        check_id("message id", &delivery.msg_id)?;
+        dispatch!(self.enqueue_delivery(delivery, dedup_until))
+    }
+
+    /// Up to `limit` pending deliveries with `next_at <= now`, by
+    /// (`next_at`, `created_at`, `msg_id`).
+    pub async fn due_deliveries(&self, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.due_deliveries(now, limit))
+    }
+
+    /// Up to `limit` pending deliveries of `webhook`, by (`created_at`,
+    /// `msg_id`).
+    pub async fn pending_for(&self, webhook: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.pending_for(webhook, limit))
+    }
+
+    /// Replaces the pending delivery (`webhook`, `msg_id`) (e.g. a new
+    /// `next_at` and `attempts` after a failed attempt).
+    /// [`StoreError::NotFound`] if it is not pending.
+    pub async fn update_delivery(&self, delivery: &Delivery) -> StoreResult<()> {
+        dispatch!(self.update_delivery(delivery))
+    }
+
+    /// Removes a pending delivery; `false`: it was not pending.
+    pub async fn complete_delivery(&self, webhook: &str, msg_id: &str) -> StoreResult<bool> {
+        dispatch!(self.complete_delivery(webhook, msg_id))
+    }
+
+    /// How many deliveries are pending (all webhooks), and the oldest
+    /// `created_at` among them.
+    pub async fn pending_stats(&self) -> StoreResult<(u64, Option<i64>)> {
+        dispatch!(self.pending_stats())
+    }
+
+    // --- dead letters ---
+
+    /// Stores `delivery` as a dead letter (replacing one with the same
+    /// `webhook` and `msg_id`) and removes it from the pending deliveries if
+    /// it is there. [`StoreError::Conflict`] if an id contains NUL.
+    pub async fn dead_letter(&self, delivery: &Delivery) -> StoreResult<()> {
+        check_id("webhook id", &delivery.webhook)?;
+        check_id("message id", &delivery.msg_id)?;
+        dispatch!(self.dead_letter(delivery))
+    }
+
+    /// Up to `limit` dead letters of `webhook` (`None`: of every webhook),
+    /// oldest first: by (`created_at`, `msg_id`, then webhook).
+    pub async fn dead_letters(
+        &self,
+        webhook: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.dead_letters(webhook, limit))
+    }
+
+    /// Removes the dead letter and returns it (e.g. to queue it again).
+    pub async fn take_dead_letter(
+        &self,
+        webhook: &str,
+        msg_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        dispatch!(self.take_dead_letter(webhook, msg_id))
+    }
+
+    // --- delivery log ---
+
+    /// Appends to the webhook's delivery log, which keeps the newest
+    /// [`DELIVERY_LOG_MAX`] attempts.
+    pub async fn log_attempt(&self, attempt: &DeliveryAttempt) -> StoreResult<()> {
+        dispatch!(self.log_attempt(attempt))
+    }
+
+    /// Up to `limit` of the webhook's logged attempts, newest (last logged)
+    /// first.
+    pub async fn delivery_log(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.delivery_log(webhook, limit))
+    }
+}
+
+/// Webhook and message ids are joined with NUL in the Redis layout, so they
+/// may not contain it (on both backends, for the same behaviour).
+fn check_id(what: &str, id: &str) -> StoreResult<()> {
+    if id.contains('\0') {
+        return Err(StoreError::Conflict(format!("{what} {id:?} contains NUL")));
+    }
+    Ok(())
 }
 
 /// A position in the alert order: the (`at`, id) of the last alert returned.

@@ -3,27 +3,39 @@
 //!
 //! Layout, with `ns` the namespace:
 //!
-//! | key                     | type   | holds                                        |
-//! |-------------------------|--------|----------------------------------------------|
-//! | `ns:keys`               | hash   | key name → `ApiKey` JSON                     |
-//! | `ns:key_hashes`         | hash   | secret hash → key name                       |
-//! | `ns:version_seq:RULE`   | string | last version number of RULE (INCR)           |
-//! | `ns:versions:RULE`      | hash   | version number → `RuleVersion` JSON          |
-//! | `ns:rule_states`        | hash   | rule name → `RuleState` JSON                 |
-//! | `ns:schema`             | string | the schema text                              |
-//! | `ns:audit`              | list   | `AuditEntry` JSON; seq = index + 1 (RPUSH)   |
-//! | `ns:alerts`             | hash   | alert id → `StoredAlert` JSON                |
-//! | `ns:alerts_by_time`     | zset   | score 0, member `AT20:ID` (lexical order)    |
-//! | `ns:lists`              | set    | list names (a list may be empty)             |
-//! | `ns:list:NAME`          | set    | entries of list NAME                         |
-//! | `ns:lists_revision`     | string | list change counter (INCR)                   |
+//! | key                          | type   | holds                                             |
+//! |------------------------------|--------|---------------------------------------------------|
+//! | `ns:keys`                    | hash   | key name → `ApiKey` JSON                          |
+//! | `ns:key_hashes`              | hash   | secret hash → key name                            |
+//! | `ns:version_seq:RULE`        | string | last version number of RULE (INCR)                |
+//! | `ns:versions:RULE`           | hash   | version number → `RuleVersion` JSON               |
+//! | `ns:rule_states`             | hash   | rule name → `RuleState` JSON                      |
+//! | `ns:schema`                  | string | the schema text                                   |
+//! | `ns:audit`                   | list   | `AuditEntry` JSON; seq = index + 1 (RPUSH)        |
+//! | `ns:alerts`                  | hash   | alert id → `StoredAlert` JSON                     |
+//! | `ns:alerts_by_time`          | zset   | score 0, member `AT20:ID` (lexical order)         |
+//! | `ns:lists`                   | set    | list names (a list may be empty)                  |
+//! | `ns:list:NAME`               | set    | entries of list NAME                              |
+//! | `ns:lists_revision`          | string | list change counter (INCR)                        |
+//! | `ns:webhooks`                | hash   | webhook id → `Webhook` JSON                       |
+//! | `ns:webhook_dedup:WH\0ALERT` | string | `AT20` of the expiry; TTL `dedup_until - created_at` ms |
+//! | `ns:deliveries`              | hash   | `MSG\0WH` → pending `Delivery` JSON               |
+//! | `ns:deliveries_index`        | hash   | `MSG\0WH` → its `NEXT20:CREATED20:MSG\0WH`        |
+//! | `ns:deliveries_by_due`       | zset   | score 0, `NEXT20:CREATED20:MSG\0WH`               |
+//! | `ns:deliveries_by_age`       | zset   | score 0, `CREATED20:MSG\0WH`                      |
+//! | `ns:deliveries_of:WH`        | zset   | score 0, `CREATED20:MSG` (one webhook's)          |
+//! | `ns:dead_letters…`           |        | the dead letters, as `deliveries…` (no `by_due`)  |
+//! | `ns:delivery_log:WH`         | list   | `DeliveryAttempt` JSON, newest first (LPUSH, LTRIM) |
 //!
 //! Multi-key steps that must be atomic (key uniqueness, version numbering,
 //! idempotent alert insert with trimming, list changes with the revision
-//! bump) are Lua scripts.
+//! bump, delivery queue changes with their indexes and the dedup record) are
+//! Lua scripts.
 //!
 //! `AT20` is `at` with its sign bit flipped, as 20 zero-padded decimal
-//! digits, so that byte order of members is (at, id) order.
+//! digits, so that byte order of members is (at, id) order. Webhook and
+//! message ids never contain NUL (checked on write), so `MSG\0WH` is
+//! unambiguous.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -33,8 +45,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, RedisResult, Script};
 
 use super::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEFAULT_MAX_ALERTS, RuleState, RuleVersion,
-    StoreError, StoreResult, StoredAlert, filter_matches, from_json, page, to_json,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX,
+    Delivery, DeliveryAttempt, RuleState, RuleVersion, StoreError, StoreResult, StoredAlert,
+    Webhook, filter_matches, from_json, page, to_json,
 };
 
 /// Alerts fetched by the first round trip of a query scan; each further
@@ -133,6 +146,137 @@ return 1
     )
 });
 
+/// Lua functions on a delivery queue `q` = {records, index, by_age, of
+/// [, by_due]} (see the layout). `m` is the record's `NEXT20:CREATED20:FIELD`
+/// member, kept in `index` so that removing needs only the field.
+const QUEUE_LUA: &str = r"
+local function q_remove(q, field, msg)
+  local m = redis.call('HGET', q[2], field)
+  if not m then return false end
+  local json = redis.call('HGET', q[1], field)
+  redis.call('HDEL', q[1], field)
+  redis.call('HDEL', q[2], field)
+  local c = string.sub(m, 22, 41)
+  redis.call('ZREM', q[3], c .. ':' .. field)
+  redis.call('ZREM', q[4], c .. ':' .. msg)
+  if q[5] then redis.call('ZREM', q[5], m) end
+  return json
+end
+local function q_insert(q, field, msg, m, json)
+  q_remove(q, field, msg)
+  redis.call('HSET', q[1], field, json)
+  redis.call('HSET', q[2], field, m)
+  local c = string.sub(m, 22, 41)
+  redis.call('ZADD', q[3], 0, c .. ':' .. field)
+  redis.call('ZADD', q[4], 0, c .. ':' .. msg)
+  if q[5] then redis.call('ZADD', q[5], 0, m) end
+end
+";
+
+/// KEYS: dedup, then the pending queue (5). ARGV: AT20 created_at, AT20
+/// dedup_until, dedup TTL ms, field, msg, member, json.
+/// Returns 0 (duplicate, nothing stored) or 1.
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            QUEUE_LUA,
+            r"
+local v = redis.call('GET', KEYS[1])
+if v and v > ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+q_insert({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return 1
+",
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: the pending queue (5). ARGV: field, msg, member, json.
+/// Returns 0 if there is no such pending delivery, else 1.
+static UPDATE_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            QUEUE_LUA,
+            r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+q_insert(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
+",
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: a queue (4 or 5). ARGV: field, msg. Returns the removed JSON or nil.
+static QUEUE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            QUEUE_LUA,
+            r"
+return q_remove(KEYS, ARGV[1], ARGV[2])
+",
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: the pending queue (5), the dead letters (4). ARGV: field, msg,
+/// member, json.
+static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            QUEUE_LUA,
+            r"
+q_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[1], ARGV[2])
+q_insert({KEYS[6], KEYS[7], KEYS[8], KEYS[9]}, ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
+",
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: webhooks, the pending queue (5), the dead letters (4), the
+/// delivery log. ARGV: webhook id. Returns 1 if the webhook existed.
+static DELETE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            QUEUE_LUA,
+            r"
+local existed = redis.call('HDEL', KEYS[1], ARGV[1])
+local queues = {{KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, {KEYS[7], KEYS[8], KEYS[9], KEYS[10]}}
+for _, q in ipairs(queues) do
+  for _, om in ipairs(redis.call('ZRANGE', q[4], 0, -1)) do
+    local msg = string.sub(om, 22)
+    q_remove(q, msg .. '\0' .. ARGV[1], msg)
+  end
+end
+redis.call('DEL', KEYS[11])
+return existed
+",
+        ]
+        .concat(),
+    )
+});
+
+/// KEYS: an index zset, the records hash. ARGV: min, max (ZRANGEBYLEX),
+/// limit, where the field starts in a member (1-based), a suffix completing
+/// the field. Returns the JSON of the records, in index order.
+static RANGE_RECORDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, m in ipairs(members) do
+  local json = redis.call('HGET', KEYS[2], string.sub(m, tonumber(ARGV[4])) .. ARGV[5])
+  if json then out[#out + 1] = json end
+end
+return out
+",
+    )
+});
+
 /// The Redis store. Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -165,6 +309,38 @@ fn member(at: i64, id: &str) -> String {
 /// The id in an `alerts_by_time` member.
 fn member_id(member: &str) -> &str {
     member.get(21..).unwrap_or("")
+}
+
+/// `AT20` back to `at`.
+fn from_at20(text: &str) -> StoreResult<i64> {
+    text.get(..20)
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .map(|u| (u ^ (1 << 63)).cast_signed())
+        .ok_or_else(|| StoreError::Backend(format!("redis: bad index member {text:?}")))
+}
+
+/// The hash field of a delivery: `MSG\0WH`.
+fn delivery_field(webhook: &str, msg_id: &str) -> String {
+    format!("{msg_id}\0{webhook}")
+}
+
+/// The `index` value and `by_due` member of a delivery.
+fn delivery_member(d: &Delivery) -> String {
+    format!(
+        "{}:{}:{}",
+        at20(d.next_at),
+        at20(d.created_at),
+        delivery_field(&d.webhook, &d.msg_id)
+    )
+}
+
+/// Where the field starts in a `by_due` member (1-based, for Lua).
+const DUE_FIELD_AT: usize = 43;
+/// Where the field (or msg) starts in a `by_age` (or `of`) member.
+const AGE_FIELD_AT: usize = 22;
+
+fn limit_arg(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn to_count(n: i64, what: &str) -> StoreResult<usize> {
@@ -711,5 +887,354 @@ impl RedisStore {
             .run(|mut c| async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await })
             .await?;
         Ok(rev.unwrap_or(0))
+    }
+
+    // --- webhooks ---
+
+    /// The pending queue's keys, for `webhook`: records, index, by_age, of,
+    /// by_due.
+    fn pending_keys(&self, webhook: &str) -> Vec<String> {
+        vec![
+            self.k("deliveries"),
+            self.k("deliveries_index"),
+            self.k("deliveries_by_age"),
+            self.k(&format!("deliveries_of:{webhook}")),
+            self.k("deliveries_by_due"),
+        ]
+    }
+
+    /// The dead letters' keys, for `webhook`: records, index, by_age, of.
+    fn dead_keys(&self, webhook: &str) -> Vec<String> {
+        vec![
+            self.k("dead_letters"),
+            self.k("dead_letters_index"),
+            self.k("dead_letters_by_age"),
+            self.k(&format!("dead_letters_of:{webhook}")),
+        ]
+    }
+
+    pub(crate) async fn put_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        self.hset(&self.k("webhooks"), &webhook.id, &to_json(webhook)?)
+            .await
+    }
+
+    pub(crate) async fn webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        self.hget(&self.k("webhooks"), id)
+            .await?
+            .map(|json| from_json(&json))
+            .transpose()
+    }
+
+    pub(crate) async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        let mut webhooks = self
+            .hvals(&self.k("webhooks"))
+            .await?
+            .iter()
+            .map(|json| from_json::<Webhook>(json))
+            .collect::<StoreResult<Vec<_>>>()?;
+        webhooks.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(webhooks)
+    }
+
+    pub(crate) async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        let mut keys = vec![self.k("webhooks")];
+        keys.extend(self.pending_keys(id));
+        keys.extend(self.dead_keys(id));
+        keys.push(self.k(&format!("delivery_log:{id}")));
+        let keys = &keys;
+        let existed: i64 = self
+            .run(|mut c| async move {
+                DELETE_WEBHOOK
+                    .key(&keys[..])
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(existed == 1)
+    }
+
+    // --- webhook deliveries ---
+
+    pub(crate) async fn enqueue_delivery(
+        &self,
+        delivery: &Delivery,
+        dedup_until: i64,
+    ) -> StoreResult<bool> {
+        let mut keys = vec![self.k(&format!(
+            "webhook_dedup:{}\0{}",
+            delivery.webhook, delivery.alert_id
+        ))];
+        keys.extend(self.pending_keys(&delivery.webhook));
+        // The stored expiry decides; the TTL only lets Redis drop the key
+        // once it is surely useless (at least 1 ms, as PX requires).
+        let ttl = dedup_until.saturating_sub(delivery.created_at).max(1);
+        let args = [
+            at20(delivery.created_at),
+            at20(dedup_until),
+            ttl.to_string(),
+            delivery_field(&delivery.webhook, &delivery.msg_id),
+            delivery.msg_id.clone(),
+            delivery_member(delivery),
+            to_json(delivery)?,
+        ];
+        let (keys, args) = (&keys, &args);
+        let stored: i64 = self
+            .run(|mut c| async move {
+                ENQUEUE
+                    .key(&keys[..])
+                    .arg(&args[..])
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Up to `limit` records of `records`, following the index zset `index`
+    /// between `min` and `max`; each member's field starts at `field_at`
+    /// and is completed by `suffix`.
+    async fn range_records(
+        &self,
+        index: &str,
+        records: &str,
+        (min, max): (&str, &str),
+        limit: usize,
+        (field_at, suffix): (usize, &str),
+    ) -> StoreResult<Vec<Delivery>> {
+        let jsons: Vec<String> = self
+            .run(|mut c| async move {
+                RANGE_RECORDS
+                    .key(index)
+                    .key(records)
+                    .arg(min)
+                    .arg(max)
+                    .arg(limit_arg(limit))
+                    .arg(field_at)
+                    .arg(suffix)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        jsons.iter().map(|json| from_json(json)).collect()
+    }
+
+    pub(crate) async fn due_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        // next_at <= now: every member below AT20(now + 1) (a member at
+        // now + 1 is longer, so greater).
+        let max = now
+            .checked_add(1)
+            .map_or_else(|| "+".to_string(), |n| format!("({}", at20(n)));
+        self.range_records(
+            &self.k("deliveries_by_due"),
+            &self.k("deliveries"),
+            ("-", &max),
+            limit,
+            (DUE_FIELD_AT, ""),
+        )
+        .await
+    }
+
+    pub(crate) async fn pending_for(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.range_records(
+            &self.k(&format!("deliveries_of:{webhook}")),
+            &self.k("deliveries"),
+            ("-", "+"),
+            limit,
+            (AGE_FIELD_AT, &format!("\0{webhook}")),
+        )
+        .await
+    }
+
+    pub(crate) async fn update_delivery(&self, delivery: &Delivery) -> StoreResult<()> {
+        let keys = self.pending_keys(&delivery.webhook);
+        let args = [
+            delivery_field(&delivery.webhook, &delivery.msg_id),
+            delivery.msg_id.clone(),
+            delivery_member(delivery),
+            to_json(delivery)?,
+        ];
+        let (keys, args) = (&keys, &args);
+        let updated: i64 = self
+            .run(|mut c| async move {
+                UPDATE_DELIVERY
+                    .key(&keys[..])
+                    .arg(&args[..])
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!(
+                "pending delivery {:?} of webhook {:?}",
+                delivery.msg_id, delivery.webhook
+            )))
+        }
+    }
+
+    /// Removes (`webhook`, `msg_id`) from the queue whose keys are `keys`.
+    async fn queue_remove(
+        &self,
+        keys: &[String],
+        webhook: &str,
+        msg_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let field = delivery_field(webhook, msg_id);
+        let field = &field;
+        let json: Option<String> = self
+            .run(|mut c| async move {
+                QUEUE_REMOVE
+                    .key(keys)
+                    .arg(field)
+                    .arg(msg_id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        json.map(|json| from_json(&json)).transpose()
+    }
+
+    pub(crate) async fn complete_delivery(&self, webhook: &str, msg_id: &str) -> StoreResult<bool> {
+        let keys = self.pending_keys(webhook);
+        Ok(self.queue_remove(&keys, webhook, msg_id).await?.is_some())
+    }
+
+    pub(crate) async fn pending_stats(&self) -> StoreResult<(u64, Option<i64>)> {
+        let records = self.k("deliveries");
+        let by_age = self.k("deliveries_by_age");
+        let (records, by_age) = (&records, &by_age);
+        let (count, oldest): (u64, Vec<String>) = self
+            .run(|mut c| async move {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HLEN")
+                    .arg(records)
+                    .cmd("ZRANGE")
+                    .arg(by_age)
+                    .arg(0)
+                    .arg(0)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let oldest = oldest.first().map(|m| from_at20(m)).transpose()?;
+        Ok((count, oldest))
+    }
+
+    // --- dead letters ---
+
+    pub(crate) async fn dead_letter(&self, delivery: &Delivery) -> StoreResult<()> {
+        let mut keys = self.pending_keys(&delivery.webhook);
+        keys.extend(self.dead_keys(&delivery.webhook));
+        let args = [
+            delivery_field(&delivery.webhook, &delivery.msg_id),
+            delivery.msg_id.clone(),
+            delivery_member(delivery),
+            to_json(delivery)?,
+        ];
+        let (keys, args) = (&keys, &args);
+        self.run(|mut c| async move {
+            DEAD_LETTER
+                .key(&keys[..])
+                .arg(&args[..])
+                .invoke_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn dead_letters(
+        &self,
+        webhook: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let records = self.k("dead_letters");
+        match webhook {
+            Some(webhook) => {
+                self.range_records(
+                    &self.k(&format!("dead_letters_of:{webhook}")),
+                    &records,
+                    ("-", "+"),
+                    limit,
+                    (AGE_FIELD_AT, &format!("\0{webhook}")),
+                )
+                .await
+            }
+            None => {
+                self.range_records(
+                    &self.k("dead_letters_by_age"),
+                    &records,
+                    ("-", "+"),
+                    limit,
+                    (AGE_FIELD_AT, ""),
+                )
+                .await
+            }
+        }
+    }
+
+    pub(crate) async fn take_dead_letter(
+        &self,
+        webhook: &str,
+        msg_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let keys = self.dead_keys(webhook);
+        self.queue_remove(&keys, webhook, msg_id).await
+    }
+
+    // --- delivery log ---
+
+    pub(crate) async fn log_attempt(&self, attempt: &DeliveryAttempt) -> StoreResult<()> {
+        let key = self.k(&format!("delivery_log:{}", attempt.webhook));
+        let json = to_json(attempt)?;
+        let last = limit_arg(DELIVERY_LOG_MAX) - 1;
+        let (key, json) = (&key, &json);
+        self.run(|mut c| async move {
+            ::redis::pipe()
+                .atomic()
+                .cmd("LPUSH")
+                .arg(key)
+                .arg(json)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(key)
+                .arg(0)
+                .arg(last)
+                .ignore()
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn delivery_log(
+        &self,
+        webhook: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        let key = self.k(&format!("delivery_log:{webhook}"));
+        let key = &key;
+        let stop = limit_arg(limit) - 1;
+        let all: Vec<String> = self
+            .run(|mut c| async move {
+                ::redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(stop)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        all.iter().map(|json| from_json(json)).collect()
     }
 }

@@ -132,3 +132,77 @@ pub struct AlertPage {
     /// Opaque; pass back as `cursor` to get the next page. `None`: last page.
     pub next: Option<String>,
 }
+
+/// A registered webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// `wh_<hex>`, chosen by the caller. Must not contain NUL.
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    /// Rules whose alerts go to this endpoint; empty: every rule.
+    pub rules: Vec<String>,
+    /// Tags an alert must carry; empty: any tags.
+    pub tags: Vec<String>,
+    /// The lowest severity sent; `None`: every severity.
+    pub min_severity: Option<String>,
+    /// Shadow alerts are sent only if true.
+    pub include_shadow: bool,
+    /// Signing secrets, newest first; older ones stay valid until their
+    /// `expires_at`.
+    pub secrets: Vec<WebhookSecret>,
+    /// Why the endpoint was disabled (e.g. `410 Gone at …`); `None`: enabled.
+    pub disabled: Option<String>,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// API key name.
+    pub created_by: String,
+}
+
+/// One signing secret of a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSecret {
+    /// `whsec_…`.
+    pub secret: String,
+    /// Epoch ms after which it no longer signs; `None`: no end.
+    pub expires_at: Option<i64>,
+}
+
+/// One message to one endpoint, pending or dead-lettered. Identified by
+/// (`webhook`, `msg_id`); neither may contain NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The webhook id.
+    pub webhook: String,
+    /// The `webhook-id` header: the same on every retry.
+    pub msg_id: String,
+    pub alert_id: String,
+    /// The exact JSON payload.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Epoch ms of the next attempt.
+    pub next_at: i64,
+    /// Epoch ms.
+    pub created_at: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// One delivery attempt, for the per-endpoint delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub webhook: String,
+    pub msg_id: String,
+    /// 1, 2, 3… for the message.
+    pub attempt: u32,
+    /// Epoch ms.
+    pub at: i64,
+    /// The HTTP status, if a response came.
+    pub status: Option<u16>,
+    /// What went wrong (connection, timeout, status), if anything.
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// `delivered`, `retry`, `dead` or `disabled`.
+    pub outcome: String,
+}
