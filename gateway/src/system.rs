@@ -227,6 +227,7 @@ impl System {
             t.abort();
             let _ = t.await;
         }
+        self.state.dispatcher.stop().await;
     }
 }
 

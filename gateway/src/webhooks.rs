@@ -69,7 +69,9 @@ impl Default for WebhookConfig {
 /// Parses a schedule like `5s,5m,30m`.
 pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
     s.split(',')
-        .map(|p| rule_lang::parse_duration(p.trim()).map(|ms| Duration::from_millis(ms.max(0) as u64)))
+        .map(|p| {
+            rule_lang::parse_duration(p.trim()).map(|ms| Duration::from_millis(ms.max(0) as u64))
+        })
         .collect()
 }
 
@@ -95,7 +97,13 @@ pub fn sign(secret: &str, msg_id: &str, ts: i64, body: &str) -> anyhow::Result<S
 }
 
 /// The `webhook-signature` header: one signature per secret valid at `now_ms`.
-pub fn signature_header(w: &Webhook, msg_id: &str, ts: i64, body: &str, now_ms: i64) -> anyhow::Result<String> {
+pub fn signature_header(
+    w: &Webhook,
+    msg_id: &str,
+    ts: i64,
+    body: &str,
+    now_ms: i64,
+) -> anyhow::Result<String> {
     let mut sigs = vec![];
     for s in &w.secrets {
         if s.expires_at.is_none_or(|e| e > now_ms) {
@@ -113,9 +121,7 @@ fn forbidden_ip(ip: IpAddr, allow_loopback: bool, allow_private: bool) -> Option
     let private = match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_private()
-                || v4.is_link_local()
-                || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT
+            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -141,9 +147,12 @@ fn forbidden_ip(ip: IpAddr, allow_loopback: bool, allow_private: bool) -> Option
 /// Checks a webhook URL: http(s), and every address its host resolves to is
 /// allowed. The error says why, for the API to show.
 pub async fn check_url(url: &str, cfg: &WebhookConfig) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("`{url}`: only http and https endpoints are allowed"));
+        return Err(format!(
+            "`{url}`: only http and https endpoints are allowed"
+        ));
     }
     let host = parsed
         .host_str()
@@ -167,7 +176,11 @@ pub async fn check_url(url: &str, cfg: &WebhookConfig) -> Result<(), String> {
         if let Some(kind) = forbidden_ip(ip, cfg.allow_loopback, cfg.allow_private) {
             return Err(format!(
                 "`{host}` resolves to {ip}, a {kind} address: webhook endpoints must be public{}",
-                if kind == "loopback" { " (start the gateway with --webhook-allow-loopback to allow loopback)" } else { "" }
+                if kind == "loopback" {
+                    " (start the gateway with --webhook-allow-loopback to allow loopback)"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -191,7 +204,7 @@ fn severity_rank(s: &str) -> u8 {
 pub fn matches(w: &Webhook, a: &StoredAlert, rule_tags: &[String]) -> bool {
     w.disabled.is_none()
         && (a.mode == Mode::Active || w.include_shadow)
-        && (w.rules.is_empty() || w.rules.iter().any(|r| *r == a.rule))
+        && (w.rules.is_empty() || w.rules.contains(&a.rule))
         && (w.tags.is_empty() || w.tags.iter().any(|t| rule_tags.contains(t)))
         && w.min_severity
             .as_deref()
@@ -221,7 +234,9 @@ impl DeliveryMetrics {
             "# HELP vigil_webhook_attempts_total webhook delivery attempts by outcome\n# TYPE vigil_webhook_attempts_total counter\n",
         );
         for (k, v) in self.outcomes.lock().map(|m| m.clone()).unwrap_or_default() {
-            o.push_str(&format!("vigil_webhook_attempts_total{{outcome=\"{k}\"}} {v}\n"));
+            o.push_str(&format!(
+                "vigil_webhook_attempts_total{{outcome=\"{k}\"}} {v}\n"
+            ));
         }
         o.push_str(&format!(
             "# HELP vigil_webhook_pending deliveries waiting (first attempt or retry)\n# TYPE vigil_webhook_pending gauge\nvigil_webhook_pending {}\n",
@@ -240,6 +255,8 @@ pub struct Dispatcher {
     cfg: WebhookConfig,
     client: reqwest::Client,
     workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Background tasks (workers, the metrics refresher), aborted by [`Dispatcher::stop`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub metrics: Arc<DeliveryMetrics>,
 }
 
@@ -259,6 +276,7 @@ impl Dispatcher {
             cfg,
             client,
             workers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(vec![]),
             metrics: Arc::new(DeliveryMetrics::default()),
         }))
     }
@@ -274,14 +292,16 @@ impl Dispatcher {
             self.wake(&w.id);
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if let Ok((n, oldest)) = me.store.pending_stats().await {
                     me.metrics.pending.store(n, Ordering::Relaxed);
                     let age = oldest.map_or(0, |t| (now_ms() - t).max(0) as u64);
-                    me.metrics.oldest_pending_age_ms.store(age, Ordering::Relaxed);
+                    me.metrics
+                        .oldest_pending_age_ms
+                        .store(age, Ordering::Relaxed);
                 }
             }
         });
@@ -289,7 +309,11 @@ impl Dispatcher {
     }
 
     /// A new alert: one pending delivery per matching endpoint.
-    pub async fn on_alert(self: &Arc<Self>, a: &StoredAlert, rule_tags: &[String]) -> anyhow::Result<()> {
+    pub async fn on_alert(
+        self: &Arc<Self>,
+        a: &StoredAlert,
+        rule_tags: &[String],
+    ) -> anyhow::Result<()> {
         let hooks = self.store.webhooks().await?;
         if hooks.is_empty() {
             return Ok(());
@@ -307,7 +331,13 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn enqueue(self: &Arc<Self>, w: &Webhook, alert_id: &str, body: &str, now: i64) -> anyhow::Result<bool> {
+    async fn enqueue(
+        self: &Arc<Self>,
+        w: &Webhook,
+        alert_id: &str,
+        body: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
         let d = Delivery {
             webhook: w.id.clone(),
             msg_id: format!("msg_{alert_id}"),
@@ -337,15 +367,20 @@ impl Dispatcher {
         d.attempts = 0;
         d.next_at = now_ms();
         d.created_at = d.next_at;
-        // Bypass the dedup window: this one is asked for explicitly.
-        self.store.enqueue_delivery(&d, d.created_at).await?;
+        // An explicit re-send must not be swallowed by the dedup window: it is
+        // recorded under its own dedup entry (the message id, and so the
+        // `webhook-id` header, stays the same).
+        d.alert_id = format!("{}#resend-{}", d.alert_id, d.created_at);
+        self.store.enqueue_delivery(&d, d.created_at + 1).await?;
         self.wake(webhook);
         Ok(true)
     }
 
     /// Wakes (or starts) an endpoint's worker.
     pub fn wake(self: &Arc<Self>, webhook: &str) {
-        let Ok(mut workers) = self.workers.lock() else { return };
+        let Ok(mut workers) = self.workers.lock() else {
+            return;
+        };
         if let Some(n) = workers.get(webhook) {
             n.notify_one();
             return;
@@ -354,7 +389,32 @@ impl Dispatcher {
         workers.insert(webhook.to_string(), notify.clone());
         let me = self.clone();
         let id = webhook.to_string();
-        tokio::spawn(async move { me.worker(id, notify).await });
+        drop(workers);
+        self.spawn(async move { me.worker(id, notify).await });
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(f);
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|h| !h.is_finished());
+            t.push(h);
+        }
+    }
+
+    /// Stops every worker (pending deliveries stay in the store).
+    pub async fn stop(&self) {
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Ok(mut w) = self.workers.lock() {
+            w.clear();
+        }
     }
 
     /// One endpoint: send due deliveries in creation order, at most
@@ -462,10 +522,8 @@ impl Dispatcher {
             }
             Some(410) => {
                 let mut disabled = w.clone();
-                disabled.disabled = Some(format!(
-                    "410 Gone at {}",
-                    cep_engine::time::format_ms(now)
-                ));
+                disabled.disabled =
+                    Some(format!("410 Gone at {}", cep_engine::time::format_ms(now)));
                 let _ = self.store.put_webhook(&disabled).await;
                 let _ = self.store.dead_letter(&d).await;
                 warn!(webhook = %w.id, url = %w.url, "endpoint answered 410 Gone: disabled");
@@ -477,7 +535,8 @@ impl Dispatcher {
                 "dead"
             }
             _ => {
-                let base = self.cfg.schedule[(d.attempts as usize - 1).min(self.cfg.schedule.len() - 1)];
+                let base =
+                    self.cfg.schedule[(d.attempts as usize - 1).min(self.cfg.schedule.len() - 1)];
                 let delay = match (status, retry_after) {
                     (Some(429) | Some(503), Some(ra)) => ra.max(base),
                     _ => jitter(base),
@@ -538,16 +597,40 @@ mod tests {
     #[test]
     fn ssrf_classes() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert_eq!(forbidden_ip(ip("127.0.0.1"), false, false), Some("loopback"));
+        assert_eq!(
+            forbidden_ip(ip("127.0.0.1"), false, false),
+            Some("loopback")
+        );
         assert_eq!(forbidden_ip(ip("127.0.0.1"), true, false), None);
-        assert_eq!(forbidden_ip(ip("10.1.2.3"), true, false), Some("private or link-local"));
-        assert_eq!(forbidden_ip(ip("192.168.0.1"), false, false), Some("private or link-local"));
-        assert_eq!(forbidden_ip(ip("169.254.169.254"), false, false), Some("private or link-local"));
-        assert_eq!(forbidden_ip(ip("100.64.0.1"), false, false), Some("private or link-local"));
+        assert_eq!(
+            forbidden_ip(ip("10.1.2.3"), true, false),
+            Some("private or link-local")
+        );
+        assert_eq!(
+            forbidden_ip(ip("192.168.0.1"), false, false),
+            Some("private or link-local")
+        );
+        assert_eq!(
+            forbidden_ip(ip("169.254.169.254"), false, false),
+            Some("private or link-local")
+        );
+        assert_eq!(
+            forbidden_ip(ip("100.64.0.1"), false, false),
+            Some("private or link-local")
+        );
         assert_eq!(forbidden_ip(ip("::1"), false, false), Some("loopback"));
-        assert_eq!(forbidden_ip(ip("fd00::1"), false, false), Some("private or link-local"));
-        assert_eq!(forbidden_ip(ip("fe80::1"), false, false), Some("private or link-local"));
-        assert_eq!(forbidden_ip(ip("0.0.0.0"), true, true), Some("unspecified, multicast or broadcast"));
+        assert_eq!(
+            forbidden_ip(ip("fd00::1"), false, false),
+            Some("private or link-local")
+        );
+        assert_eq!(
+            forbidden_ip(ip("fe80::1"), false, false),
+            Some("private or link-local")
+        );
+        assert_eq!(
+            forbidden_ip(ip("0.0.0.0"), true, true),
+            Some("unspecified, multicast or broadcast")
+        );
         assert_eq!(forbidden_ip(ip("93.184.216.34"), false, false), None);
     }
 
@@ -555,7 +638,11 @@ mod tests {
     fn schedules_parse() {
         assert_eq!(
             parse_schedule("100ms, 1s,5m"),
-            Ok(vec![Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(300)])
+            Ok(vec![
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Duration::from_secs(300)
+            ])
         );
         assert!(parse_schedule("soon").is_err());
     }

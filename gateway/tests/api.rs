@@ -432,15 +432,64 @@ fn matrix() -> Vec<Case> {
         ),
         ("DELETE", "/v1/keys/mk", None, String::new(), "admin", 204),
         ("GET", "/v1/audit", None, String::new(), "viewer", 200),
-        ("POST", "/v1/webhooks", Some("application/json"), r#"{"url":"http://127.0.0.1:9/hook"}"#.into(), "admin", 201),
+        (
+            "POST",
+            "/v1/webhooks",
+            Some("application/json"),
+            r#"{"url":"http://127.0.0.1:9/hook"}"#.into(),
+            "admin",
+            201,
+        ),
         ("GET", "/v1/webhooks", None, String::new(), "admin", 200),
-        ("GET", "/v1/webhooks/wh_none", None, String::new(), "admin", 404),
-        ("PUT", "/v1/webhooks/wh_none", Some("application/json"), r#"{"description":"x"}"#.into(), "admin", 404),
-        ("DELETE", "/v1/webhooks/wh_none", None, String::new(), "admin", 404),
-        ("POST", "/v1/webhooks/wh_none/rotate", None, String::new(), "admin", 404),
-        ("GET", "/v1/webhooks/wh_none/deliveries", None, String::new(), "admin", 404),
+        (
+            "GET",
+            "/v1/webhooks/wh_none",
+            None,
+            String::new(),
+            "admin",
+            404,
+        ),
+        (
+            "PUT",
+            "/v1/webhooks/wh_none",
+            Some("application/json"),
+            r#"{"description":"x"}"#.into(),
+            "admin",
+            404,
+        ),
+        (
+            "DELETE",
+            "/v1/webhooks/wh_none",
+            None,
+            String::new(),
+            "admin",
+            404,
+        ),
+        (
+            "POST",
+            "/v1/webhooks/wh_none/rotate",
+            None,
+            String::new(),
+            "admin",
+            404,
+        ),
+        (
+            "GET",
+            "/v1/webhooks/wh_none/deliveries",
+            None,
+            String::new(),
+            "admin",
+            404,
+        ),
         ("GET", "/v1/dead-letters", None, String::new(), "admin", 200),
-        ("POST", "/v1/dead-letters/wh_none/msg_none/resend", None, String::new(), "admin", 404),
+        (
+            "POST",
+            "/v1/dead-letters/wh_none/msg_none/resend",
+            None,
+            String::new(),
+            "admin",
+            404,
+        ),
     ]
 }
 
@@ -541,7 +590,9 @@ async fn openapi_document_matches_the_routes() {
             ["", "v1", "keys", _] => "/v1/keys/{name}".into(),
             ["", "v1", "webhooks", _] => "/v1/webhooks/{id}".into(),
             ["", "v1", "webhooks", _, act] => format!("/v1/webhooks/{{id}}/{act}"),
-            ["", "v1", "dead-letters", _, _, "resend"] => "/v1/dead-letters/{webhook}/{msg_id}/resend".into(),
+            ["", "v1", "dead-letters", _, _, "resend"] => {
+                "/v1/dead-letters/{webhook}/{msg_id}/resend".into()
+            }
             _ => p.to_string(),
         }
     };

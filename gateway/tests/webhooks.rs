@@ -27,8 +27,15 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     }
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
-    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// Does `header` (space-separated `v1,<sig>`) hold a valid signature for `secret`?
@@ -38,7 +45,9 @@ fn verify(secret: &str, id: &str, ts: &str, body: &str, header: &str) -> bool {
         return false;
     };
     let want = b64.encode(hmac_sha256(&key, format!("{id}.{ts}.{body}").as_bytes()));
-    header.split(' ').any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
+    header
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
 }
 
 #[test]
@@ -74,7 +83,9 @@ struct Receiver {
 
 impl Receiver {
     async fn start(delay: Duration) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
         let r = Receiver {
             got: Arc::default(),
@@ -90,7 +101,11 @@ impl Receiver {
                 let st = st.clone();
                 async move {
                     tokio::time::sleep(st.delay).await;
-                    st.got.lock().expect("lock").push(Got { headers, body, at: Instant::now() });
+                    st.got.lock().expect("lock").push(Got {
+                        headers,
+                        body,
+                        at: Instant::now(),
+                    });
                     let code = st
                         .script
                         .lock()
@@ -181,12 +196,19 @@ struct G {
 
 impl G {
     async fn start(data: PathBuf, rules: PathBuf, schedule: &str) -> G {
-        let sys = System::start(config(data, rules, schedule)).await.expect("start");
+        let sys = System::start(config(data, rules, schedule))
+            .await
+            .expect("start");
         let key = sys.first_admin_key.clone().unwrap_or_default();
         G { sys, key }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
         use tower::ServiceExt;
         let mut b = axum::http::Request::builder()
             .method(method)
@@ -196,18 +218,29 @@ impl G {
             b = b.header("content-type", "application/json");
         }
         let req = b
-            .body(axum::body::Body::from(body.map(|v| v.to_string()).unwrap_or_default()))
+            .body(axum::body::Body::from(
+                body.map(|v| v.to_string()).unwrap_or_default(),
+            ))
             .expect("request");
         let resp = self.sys.app().oneshot(req).await.expect("response");
         let status = resp.status();
-        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     async fn register(&self, body: serde_json::Value) -> (String, String) {
         let (s, v) = self.call("POST", "/v1/webhooks", Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        (v["id"].as_str().expect("id").into(), v["secret"].as_str().expect("secret").into())
+        (
+            v["id"].as_str().expect("id").into(),
+            v["secret"].as_str().expect("secret").into(),
+        )
     }
 
     async fn pair(&self, card: &str, t: u32) {
@@ -227,7 +260,10 @@ impl G {
 }
 
 fn header<'a>(g: &'a Got, name: &str) -> &'a str {
-    g.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    g.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,18 +277,39 @@ async fn a_delivery_is_signed_and_verifies_independently() {
     g.pair("c1", 0).await;
     let got = rx.wait(1, Duration::from_secs(10)).await;
     let m = &got[0];
-    let (mid, ts, sig) = (header(m, "webhook-id"), header(m, "webhook-timestamp"), header(m, "webhook-signature"));
-    assert!(verify(&secret, mid, ts, &m.body, sig), "signature {sig} does not verify");
-    assert!(!verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", mid, ts, &m.body, sig));
+    let (mid, ts, sig) = (
+        header(m, "webhook-id"),
+        header(m, "webhook-timestamp"),
+        header(m, "webhook-signature"),
+    );
+    assert!(
+        verify(&secret, mid, ts, &m.body, sig),
+        "signature {sig} does not verify"
+    );
+    assert!(!verify(
+        "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        mid,
+        ts,
+        &m.body,
+        sig
+    ));
     let now = chrono::Utc::now().timestamp();
-    assert!((now - ts.parse::<i64>().unwrap_or(0)).abs() < 300, "timestamp {ts}");
+    assert!(
+        (now - ts.parse::<i64>().unwrap_or(0)).abs() < 300,
+        "timestamp {ts}"
+    );
     let payload: serde_json::Value = serde_json::from_str(&m.body).expect("JSON");
     assert_eq!(payload["type"], "alert.created");
     assert_eq!(payload["data"]["rule"], "pair");
-    assert_eq!(mid, format!("msg_{}", payload["data"]["id"].as_str().unwrap_or("")));
+    assert_eq!(
+        mid,
+        format!("msg_{}", payload["data"]["id"].as_str().unwrap_or(""))
+    );
     // The filter kept `other` out (it would need amount > 1000 anyway); a
     // second rule-filtered endpoint gets nothing for `pair`.
-    let (s, log) = g.call("GET", &format!("/v1/webhooks/{id}/deliveries"), None).await;
+    let (s, log) = g
+        .call("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(log[0]["outcome"], "delivered");
     assert_eq!(log[0]["status"], 200);
@@ -273,10 +330,24 @@ async fn three_failures_then_success_delivers_once_with_the_same_id() {
     let ids: Vec<&str> = got.iter().map(|g| header(g, "webhook-id")).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     for m in &got {
-        assert!(verify(&secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, header(m, "webhook-signature")));
+        assert!(verify(
+            &secret,
+            header(m, "webhook-id"),
+            header(m, "webhook-timestamp"),
+            &m.body,
+            header(m, "webhook-signature")
+        ));
     }
-    let (_, log) = g.call("GET", &format!("/v1/webhooks/{id}/deliveries"), None).await;
-    let outcomes: Vec<&str> = log.as_array().expect("log").iter().rev().filter_map(|e| e["outcome"].as_str()).collect();
+    let (_, log) = g
+        .call("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+        .await;
+    let outcomes: Vec<&str> = log
+        .as_array()
+        .expect("log")
+        .iter()
+        .rev()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
     assert_eq!(outcomes, ["retry", "retry", "retry", "delivered"]);
     g.sys.shutdown().await;
 }
@@ -291,7 +362,9 @@ async fn a_receiver_down_for_the_whole_schedule_ends_in_dead_letters_and_resend_
     rx.wait(3, Duration::from_secs(10)).await;
     let mut dead = serde_json::Value::Null;
     for _ in 0..100 {
-        let (_, d) = g.call("GET", &format!("/v1/dead-letters?webhook={id}"), None).await;
+        let (_, d) = g
+            .call("GET", &format!("/v1/dead-letters?webhook={id}"), None)
+            .await;
         if d.as_array().is_some_and(|a| !a.is_empty()) {
             dead = d;
             break;
@@ -302,13 +375,23 @@ async fn a_receiver_down_for_the_whole_schedule_ends_in_dead_letters_and_resend_
     assert_eq!(dead[0]["last_status"], 500);
     let msg = dead[0]["msg_id"].as_str().expect("msg").to_string();
     rx.answer(&[], 200);
-    let (s, _) = g.call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None).await;
+    let (s, _) = g
+        .call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None)
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let got = rx.wait(4, Duration::from_secs(10)).await;
-    assert_eq!(header(&got[3], "webhook-id"), msg, "the same webhook-id on the re-send");
-    let (_, d) = g.call("GET", &format!("/v1/dead-letters?webhook={id}"), None).await;
+    assert_eq!(
+        header(&got[3], "webhook-id"),
+        msg,
+        "the same webhook-id on the re-send"
+    );
+    let (_, d) = g
+        .call("GET", &format!("/v1/dead-letters?webhook={id}"), None)
+        .await;
     assert_eq!(d, serde_json::json!([]));
-    let (s, e) = g.call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None).await;
+    let (s, e) = g
+        .call("POST", &format!("/v1/dead-letters/{id}/{msg}/resend"), None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     g.sys.shutdown().await;
 }
@@ -333,27 +416,60 @@ async fn a_gateway_restart_in_the_middle_of_retries_loses_nothing() {
     let ids: Vec<&str> = got.iter().map(|m| header(m, "webhook-id")).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(rx.got().len(), before + 1, "delivered once after the restart");
+    assert_eq!(
+        rx.got().len(),
+        before + 1,
+        "delivered once after the restart"
+    );
     g.sys.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_addresses_are_refused_with_a_clear_error() {
     let g = G::start(temp("data"), rules(), "1s").await;
-    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "http://10.1.2.3/hook"}))).await;
+    let (s, e) = g
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(serde_json::json!({"url": "http://10.1.2.3/hook"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         e,
         serde_json::json!({"error": {"code": "endpoint_not_allowed", "message": "`10.1.2.3` resolves to 10.1.2.3, a private or link-local address: webhook endpoints must be public"}})
     );
-    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "http://169.254.169.254/latest"}))).await;
+    let (s, e) = g
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(serde_json::json!({"url": "http://169.254.169.254/latest"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
-    let (s, e) = g.call("POST", "/v1/webhooks", Some(serde_json::json!({"url": "ftp://example.com/x"}))).await;
-    assert_eq!((s, e["error"]["message"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("`ftp://example.com/x`: only http and https endpoints are allowed")));
+    let (s, e) = g
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(serde_json::json!({"url": "ftp://example.com/x"})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["message"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("`ftp://example.com/x`: only http and https endpoints are allowed")
+        )
+    );
     // Without --webhook-allow-loopback, loopback is refused too.
     let strict = WebhookConfig::default();
-    let err = vigil_gateway::webhooks::check_url("http://127.0.0.1:9/x", &strict).await.expect_err("refused");
-    assert_eq!(err, "`127.0.0.1` resolves to 127.0.0.1, a loopback address: webhook endpoints must be public (start the gateway with --webhook-allow-loopback to allow loopback)");
+    let err = vigil_gateway::webhooks::check_url("http://127.0.0.1:9/x", &strict)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        "`127.0.0.1` resolves to 127.0.0.1, a loopback address: webhook endpoints must be public (start the gateway with --webhook-allow-loopback to allow loopback)"
+    );
     g.sys.shutdown().await;
 }
 
@@ -383,7 +499,9 @@ async fn dedup_410_and_rotation() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.got().len(), 1);
     // Rotation: during the grace period both secrets sign.
-    let (s, r) = g.call("POST", &format!("/v1/webhooks/{id}/rotate"), None).await;
+    let (s, r) = g
+        .call("POST", &format!("/v1/webhooks/{id}/rotate"), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let new_secret = r["secret"].as_str().expect("secret").to_string();
     d.on_alert(&alert("rot1"), &[]).await.expect("queue");
@@ -391,8 +509,20 @@ async fn dedup_410_and_rotation() {
     let m = &got[1];
     let sig = header(m, "webhook-signature");
     assert_eq!(sig.split(' ').count(), 2, "{sig}");
-    assert!(verify(&old_secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, sig));
-    assert!(verify(&new_secret, header(m, "webhook-id"), header(m, "webhook-timestamp"), &m.body, sig));
+    assert!(verify(
+        &old_secret,
+        header(m, "webhook-id"),
+        header(m, "webhook-timestamp"),
+        &m.body,
+        sig
+    ));
+    assert!(verify(
+        &new_secret,
+        header(m, "webhook-id"),
+        header(m, "webhook-timestamp"),
+        &m.body,
+        sig
+    ));
     // 410 Gone disables the endpoint.
     rx.answer(&[410], 200);
     d.on_alert(&alert("gone1"), &[]).await.expect("queue");
@@ -428,12 +558,20 @@ async fn load_ten_thousand_alerts_three_endpoints_one_slow() {
     let d = g.sys.state.dispatcher.clone();
     let start = Instant::now();
     for i in 0..10_000 {
-        d.on_alert(&alert(&format!("load{i}")), &[]).await.expect("queue");
+        d.on_alert(&alert(&format!("load{i}")), &[])
+            .await
+            .expect("queue");
     }
     let queued = start.elapsed();
     let f1 = fast1.wait(10_000, Duration::from_secs(600)).await;
     let f2 = fast2.wait(10_000, Duration::from_secs(600)).await;
-    let fast_done = f1.iter().chain(&f2).map(|g| g.at).max().map(|t| t - start).unwrap_or_default();
+    let fast_done = f1
+        .iter()
+        .chain(&f2)
+        .map(|g| g.at)
+        .max()
+        .map(|t| t - start)
+        .unwrap_or_default();
     let slow_n = slow.got().len();
     println!(
         "queued 10,000 alerts x 3 endpoints in {queued:?}; both fast endpoints had all 10,000 after {fast_done:?} ({:.0} deliveries/s each); the slow endpoint (200 ms/request, 4 in flight) had {slow_n} by then",

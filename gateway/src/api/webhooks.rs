@@ -70,7 +70,11 @@ async fn must(st: &AppState, id: &str) -> ApiResult<Webhook> {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("api_key" = [])),
     request_body(content = String, description = "{\"url\", \"description\"?, \"rules\"?, \"tags\"?, \"min_severity\"?, \"include_shadow\"?}", content_type = "application/json"),
     responses((status = 201, description = "`{id, secret: \"whsec_…\"}`"), (status = 422, description = "The URL is refused (SSRF guard)"), (status = 403, description = "Needs admin")))]
-pub async fn create_webhook(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
+pub async fn create_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "registering webhooks")?;
     let n: NewWebhook = body.json()?;
     check_severity(&n.min_severity)?;
@@ -88,16 +92,28 @@ pub async fn create_webhook(State(st): State<AppState>, c: Caller, body: Body) -
         tags: n.tags,
         min_severity: n.min_severity,
         include_shadow: n.include_shadow,
-        secrets: vec![WebhookSecret { secret: secret.clone(), expires_at: None }],
+        secrets: vec![WebhookSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        }],
         disabled: None,
         created_at: crate::catalog::now_ms(),
         created_by: c.name.clone(),
     };
     st.store.put_webhook(&w).await?;
     st.catalog
-        .audit(&c.name, "webhook.create", &format!("webhook:{id}"), serde_json::Value::Null, view(&w))
+        .audit(
+            &c.name,
+            "webhook.create",
+            &format!("webhook:{id}"),
+            serde_json::Value::Null,
+            view(&w),
+        )
         .await?;
-    Ok(reply(StatusCode::CREATED, serde_json::json!({"id": id, "secret": secret})))
+    Ok(reply(
+        StatusCode::CREATED,
+        serde_json::json!({"id": id, "secret": secret}),
+    ))
 }
 
 /// Every endpoint (never the secrets).
@@ -113,7 +129,11 @@ pub async fn list_webhooks(State(st): State<AppState>, c: Caller) -> ApiResult<R
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("api_key" = [])),
     params(("id" = String, Path, description = "Webhook id")),
     responses((status = 200, description = "The webhook"), (status = 404, description = "Unknown id")))]
-pub async fn get_webhook(State(st): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "reading webhooks")?;
     Ok(reply(StatusCode::OK, view(&must(&st, &id).await?)))
 }
@@ -123,7 +143,12 @@ pub async fn get_webhook(State(st): State<AppState>, c: Caller, Path(id): Path<S
     params(("id" = String, Path, description = "Webhook id")),
     request_body(content = String, description = "Any of url, description, rules, tags, min_severity, include_shadow, enabled", content_type = "application/json"),
     responses((status = 200, description = "The webhook"), (status = 404, description = "Unknown id")))]
-pub async fn update_webhook(State(st): State<AppState>, c: Caller, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn update_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "changing webhooks")?;
     let u: UpdateWebhook = body.json()?;
     let before = must(&st, &id).await?;
@@ -154,7 +179,13 @@ pub async fn update_webhook(State(st): State<AppState>, c: Caller, Path(id): Pat
     st.store.put_webhook(&w).await?;
     st.dispatcher.wake(&id);
     st.catalog
-        .audit(&c.name, "webhook.update", &format!("webhook:{id}"), view(&before), view(&w))
+        .audit(
+            &c.name,
+            "webhook.update",
+            &format!("webhook:{id}"),
+            view(&before),
+            view(&w),
+        )
         .await?;
     Ok(reply(StatusCode::OK, view(&w)))
 }
@@ -163,13 +194,23 @@ pub async fn update_webhook(State(st): State<AppState>, c: Caller, Path(id): Pat
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("api_key" = [])),
     params(("id" = String, Path, description = "Webhook id")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "Unknown id")))]
-pub async fn delete_webhook(State(st): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn delete_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "deleting webhooks")?;
     let before = must(&st, &id).await?;
     st.store.delete_webhook(&id).await?;
     st.dispatcher.wake(&id);
     st.catalog
-        .audit(&c.name, "webhook.delete", &format!("webhook:{id}"), view(&before), serde_json::Value::Null)
+        .audit(
+            &c.name,
+            "webhook.delete",
+            &format!("webhook:{id}"),
+            view(&before),
+            serde_json::Value::Null,
+        )
         .await?;
     Ok(reply(StatusCode::NO_CONTENT, ()))
 }
@@ -178,7 +219,11 @@ pub async fn delete_webhook(State(st): State<AppState>, c: Caller, Path(id): Pat
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", tag = "webhooks", security(("api_key" = [])),
     params(("id" = String, Path, description = "Webhook id")),
     responses((status = 200, description = "`{id, secret, previous_valid_until}`"), (status = 404, description = "Unknown id")))]
-pub async fn rotate_secret(State(st): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn rotate_secret(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "rotating webhook secrets")?;
     let mut w = must(&st, &id).await?;
     let now = crate::catalog::now_ms();
@@ -190,10 +235,22 @@ pub async fn rotate_secret(State(st): State<AppState>, c: Caller, Path(id): Path
         }
     }
     let secret = new_secret().map_err(|e| ApiError::internal(e.to_string()))?;
-    w.secrets.insert(0, WebhookSecret { secret: secret.clone(), expires_at: None });
+    w.secrets.insert(
+        0,
+        WebhookSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        },
+    );
     st.store.put_webhook(&w).await?;
     st.catalog
-        .audit(&c.name, "webhook.rotate", &format!("webhook:{id}"), serde_json::Value::Null, serde_json::json!({"previous_valid_until": until}))
+        .audit(
+            &c.name,
+            "webhook.rotate",
+            &format!("webhook:{id}"),
+            serde_json::Value::Null,
+            serde_json::json!({"previous_valid_until": until}),
+        )
         .await?;
     Ok(reply(
         StatusCode::OK,
@@ -211,7 +268,12 @@ pub struct LimitQuery {
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("api_key" = [])),
     params(("id" = String, Path, description = "Webhook id"), ("limit" = Option<usize>, Query, description = "At most (default 100)")),
     responses((status = 200, description = "`[{msg_id, attempt, at, status, error, latency_ms, outcome}]`")))]
-pub async fn deliveries(State(st): State<AppState>, c: Caller, Path(id): Path<String>, Query(q): Query<LimitQuery>) -> ApiResult<Response> {
+pub async fn deliveries(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "reading delivery logs")?;
     must(&st, &id).await?;
     let log: Vec<_> = st
@@ -231,7 +293,11 @@ pub async fn deliveries(State(st): State<AppState>, c: Caller, Path(id): Path<St
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "webhooks", security(("api_key" = [])),
     params(("webhook" = Option<String>, Query, description = "Only this endpoint"), ("limit" = Option<usize>, Query, description = "At most (default 100)")),
     responses((status = 200, description = "`[{webhook, msg_id, alert_id, attempts, last_status, last_error, created_at}]`")))]
-pub async fn dead_letters(State(st): State<AppState>, c: Caller, Query(q): Query<LimitQuery>) -> ApiResult<Response> {
+pub async fn dead_letters(
+    State(st): State<AppState>,
+    c: Caller,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "reading dead letters")?;
     let list: Vec<_> = st
         .store
@@ -251,7 +317,11 @@ pub async fn dead_letters(State(st): State<AppState>, c: Caller, Query(q): Query
 #[utoipa::path(post, path = "/v1/dead-letters/{webhook}/{msg_id}/resend", tag = "webhooks", security(("api_key" = [])),
     params(("webhook" = String, Path, description = "Webhook id"), ("msg_id" = String, Path, description = "Message id")),
     responses((status = 202, description = "Queued"), (status = 404, description = "No such dead letter")))]
-pub async fn resend(State(st): State<AppState>, c: Caller, Path((webhook, msg_id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn resend(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((webhook, msg_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     c.require(Role::Admin, "re-sending dead letters")?;
     let ok = st
         .dispatcher
@@ -259,10 +329,21 @@ pub async fn resend(State(st): State<AppState>, c: Caller, Path((webhook, msg_id
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     if !ok {
-        return Err(ApiError::not_found(format!("no dead letter `{msg_id}` for webhook `{webhook}`")));
+        return Err(ApiError::not_found(format!(
+            "no dead letter `{msg_id}` for webhook `{webhook}`"
+        )));
     }
     st.catalog
-        .audit(&c.name, "webhook.resend", &format!("webhook:{webhook}"), serde_json::Value::Null, serde_json::json!({"msg_id": msg_id}))
+        .audit(
+            &c.name,
+            "webhook.resend",
+            &format!("webhook:{webhook}"),
+            serde_json::Value::Null,
+            serde_json::json!({"msg_id": msg_id}),
+        )
         .await?;
-    Ok(reply(StatusCode::ACCEPTED, serde_json::json!({"queued": msg_id})))
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        serde_json::json!({"queued": msg_id}),
+    ))
 }
