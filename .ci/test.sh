@@ -17,6 +17,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# A Kafka-compatible broker for the Kafka tests (tests/kafka.rs): tansu from
+# the crates registry (about 10-12 minutes on 2 cores the first time;
+# `dynostore` is needed for its in-memory storage).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  echo "== installing the tansu broker (cargo install)"
+  cargo install --locked tansu --features dynostore
+fi
+
 echo "== rustfmt"
 cargo fmt --all --check
 

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod kafka;
 pub mod router;
 pub mod rules;
 pub mod status;

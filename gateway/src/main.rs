@@ -136,6 +136,18 @@ struct RunArgs {
     /// Largest HTTP request body, bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Kafka brokers: consume events from --topic in consumer group --group.
+    #[arg(long, env = "VIGIL_KAFKA")]
+    kafka: Option<String>,
+    /// Kafka topic of events (with --kafka).
+    #[arg(long, env = "VIGIL_KAFKA_TOPIC")]
+    topic: Option<String>,
+    /// Kafka consumer group.
+    #[arg(long, default_value = "vigil", env = "VIGIL_KAFKA_GROUP")]
+    group: String,
+    /// Also publish alerts to this Kafka topic (key = alert key, payload = alert JSON).
+    #[arg(long, env = "VIGIL_ALERTS_TOPIC")]
+    alerts_topic: Option<String>,
     /// Webhook retry delays, comma-separated (after the last, dead letter).
     #[arg(long, default_value = "5s,5m,30m,2h,5h,10h,10h")]
     webhook_schedule: String,
@@ -244,6 +256,20 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             allow_loopback: a.webhook_allow_loopback,
             allow_private: a.webhook_allow_private,
             ..WebhookConfig::default()
+        },
+        kafka: match (&a.kafka, &a.topic) {
+            (Some(b), Some(t)) => Some(vigil_gateway::kafka::KafkaSource {
+                brokers: b.clone(),
+                topic: t.clone(),
+                group: a.group.clone(),
+            }),
+            (Some(_), None) => anyhow::bail!("--kafka needs --topic"),
+            _ => None,
+        },
+        alerts_topic: match (&a.kafka, &a.alerts_topic) {
+            (Some(b), Some(t)) => Some((b.clone(), t.clone())),
+            (None, Some(_)) => anyhow::bail!("--alerts-topic needs --kafka"),
+            _ => None,
         },
     })
     .await?;

@@ -68,6 +68,8 @@ pub struct Status {
     pub rule_alerts: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Alert latency: wall clock when stored minus the alert's event time.
     pub alert_latency: Histogram,
+    /// Kafka consumer lag per (topic, partition).
+    pub kafka_lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 /// Bucket bounds of [`Histogram`], seconds.
@@ -264,6 +266,16 @@ impl Status {
                 o,
                 "vigil_rule_alerts_total{{rule=\"{rule}\",mode=\"{mode}\"}} {n}"
             );
+        }
+        let lag = self.kafka_lag.lock().map(|m| m.clone()).unwrap_or_default();
+        if !lag.is_empty() {
+            o.push_str("# HELP vigil_kafka_consumer_lag messages not yet consumed, per partition\n# TYPE vigil_kafka_consumer_lag gauge\n");
+            for ((t, p), n) in lag {
+                let _ = writeln!(
+                    o,
+                    "vigil_kafka_consumer_lag{{topic=\"{t}\",partition=\"{p}\"}} {n}"
+                );
+            }
         }
         self.alert_latency.render(
             "vigil_alert_latency_seconds",

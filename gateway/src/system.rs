@@ -42,6 +42,10 @@ pub struct SystemConfig {
     pub router: RouterConfig,
     pub api: ApiConfig,
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Consume events from a Kafka topic.
+    pub kafka: Option<crate::kafka::KafkaSource>,
+    /// Publish alerts to a Kafka topic: (brokers, topic).
+    pub alerts_topic: Option<(String, String)>,
 }
 
 /// A running gateway (without its HTTP listener).
@@ -162,7 +166,11 @@ impl System {
         }
 
         dispatcher.start().await?;
-        let tasks = vec![
+        let sink = match &cfg.alerts_topic {
+            Some((brokers, topic)) => Some(crate::kafka::AlertSink::new(brokers, topic)?),
+            None => None,
+        };
+        let mut tasks = vec![
             tokio::spawn(alert_writer(
                 alert_rx,
                 store.clone(),
@@ -170,9 +178,18 @@ impl System {
                 status,
                 catalog.clone(),
                 dispatcher,
+                sink,
             )),
             tokio::spawn(watch_shared_changes(state.clone())),
         ];
+        if let Some(src) = cfg.kafka.clone() {
+            let (ingest, status) = (state.ingest.clone(), state.status.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::kafka::consume(src, ingest, status).await {
+                    error!(error = %e, "the Kafka source stopped");
+                }
+            }));
+        }
         Ok(System {
             state,
             first_admin_key,
@@ -241,6 +258,7 @@ async fn alert_writer(
     status: Arc<Status>,
     catalog: Arc<Catalog>,
     dispatcher: Arc<crate::webhooks::Dispatcher>,
+    sink: Option<crate::kafka::AlertSink>,
 ) {
     while let Some(a) = rx.recv().await {
         let alert: serde_json::Value = serde_json::from_str(&a.json).unwrap_or_default();
@@ -285,6 +303,14 @@ async fn alert_writer(
                 warn!(error = %e, "queueing webhook deliveries failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            if let Some(sink) = &sink {
+                let mut delay = Duration::from_millis(50);
+                while let Err(e) = sink.send(&stored.key, &stored.alert.to_string()).await {
+                    warn!(error = %e, "publishing an alert to Kafka failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
             let _ = tx.send(Arc::new(stored));
         }

@@ -54,6 +54,8 @@ fn config(rules: PathBuf, store: StoreConfig, publish: Option<String>) -> System
             allow_loopback: true,
             ..Default::default()
         },
+        kafka: None,
+        alerts_topic: None,
     }
 }
 

@@ -186,6 +186,8 @@ fn config(data: PathBuf, rules: PathBuf, schedule: &str) -> SystemConfig {
             allow_loopback: true,
             ..WebhookConfig::default()
         },
+        kafka: None,
+        alerts_topic: None,
     }
 }
 
