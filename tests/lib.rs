@@ -374,16 +374,26 @@ pub fn id_counts<'a>(
 /// Waits until the gateway accepted `accepted` events and every node processed
 /// all it was sent.
 pub fn wait_processed(http: &str, accepted: u64) {
-    wait_until("all events processed", Duration::from_secs(60), || {
-        cluster(http).is_some_and(|c| {
-            c["events_accepted"].as_u64() == Some(accepted)
-                && c["nodes"].as_array().is_some_and(|ns| {
-                    ns.iter()
-                        .filter(|n| n["state"] == "up")
-                        .all(|n| n["lag_events"] == 0 && n["queued_copies"] == 0)
-                })
-        })
-    });
+    let done = |c: &serde_json::Value| {
+        c["events_accepted"].as_u64() == Some(accepted)
+            && c["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .filter(|n| n["state"] == "up")
+                    .all(|n| n["lag_events"] == 0 && n["queued_copies"] == 0)
+            })
+    };
+    let start = Instant::now();
+    let mut last = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(c) = cluster(http) {
+            if done(&c) {
+                return;
+            }
+            last = c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {accepted} events to be processed; cluster: {last}");
 }
 
 /// A deterministic mixed workload: card payments (keyed by card and by
@@ -422,7 +432,7 @@ pub fn workload(n: usize, cards: u64, step_ms: i64) -> Vec<String> {
 pub const WORKLOAD_RULES: &[(&str, &str)] = &[
     (
         "events.vgl",
-        "event Txn { card_id: string, account_id: string, amount: float, country: string }\nevent Heartbeat { device_id: string }\n",
+        "event Txn { card_id: string, account_id: string, amount: float, country: string }\nevent Heartbeat { device_id: string }\n# Read by no rule: end-of-stream markers in the Kafka test.\nevent Tick { n: int }\n",
     ),
     (
         "spike.vgl",

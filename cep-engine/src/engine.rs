@@ -395,6 +395,30 @@ impl Engine {
         self.advance_to(wm);
     }
 
+    /// Feeds an event whose watermark someone else keeps (the cluster: the
+    /// gateway's clock over all inputs travels with the events, and the node
+    /// calls [`Engine::advance_to`]). The event waits in the reorder buffer
+    /// until the watermark reaches it; one already behind it is late.
+    pub fn push_held(&mut self, ev: Event, route: Route) {
+        self.metrics.events_in += 1;
+        if ev.ts < self.watermark {
+            self.metrics.late += 1;
+            return;
+        }
+        self.arrivals += 1;
+        if self.buffer.is_empty() && ev.ts <= self.watermark {
+            self.fire_timers(ev.ts);
+            self.process(ev, route);
+        } else {
+            self.buffer.push(Reverse(Buffered {
+                ts: ev.ts,
+                arrival: self.arrivals,
+                route,
+                event: ev,
+            }));
+        }
+    }
+
     /// Minimum over non-idle inputs of (max ts − lateness).
     fn input_watermark(&self) -> i64 {
         let idle = self.config.idle_ms;

@@ -449,14 +449,23 @@ impl Node {
             if r.clock != i64::MIN {
                 engine.advance_to(r.clock.saturating_sub(lateness));
             }
-            self.clock = self.clock.max(r.clock).max(r.event.ts);
+            self.clock = self.clock.max(r.clock);
             self.processed_seq = self.processed_seq.max(r.seq);
-            engine.push_routed(0, r.event, r.route);
+            engine.push_held(r.event, r.route);
             if touched.last() != Some(&r.shard) {
                 touched.push(r.shard);
             }
         }
         self.clock = self.clock.max(b.clock);
+        // The batch's closing clock releases what its events made due.
+        if self.clock != i64::MIN {
+            let wm = self.clock.saturating_sub(lateness);
+            for s in &touched {
+                if let Some(e) = self.engines.get_mut(s) {
+                    e.advance_to(wm);
+                }
+            }
+        }
         if misrouted > 0 {
             self.status
                 .misrouted

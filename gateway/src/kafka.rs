@@ -44,7 +44,27 @@ pub async fn consume(
         .create()?;
     consumer.subscribe(&[&src.topic])?;
     let consumer = Arc::new(consumer);
-    info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, "consuming Kafka");
+    // Every partition is an input of the event-time clock from the start: an
+    // input not heard from yet holds the clock back (until the idle period).
+    let partitions = {
+        let (c, t) = (consumer.clone(), src.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(10))
+                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await??
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let announce = HttpIngest {
+        events: vec![],
+        inputs: Some((0..partitions as u32).map(|p| 1 + p).collect()),
+        reply: tx,
+    };
+    if ingest.send(announce).await.is_err() {
+        return Ok(());
+    }
+    let _ = rx.await;
+    info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions, "consuming Kafka");
     tokio::spawn(report_lag(
         consumer.clone(),
         src.topic.clone(),
@@ -54,6 +74,8 @@ pub async fn consume(
         // Gather a batch: wait for one message, then take what is ready.
         let first = consumer.recv().await?;
         let mut events = vec![first.payload().map(<[u8]>::to_vec).unwrap_or_default()];
+        // Each partition is its own input (its own watermark).
+        let mut inputs = vec![1 + first.partition().max(0) as u32];
         let mut last: BTreeMap<i32, i64> = BTreeMap::new();
         last.insert(first.partition(), first.offset());
         drop(first);
@@ -61,6 +83,7 @@ pub async fn consume(
             match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
                 Ok(Ok(m)) => {
                     events.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                    inputs.push(1 + m.partition().max(0) as u32);
                     last.insert(m.partition(), m.offset());
                 }
                 Ok(Err(e)) => {
@@ -71,7 +94,12 @@ pub async fn consume(
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if ingest.send(HttpIngest { events, reply: tx }).await.is_err() {
+        let req = HttpIngest {
+            events,
+            inputs: Some(inputs),
+            reply: tx,
+        };
+        if ingest.send(req).await.is_err() {
             return Ok(());
         }
         // Commit only what the router has taken.

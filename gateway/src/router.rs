@@ -192,6 +192,8 @@ pub struct AckRejection {
 /// one result per item (`Ok` or the rejection) once they are routed.
 pub struct HttpIngest {
     pub events: Vec<Vec<u8>>,
+    /// The input of each event (a Kafka partition); `None`: all input 0.
+    pub inputs: Option<Vec<u32>>,
     pub reply: tokio::sync::oneshot::Sender<Vec<Result<(), Rejection>>>,
 }
 
@@ -240,6 +242,8 @@ pub struct Router {
     commands: Option<Receiver<Command>>,
     /// The most recent accepted events, raw (for rule diffs and tests).
     sample: VecDeque<Vec<u8>>,
+    /// Per input: highest event time, and when it last sent an event.
+    inputs: std::collections::BTreeMap<u32, (i64, Instant)>,
 }
 
 /// Accepted events kept for [`Command::Sample`].
@@ -334,6 +338,7 @@ impl Router {
             channels: Channels::default(),
             commands: None,
             sample: VecDeque::new(),
+            inputs: std::collections::BTreeMap::new(),
         })
     }
 
@@ -530,11 +535,27 @@ impl Router {
             // The request was sent after any command the API acknowledged
             // before it: take those first.
             self.drain_commands();
+            if req.events.is_empty() {
+                // An announcement of inputs (a Kafka source's partitions):
+                // until each has sent an event, it holds the clock back.
+                for i in req.inputs.iter().flatten() {
+                    self.inputs.entry(*i).or_insert((i64::MIN, Instant::now()));
+                }
+                let _ = req.reply.send(vec![]);
+                continue;
+            }
             let results: Vec<Result<(), Rejection>> = req
                 .events
                 .iter()
-                .map(|e| {
-                    let r = self.ingest(e);
+                .enumerate()
+                .map(|(i, e)| {
+                    let input = req
+                        .inputs
+                        .as_ref()
+                        .and_then(|v| v.get(i))
+                        .copied()
+                        .unwrap_or(0);
+                    let r = self.ingest_from(input, e);
                     if let Err(rej) = &r {
                         self.status.reject(rej.reason);
                     }
@@ -605,6 +626,12 @@ impl Router {
 
     /// Validates, numbers and routes one event.
     fn ingest(&mut self, frame: &[u8]) -> Result<(), Rejection> {
+        self.ingest_from(0, frame)
+    }
+
+    /// Validates, numbers and routes one event from one input (0: ZeroMQ and
+    /// HTTP; 1 + partition: Kafka).
+    fn ingest_from(&mut self, input: u32, frame: &[u8]) -> Result<(), Rejection> {
         if frame.len() > self.cfg.max_event_bytes {
             return Err(Rejection::new(
                 "oversize",
@@ -622,8 +649,12 @@ impl Router {
         let ev = decoder.decode(frame, || format!("zmq:{seq}"))?;
         self.seq = seq;
         let before = self.clock;
-        self.clock = self.clock.max(ev.ts);
-        self.idle_base = Some((self.clock, Instant::now()));
+        let now = Instant::now();
+        let inp = self.inputs.entry(input).or_insert((ev.ts, now));
+        inp.0 = inp.0.max(ev.ts);
+        inp.1 = now;
+        self.clock = self.clock.max(self.input_clock(now));
+        self.idle_base = Some((self.clock, now));
         self.status
             .counters
             .events_accepted
@@ -634,6 +665,18 @@ impl Router {
         }
         self.sample.push_back(frame.to_vec());
         Ok(())
+    }
+
+    /// The event-time clock over inputs (spec §5): the minimum of each input's
+    /// highest `ts`, leaving out inputs silent for the idle period (so one
+    /// quiet Kafka partition does not hold everything back). With one input
+    /// it is that input's highest `ts`.
+    fn input_clock(&self, now: Instant) -> i64 {
+        let idle = Duration::from_millis(self.cfg.idle_ms.max(0) as u64);
+        let active = self.inputs.values().filter(|(_, seen)| {
+            self.cfg.idle_ms <= 0 || self.inputs.len() == 1 || now.duration_since(*seen) < idle
+        });
+        active.map(|(ts, _)| *ts).min().unwrap_or(self.clock)
     }
 
     fn route(&mut self, seq: u64, clock: i64, ev: &Event) {

@@ -46,7 +46,11 @@ pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> A
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     st.ingest
-        .send(HttpIngest { events, reply: tx })
+        .send(HttpIngest {
+            events,
+            inputs: None,
+            reply: tx,
+        })
         .await
         .map_err(|_| {
             ApiError::new(
