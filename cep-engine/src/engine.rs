@@ -364,49 +364,47 @@ impl Engine {
 
     /// Feeds an event from one input (a Kafka partition, a producer).
     pub fn push_from(&mut self, input: u32, ev: Event) {
-        self.push_routed(input, ev, Route::All);
-    }
-
-    /// Feeds one routed copy of an event (see [`Route`]).
-    pub fn push_routed(&mut self, input: u32, ev: Event, route: Route) {
-        self.metrics.events_in += 1;
-        if ev.ts < self.watermark {
-            self.metrics.late += 1;
+        if self.is_late(ev.ts) {
             return;
         }
         let wall = self.wall_ms;
         let inp = self.inputs.entry(input).or_default();
         inp.max_ts = Some(inp.max_ts.map_or(ev.ts, |m| m.max(ev.ts)));
         inp.last_wall = wall;
-        self.arrivals += 1;
         let wm = self.input_watermark();
-        if self.buffer.is_empty() && ev.ts <= wm {
-            // In order and already released: skip the reorder buffer.
-            self.fire_timers(ev.ts);
-            self.process(ev, route);
-        } else {
-            self.buffer.push(Reverse(Buffered {
-                ts: ev.ts,
-                arrival: self.arrivals,
-                route,
-                event: ev,
-            }));
-        }
+        self.admit(ev, Route::All, wm);
         self.advance_to(wm);
     }
 
-    /// Feeds an event whose watermark someone else keeps (the cluster: the
-    /// gateway's clock over all inputs travels with the events, and the node
-    /// calls [`Engine::advance_to`]). The event waits in the reorder buffer
-    /// until the watermark reaches it; one already behind it is late.
+    /// Feeds one routed copy of an event whose watermark someone else keeps
+    /// (the cluster: the gateway's clock over all inputs travels with the
+    /// events, and the node calls [`Engine::advance_to`]). The event waits in
+    /// the reorder buffer until the watermark reaches it; one already behind
+    /// it is late.
     pub fn push_held(&mut self, ev: Event, route: Route) {
-        self.metrics.events_in += 1;
-        if ev.ts < self.watermark {
-            self.metrics.late += 1;
+        if self.is_late(ev.ts) {
             return;
         }
+        let wm = self.watermark;
+        self.admit(ev, route, wm);
+    }
+
+    /// Counts an arriving event; true (and counted late) if it is behind the
+    /// watermark.
+    fn is_late(&mut self, ts: i64) -> bool {
+        self.metrics.events_in += 1;
+        if ts < self.watermark {
+            self.metrics.late += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Processes an event at once if it is in order and already released by
+    /// `released`, else puts it in the reorder buffer.
+    fn admit(&mut self, ev: Event, route: Route, released: i64) {
         self.arrivals += 1;
-        if self.buffer.is_empty() && ev.ts <= self.watermark {
+        if self.buffer.is_empty() && ev.ts <= released {
             self.fire_timers(ev.ts);
             self.process(ev, route);
         } else {
