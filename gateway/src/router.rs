@@ -128,6 +128,18 @@ struct Outgoing {
     version: u64,
 }
 
+impl Outgoing {
+    /// A control message (deploy, list): needs no credit, belongs to no version.
+    fn control(bytes: Vec<u8>) -> Outgoing {
+        Outgoing {
+            bytes,
+            copies: 0,
+            last_seq: 0,
+            version: 0,
+        }
+    }
+}
+
 struct Link {
     name: String,
     endpoint: String,
@@ -145,7 +157,6 @@ struct Link {
     last_hello: Instant,
     acked_version: u64,
     sent_seq: u64,
-    sent_copies: u64,
     processed_seq: u64,
     stats: wire::Stats,
 }
@@ -294,7 +305,6 @@ impl Router {
                 last_hello: Instant::now() - Duration::from_secs(10),
                 acked_version: 0,
                 sent_seq: 0,
-                sent_copies: 0,
                 processed_seq: 0,
                 stats: wire::Stats::default(),
             });
@@ -490,12 +500,7 @@ impl Router {
             if l.state != LinkState::Connecting {
                 // In the same queue as the events: the node switches rules at
                 // exactly this point of its stream.
-                l.queue.push_back(Outgoing {
-                    bytes: msg.clone(),
-                    copies: 0,
-                    last_seq: 0,
-                    version: 0,
-                });
+                l.queue.push_back(Outgoing::control(msg.clone()));
                 if l.state == LinkState::Up {
                     l.state = LinkState::Syncing;
                 }
@@ -513,12 +518,7 @@ impl Router {
             // In the event stream: events after this point see the new list.
             let (clock, version) = (self.clock, self.bundle.as_ref().map_or(0, |b| b.version));
             l.seal(clock, version);
-            l.queue.push_back(Outgoing {
-                bytes: msg.clone(),
-                copies: 0,
-                last_seq: 0,
-                version: 0,
-            });
+            l.queue.push_back(Outgoing::control(msg.clone()));
         }
         self.lists.insert(name, entries);
     }
@@ -738,7 +738,6 @@ impl Router {
                 l.queued_copies -= sent.copies as usize;
                 if sent.copies > 0 {
                     l.sent_seq = l.sent_seq.max(sent.last_seq);
-                    l.sent_copies += u64::from(sent.copies);
                     self.status
                         .counters
                         .batches_sent
@@ -800,23 +799,15 @@ impl Router {
                     }
                     // Lists, then the rules, ahead of any queued batch.
                     for (name, entries) in self.lists.iter().rev() {
-                        l.queue.push_front(Outgoing {
-                            bytes: wire::encode(&Msg::SetList {
+                        l.queue
+                            .push_front(Outgoing::control(wire::encode(&Msg::SetList {
                                 name: name.clone(),
                                 entries: entries.clone(),
-                            }),
-                            copies: 0,
-                            last_seq: 0,
-                            version: 0,
-                        });
+                            })));
                     }
                     if let Some(b) = &self.bundle {
-                        l.queue.push_front(Outgoing {
-                            bytes: wire::encode(&deploy_msg(b)),
-                            copies: 0,
-                            last_seq: 0,
-                            version: 0,
-                        });
+                        l.queue
+                            .push_front(Outgoing::control(wire::encode(&deploy_msg(b))));
                     }
                     l.state = LinkState::Syncing;
                 } else {

@@ -170,18 +170,19 @@ impl System {
             Some((brokers, topic)) => Some(crate::kafka::AlertSink::new(brokers, topic)?),
             None => None,
         };
-        let mut tasks = vec![
-            tokio::spawn(alert_writer(
-                alert_rx,
-                store.clone(),
-                alerts,
-                status,
-                catalog.clone(),
-                dispatcher,
-                sink,
-            )),
-            tokio::spawn(watch_shared_changes(state.clone())),
-        ];
+        let mut tasks = vec![tokio::spawn(alert_writer(
+            alert_rx,
+            store.clone(),
+            alerts,
+            status,
+            catalog.clone(),
+            dispatcher,
+            sink,
+        ))];
+        // Only a shared store can change under us.
+        if matches!(cfg.store, StoreConfig::Redis { .. }) {
+            tasks.push(tokio::spawn(watch_shared_changes(state.clone())));
+        }
         if let Some(src) = cfg.kafka.clone() {
             let (ingest, status) = (state.ingest.clone(), state.status.clone());
             tasks.push(tokio::spawn(async move {
@@ -282,37 +283,44 @@ async fn alert_writer(
             alert,
             events,
         };
-        let mut delay = Duration::from_millis(50);
-        let new = loop {
-            match store.put_alert(&stored).await {
-                Ok(new) => break new,
-                Err(e) => {
-                    warn!(error = %e, "storing an alert failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let new = until_ok("storing an alert", || store.put_alert(&stored)).await;
         if new {
             status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, at);
             // Webhook deliveries are queued in the store before the alert is
             // considered handled (they survive a restart from here on).
             let tags = catalog.rule_tags(&stored.rule);
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = dispatcher.on_alert(&stored, &tags).await {
-                warn!(error = %e, "queueing webhook deliveries failed; retrying");
+            until_ok("queueing webhook deliveries", || {
+                dispatcher.on_alert(&stored, &tags)
+            })
+            .await;
+            if let Some(sink) = &sink {
+                let json = stored.alert.to_string();
+                until_ok("publishing an alert to Kafka", || {
+                    sink.send(&stored.key, &json)
+                })
+                .await;
+            }
+            let _ = tx.send(Arc::new(stored));
+        }
+    }
+}
+
+/// Runs `f` until it succeeds, backing off from 50 ms to 5 s between tries.
+/// Alerts wait rather than get lost; the bounded channel upstream slows the
+/// router meanwhile.
+async fn until_ok<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                warn!(error = %e, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            if let Some(sink) = &sink {
-                let mut delay = Duration::from_millis(50);
-                while let Err(e) = sink.send(&stored.key, &stored.alert.to_string()).await {
-                    warn!(error = %e, "publishing an alert to Kafka failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-            let _ = tx.send(Arc::new(stored));
         }
     }
 }

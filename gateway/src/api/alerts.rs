@@ -23,8 +23,8 @@ use tokio_stream::wrappers::BroadcastStream;
         (status = 415, description = "Another content type")))]
 pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
     c.require(Role::Analyst, "sending events")?;
-    let events: Vec<Vec<u8>> = match body.content_type().as_str() {
-        "application/json" => vec![body.bytes.to_vec()],
+    let numbered: Vec<(usize, Vec<u8>)> = match body.content_type().as_str() {
+        "application/json" => vec![(1, body.bytes.to_vec())],
         "application/x-ndjson" | "application/jsonl" => event_lines(&body)?,
         other => {
             return Err(super::unsupported(
@@ -33,17 +33,7 @@ pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> A
             ));
         }
     };
-    // Line numbers of the NDJSON body (blank lines skipped).
-    let lines: Vec<usize> = if body.content_type() == "application/json" {
-        vec![1]
-    } else {
-        body.bytes
-            .split(|&c| c == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, _)| i + 1)
-            .collect()
-    };
+    let (lines, events): (Vec<usize>, Vec<Vec<u8>>) = numbered.into_iter().unzip();
     let (tx, rx) = tokio::sync::oneshot::channel();
     st.ingest
         .send(HttpIngest {

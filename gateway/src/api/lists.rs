@@ -227,24 +227,7 @@ pub async fn add_entries(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    c.require(Role::Analyst, "changing a list")?;
-    let e: Entries = body.json()?;
-    must_exist(&st, &name).await?;
-    let added = st.store.add_to_list(&name, &e.entries).await?;
-    let entries = publish(&st, &name).await?;
-    st.catalog
-        .audit(
-            &c.name,
-            "list.add",
-            &format!("list:{name}"),
-            serde_json::Value::Null,
-            serde_json::json!({"added": e.entries}),
-        )
-        .await?;
-    Ok(reply(
-        StatusCode::OK,
-        serde_json::json!({"added": added, "entries": entries.len()}),
-    ))
+    change_entries(st, c, name, body, true).await
 }
 
 /// Remove entries: `{"entries": [...]}`.
@@ -258,22 +241,45 @@ pub async fn remove_entries(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
+    change_entries(st, c, name, body, false).await
+}
+
+/// Adds (`add`) or removes entries, publishes the list, audits the change.
+async fn change_entries(
+    st: AppState,
+    c: Caller,
+    name: String,
+    body: Body,
+    add: bool,
+) -> ApiResult<Response> {
     c.require(Role::Analyst, "changing a list")?;
     let e: Entries = body.json()?;
     must_exist(&st, &name).await?;
-    let removed = st.store.remove_from_list(&name, &e.entries).await?;
-    let entries = publish(&st, &name).await?;
-    st.catalog
-        .audit(
-            &c.name,
-            "list.remove",
-            &format!("list:{name}"),
-            serde_json::json!({"removed": e.entries}),
-            serde_json::Value::Null,
+    let (n, action, field) = if add {
+        (
+            st.store.add_to_list(&name, &e.entries).await?,
+            "list.add",
+            "added",
         )
+    } else {
+        (
+            st.store.remove_from_list(&name, &e.entries).await?,
+            "list.remove",
+            "removed",
+        )
+    };
+    let entries = publish(&st, &name).await?;
+    let change = serde_json::json!({ field: e.entries });
+    let (before, after) = if add {
+        (serde_json::Value::Null, change)
+    } else {
+        (change, serde_json::Value::Null)
+    };
+    st.catalog
+        .audit(&c.name, action, &format!("list:{name}"), before, after)
         .await?;
     Ok(reply(
         StatusCode::OK,
-        serde_json::json!({"removed": removed, "entries": entries.len()}),
+        serde_json::json!({ field: n, "entries": entries.len() }),
     ))
 }

@@ -191,14 +191,17 @@ pub async fn get_version(
     Ok(reply(StatusCode::OK, version_of(&st, &name, v).await?))
 }
 
-/// Events of a body: NDJSON, or JSON `{"events": [...]}` / `[...]`.
-pub fn event_lines(b: &Body) -> ApiResult<Vec<Vec<u8>>> {
+/// Events of a body with their line numbers: NDJSON (blank lines skipped,
+/// numbered as in the body), or JSON `{"events": [...]}` / `[...]` (numbered
+/// by position).
+pub fn event_lines(b: &Body) -> ApiResult<Vec<(usize, Vec<u8>)>> {
     match b.content_type().as_str() {
         "application/x-ndjson" | "application/jsonl" => Ok(b
             .bytes
             .split(|&c| c == b'\n')
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .map(<[u8]>::to_vec)
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, l)| (i + 1, l.to_vec()))
             .collect()),
         "application/json" => {
             let v: serde_json::Value = b.json()?;
@@ -218,7 +221,11 @@ pub fn event_lines(b: &Body) -> ApiResult<Vec<Vec<u8>>> {
                     ));
                 }
             };
-            Ok(list.iter().map(|e| e.to_string().into_bytes()).collect())
+            Ok(list
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i + 1, e.to_string().into_bytes()))
+                .collect())
         }
         other => Err(unsupported(
             other,
@@ -231,7 +238,7 @@ pub fn event_lines(b: &Body) -> ApiResult<Vec<Vec<u8>>> {
 fn run_text(
     schema: &str,
     text: &str,
-    events: &[Vec<u8>],
+    events: &[(usize, Vec<u8>)],
 ) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     let (v, set) = validate_against(schema, text);
     let Some(set) = set.filter(|_| v.ok) else {
@@ -242,11 +249,11 @@ fn run_text(
     let mut engine = Engine::new(set.clone(), EngineConfig::default());
     engine.set_wall_clock(catalog::now_ms());
     let mut rejected = vec![];
-    for (i, e) in events.iter().enumerate() {
-        match decoder.decode(e, || format!("test:{}", i + 1)) {
+    for (line, e) in events {
+        match decoder.decode(e, || format!("test:{line}")) {
             Ok(ev) => engine.push(ev),
             Err(r) => rejected
-                .push(serde_json::json!({"line": i + 1, "reason": r.reason, "message": r.detail})),
+                .push(serde_json::json!({"line": line, "reason": r.reason, "message": r.detail})),
         }
     }
     engine.finish(false);
@@ -415,6 +422,11 @@ pub async fn diff(
         .unwrap_or_default();
     let schema = st.catalog.schema().await?;
     let n = sample.len();
+    let sample: Vec<(usize, Vec<u8>)> = sample
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i + 1, e))
+        .collect();
     let (only_from, only_to, both) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         // Compare matches, not ids: the version number is part of an id.
         let sig = |alerts: Vec<serde_json::Value>| -> BTreeSet<String> {
