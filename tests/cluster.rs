@@ -56,11 +56,7 @@ fn stream_case(rules: &Path, events: &[String], nodes: &[String]) -> Vec<serde_j
         .unwrap_or(0);
     wait_processed(&ep.http, accepted);
     // Alerts travel node → gateway → PUB → us: wait for the published count.
-    wait_until("alerts delivered", Duration::from_secs(30), || {
-        cluster(&ep.http).is_some_and(|c| c["alerts_published"].as_u64() == Some(sink.len() as u64))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    sink.snapshot().into_iter().map(|(_, a)| a).collect()
+    sink.all_published(&ep.http)
 }
 
 #[test]
@@ -216,11 +212,7 @@ fn deploying_one_changed_rule_keeps_the_partial_matches_of_the_others() {
     });
     push_events(&ctx, &ep.pull, &events[half..], 100);
     wait_processed(&ep.http, events.len() as u64);
-    wait_until("alerts delivered", Duration::from_secs(30), || {
-        cluster(&ep.http).is_some_and(|c| c["alerts_published"].as_u64() == Some(sink.len() as u64))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let got: Vec<serde_json::Value> = sink.snapshot().into_iter().map(|(_, a)| a).collect();
+    let got = sink.all_published(&ep.http);
 
     let others = |v: &Vec<serde_json::Value>| -> BTreeMap<String, usize> {
         id_counts(v.iter().filter(|a| a["rule"] != "big_pair"))
@@ -319,17 +311,13 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
     let c = cluster(&ep.http).expect("cluster");
     assert!(c["copies_shed"].as_u64() > Some(0), "{c}");
     assert!(c["nodes"][1]["queued_copies"].as_u64() <= Some(2048), "{c}");
-    wait_until("alerts delivered", Duration::from_secs(30), || {
-        cluster(&ep.http).is_some_and(|c| c["alerts_published"].as_u64() == Some(sink.len() as u64))
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let got = sink.all_published(&ep.http);
 
     // Keys owned by the live nodes lost nothing: exactly replay's alerts.
     let live = |a: &&serde_json::Value| match a["key"].as_str() {
         Some(k) => owner(k, 3) != 1,
         None => true, // global rules run on shard 0, node 0
     };
-    let got: Vec<serde_json::Value> = sink.snapshot().into_iter().map(|(_, a)| a).collect();
     let got_live = id_counts(got.iter().filter(live));
     let want_live = id_counts(expected.iter().filter(live));
     assert!(!want_live.is_empty());
@@ -558,11 +546,7 @@ fn a_stalled_node_slows_ingest_and_loses_nothing() {
     nodes[0].signal("CONT");
     producer.join().expect("producer");
     wait_processed(&ep.http, events.len() as u64);
-    wait_until("alerts delivered", Duration::from_secs(30), || {
-        cluster(&ep.http).is_some_and(|c| c["alerts_published"].as_u64() == Some(sink.len() as u64))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let got: Vec<serde_json::Value> = sink.snapshot().into_iter().map(|(_, a)| a).collect();
+    let got = sink.all_published(&ep.http);
     assert_eq!(
         id_counts(got.iter()),
         expected,

@@ -305,6 +305,17 @@ impl AlertSink {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Waits until this sink has received as many alerts as the gateway at
+    /// `http` says it published (plus a short grace for strays), then returns
+    /// the alert bodies.
+    pub fn all_published(&self, http: &str) -> Vec<serde_json::Value> {
+        wait_until("alerts delivered", Duration::from_secs(30), || {
+            cluster(http).is_some_and(|c| c["alerts_published"].as_u64() == Some(self.len() as u64))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        self.snapshot().into_iter().map(|(_, a)| a).collect()
+    }
 }
 
 impl Drop for AlertSink {
