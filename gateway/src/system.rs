@@ -261,31 +261,21 @@ async fn alert_writer(
     dispatcher: Arc<crate::webhooks::Dispatcher>,
     sink: Option<crate::kafka::AlertSink>,
 ) {
-    while let Some(a) = rx.recv().await {
-        let alert: serde_json::Value = serde_json::from_str(&a.json).unwrap_or_default();
-        let events: serde_json::Value = serde_json::from_str(&a.events).unwrap_or_default();
-        let at = alert["at"]
-            .as_str()
-            .and_then(cep_engine::time::parse_rfc3339_ms)
-            .unwrap_or(0);
-        let key = match &alert["key"] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        let stored = StoredAlert {
-            id: a.id,
-            rule: alert["rule"].as_str().unwrap_or_default().to_string(),
-            key,
-            severity: alert["severity"].as_str().unwrap_or_default().to_string(),
-            mode: if a.shadow { Mode::Shadow } else { Mode::Active },
-            at,
-            alert,
-            events,
-        };
-        let new = until_ok("storing an alert", || store.put_alert(&stored)).await;
-        if new {
-            status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, at);
+    while let Some(first) = rx.recv().await {
+        // Take what has queued up: one store write for the whole batch.
+        let mut batch = vec![stored_alert(first)];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(a) => batch.push(stored_alert(a)),
+                Err(_) => break,
+            }
+        }
+        let new = until_ok("storing alerts", || store.put_alerts(&batch)).await;
+        for (stored, new) in batch.into_iter().zip(new) {
+            if !new {
+                continue;
+            }
+            status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
             // Webhook deliveries are queued in the store before the alert is
             // considered handled (they survive a restart from here on).
             let tags = catalog.rule_tags(&stored.rule);
@@ -302,6 +292,31 @@ async fn alert_writer(
             }
             let _ = tx.send(Arc::new(stored));
         }
+    }
+}
+
+/// An alert from the router in the store's form.
+fn stored_alert(a: AlertOut) -> StoredAlert {
+    let alert: serde_json::Value = serde_json::from_str(&a.json).unwrap_or_default();
+    let events: serde_json::Value = serde_json::from_str(&a.events).unwrap_or_default();
+    let at = alert["at"]
+        .as_str()
+        .and_then(cep_engine::time::parse_rfc3339_ms)
+        .unwrap_or(0);
+    let key = match &alert["key"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    StoredAlert {
+        id: a.id,
+        rule: alert["rule"].as_str().unwrap_or_default().to_string(),
+        key,
+        severity: alert["severity"].as_str().unwrap_or_default().to_string(),
+        mode: if a.shadow { Mode::Shadow } else { Mode::Active },
+        at,
+        alert,
+        events,
     }
 }
 

@@ -255,6 +255,9 @@ pub struct Dispatcher {
     cfg: WebhookConfig,
     client: reqwest::Client,
     workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The registered endpoints, read once per second at most (every alert
+    /// consults them); changes made through this gateway invalidate it.
+    endpoints: Mutex<Option<(Instant, Arc<Vec<Webhook>>)>>,
     /// Background tasks (workers, the metrics refresher), aborted by [`Dispatcher::stop`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub metrics: Arc<DeliveryMetrics>,
@@ -276,6 +279,7 @@ impl Dispatcher {
             cfg,
             client,
             workers: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(None),
             tasks: Mutex::new(vec![]),
             metrics: Arc::new(DeliveryMetrics::default()),
         }))
@@ -308,13 +312,34 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Forgets the cached endpoint list (after a change through the API).
+    pub fn invalidate(&self) {
+        if let Ok(mut c) = self.endpoints.lock() {
+            *c = None;
+        }
+    }
+
+    async fn endpoints(&self) -> anyhow::Result<Arc<Vec<Webhook>>> {
+        if let Ok(c) = self.endpoints.lock()
+            && let Some((at, list)) = c.as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(self.store.webhooks().await?);
+        if let Ok(mut c) = self.endpoints.lock() {
+            *c = Some((Instant::now(), list.clone()));
+        }
+        Ok(list)
+    }
+
     /// A new alert: one pending delivery per matching endpoint.
     pub async fn on_alert(
         self: &Arc<Self>,
         a: &StoredAlert,
         rule_tags: &[String],
     ) -> anyhow::Result<()> {
-        let hooks = self.store.webhooks().await?;
+        let hooks = self.endpoints().await?;
         if hooks.is_empty() {
             return Ok(());
         }
@@ -525,6 +550,7 @@ impl Dispatcher {
                 disabled.disabled =
                     Some(format!("410 Gone at {}", cep_engine::time::format_ms(now)));
                 let _ = self.store.put_webhook(&disabled).await;
+                self.invalidate();
                 let _ = self.store.dead_letter(&d).await;
                 warn!(webhook = %w.id, url = %w.url, "endpoint answered 410 Gone: disabled");
                 "disabled"

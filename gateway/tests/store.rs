@@ -242,6 +242,7 @@ async fn suite(s: Store, spare: Store) {
     schema(&s).await;
     audit(&s).await;
     alerts(&s).await;
+    batch_alerts(&s).await;
     retention(spare).await;
     lists(&s).await;
 }
@@ -704,6 +705,21 @@ async fn alerts(s: &Store) {
             }
         )[..3]
     );
+}
+
+async fn batch_alerts(s: &Store) {
+    let b1 = alert("batch-1", 1_000, "r", "kb", "low", Mode::Active);
+    let b2 = alert("batch-2", 1_001, "r", "kb", "low", Mode::Shadow);
+    // A repeat inside the batch is not new; neither is one stored before.
+    let new = s
+        .put_alerts(&[b1.clone(), b1.clone(), b2.clone()])
+        .await
+        .unwrap();
+    assert_eq!(new, vec![true, false, true]);
+    assert_eq!(s.alert("batch-2").await.unwrap(), Some(b2.clone()));
+    assert_eq!(s.put_alerts(&[b2]).await.unwrap(), vec![false]);
+    assert!(!s.put_alert(&b1).await.unwrap());
+    assert_eq!(s.put_alerts(&[]).await.unwrap(), Vec::<bool>::new());
 }
 
 async fn retention(s: Store) {

@@ -101,6 +101,7 @@ pub async fn create_webhook(
         created_by: c.name.clone(),
     };
     st.store.put_webhook(&w).await?;
+    st.dispatcher.invalidate();
     st.catalog
         .audit(
             &c.name,
@@ -177,6 +178,7 @@ pub async fn update_webhook(
         w.disabled = None;
     }
     st.store.put_webhook(&w).await?;
+    st.dispatcher.invalidate();
     st.dispatcher.wake(&id);
     st.catalog
         .audit(
@@ -202,6 +204,7 @@ pub async fn delete_webhook(
     c.require(Role::Admin, "deleting webhooks")?;
     let before = must(&st, &id).await?;
     st.store.delete_webhook(&id).await?;
+    st.dispatcher.invalidate();
     st.dispatcher.wake(&id);
     st.catalog
         .audit(
@@ -243,6 +246,7 @@ pub async fn rotate_secret(
         },
     );
     st.store.put_webhook(&w).await?;
+    st.dispatcher.invalidate();
     st.catalog
         .audit(
             &c.name,

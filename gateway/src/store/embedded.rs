@@ -459,23 +459,23 @@ impl EmbeddedStore {
         if seen {
             return Ok(false);
         }
+        // Stored since the check above: nothing written.
+        self.write(move |txn| insert_alert(txn, &id, at, &json, max))
+            .await
+    }
+
+    /// Several alerts in one write transaction (one sync to disk): for each,
+    /// whether it was new.
+    pub(crate) async fn put_alerts(&self, batch: &[StoredAlert]) -> StoreResult<Vec<bool>> {
+        let rows = batch
+            .iter()
+            .map(|a| Ok((a.id.clone(), a.at, to_json(a)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let max = u64::try_from(self.max_alerts).unwrap_or(u64::MAX);
         self.write(move |txn| {
-            let mut alerts = txn.open_table(ALERTS).map_err(be)?;
-            if alerts.get(id.as_str()).map_err(be)?.is_some() {
-                // Stored since the check above: nothing to write.
-                return Ok(false);
-            }
-            alerts.insert(id.as_str(), json.as_str()).map_err(be)?;
-            let mut by_time = txn.open_table(ALERTS_BY_TIME).map_err(be)?;
-            by_time.insert((at, id.as_str()), ()).map_err(be)?;
-            while by_time.len().map_err(be)? > max {
-                let oldest = match by_time.pop_first().map_err(be)? {
-                    Some((k, _)) => k.value().1.to_string(),
-                    None => break,
-                };
-                alerts.remove(oldest.as_str()).map_err(be)?;
-            }
-            Ok(true)
+            rows.iter()
+                .map(|(id, at, json)| insert_alert(txn, id, *at, json, max))
+                .collect()
         })
         .await
     }
@@ -1176,4 +1176,30 @@ impl Queue {
         }
         Ok(out)
     }
+}
+
+/// Inserts one alert unless its id is stored (then `false`), trimming the
+/// oldest beyond `max`.
+fn insert_alert(
+    txn: &WriteTransaction,
+    id: &str,
+    at: i64,
+    json: &str,
+    max: u64,
+) -> StoreResult<bool> {
+    let mut alerts = txn.open_table(ALERTS).map_err(be)?;
+    if alerts.get(id).map_err(be)?.is_some() {
+        return Ok(false);
+    }
+    alerts.insert(id, json).map_err(be)?;
+    let mut by_time = txn.open_table(ALERTS_BY_TIME).map_err(be)?;
+    by_time.insert((at, id), ()).map_err(be)?;
+    while by_time.len().map_err(be)? > max {
+        let oldest = match by_time.pop_first().map_err(be)? {
+            Some((k, _)) => k.value().1.to_string(),
+            None => break,
+        };
+        alerts.remove(oldest.as_str()).map_err(be)?;
+    }
+    Ok(true)
 }

@@ -208,6 +208,22 @@ impl Store {
         dispatch!(self.put_alert(alert))
     }
 
+    /// [`Store::put_alert`] for a batch, in order: for each, whether it was
+    /// new. The embedded store writes the batch in one transaction (one sync
+    /// to disk); Redis stores them one by one.
+    pub async fn put_alerts(&self, batch: &[StoredAlert]) -> StoreResult<Vec<bool>> {
+        match self {
+            Store::Embedded(s) => s.put_alerts(batch).await,
+            Store::Redis(_) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for a in batch {
+                    out.push(self.put_alert(a).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     pub async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
         dispatch!(self.alert(id))
     }
