@@ -175,6 +175,35 @@ pub struct Snapshot {
     lists: Lists,
 }
 
+/// Format tag of [`Snapshot::to_bytes`]; bumped when the layout changes, so an
+/// old checkpoint is refused with a clear error instead of misread.
+const SNAPSHOT_FORMAT: u8 = 1;
+
+impl Snapshot {
+    /// The snapshot as bytes (a format byte, then postcard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_FORMAT];
+        // Serializing plain data into a Vec cannot fail; an empty result would
+        // be refused by `from_bytes`, never misread.
+        match postcard::to_extend(self, out) {
+            Ok(v) => v,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Reads [`Snapshot::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, String> {
+        match bytes.split_first() {
+            Some((&SNAPSHOT_FORMAT, rest)) => postcard::from_bytes(rest)
+                .map_err(|e| format!("engine snapshot does not decode: {e}")),
+            Some((f, _)) => Err(format!(
+                "engine snapshot format {f}; this build reads format {SNAPSHOT_FORMAT}"
+            )),
+            None => Err("empty engine snapshot".into()),
+        }
+    }
+}
+
 /// The matching engine.
 pub struct Engine {
     rules: Arc<RuleSet>,

@@ -12,7 +12,7 @@ use crate::engine::{Deployment, Engine, EngineConfig, Route};
 use crate::shard::SHARDS;
 use crate::wire::{self, Credit, DeployAck, Msg, Stats, Welcome, WireAlert};
 use rule_lang::program::RuleSet;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,6 +192,9 @@ pub struct Node {
     session: Option<Session>,
     rules: Option<Rules>,
     engines: HashMap<u16, Engine>,
+    /// Restored shards whose replay is still arriving: kept off the node's
+    /// clock (their events carry the clock they first had) until `Resume`.
+    held: HashSet<u16>,
     /// Reference lists, applied to every shard engine (and new ones).
     lists: HashMap<String, Vec<String>>,
     clock: i64,
@@ -213,6 +216,7 @@ impl Node {
             session: None,
             rules: None,
             engines: HashMap::new(),
+            held: HashSet::new(),
             lists: HashMap::new(),
             clock: i64::MIN,
             advanced_to: i64::MIN,
@@ -250,6 +254,7 @@ impl Node {
                 if fresh {
                     // A new gateway process means a new stream: start clean.
                     self.engines.clear();
+                    self.held.clear();
                     self.lists.clear();
                     self.rules = None;
                     self.clock = i64::MIN;
@@ -265,6 +270,7 @@ impl Node {
                 // Shards this node no longer owns are dropped.
                 self.engines
                     .retain(|s, _| owned.get(*s as usize).copied().unwrap_or(false));
+                self.held.retain(|s| self.engines.contains_key(s));
                 info!(
                     node = %self.opts.name,
                     gateway = h.gateway,
@@ -333,6 +339,44 @@ impl Node {
                 self.lists.insert(name, entries);
                 vec![]
             }
+            Msg::Checkpoint { id } => self.checkpoint(id),
+            Msg::Restore { shard, state } => match self.restore(shard, &state) {
+                Ok(()) => vec![],
+                Err(text) => {
+                    warn!(node = %self.opts.name, shard, error = %text, "restore refused");
+                    vec![Msg::Error { text }]
+                }
+            },
+            Msg::Resume { shards } => {
+                let wm = self.watermark();
+                let now = wall_ms();
+                for s in &shards {
+                    self.held.remove(s);
+                    if let (Some(e), Some(wm)) = (self.engines.get_mut(s), wm) {
+                        e.set_wall_clock(now);
+                        e.advance_to(wm);
+                    }
+                }
+                info!(node = %self.opts.name, shards = shards.len(), "restored shards caught up");
+                let mut out = vec![];
+                self.collect_alerts(shards, &mut out);
+                out
+            }
+            Msg::Release { shards } => {
+                for s in &shards {
+                    self.engines.remove(s);
+                    self.held.remove(s);
+                    if let Some(o) = self
+                        .session
+                        .as_mut()
+                        .and_then(|x| x.owned.get_mut(*s as usize))
+                    {
+                        *o = false;
+                    }
+                }
+                info!(node = %self.opts.name, shards = shards.len(), "shards released to another node");
+                vec![]
+            }
             Msg::Error { text } => {
                 warn!(node = %self.opts.name, %text, "gateway reported an error");
                 vec![]
@@ -345,6 +389,71 @@ impl Node {
                 vec![Msg::Error { text }]
             }
         }
+    }
+
+    /// The watermark the node's clock gives (`None` before any clock).
+    fn watermark(&self) -> Option<i64> {
+        let s = self.session.as_ref()?;
+        (self.clock != i64::MIN).then(|| self.clock.saturating_sub(s.lateness_ms))
+    }
+
+    /// Every shard engine's state, one message per shard, then the count.
+    fn checkpoint(&mut self, id: u64) -> Replies {
+        let started = Instant::now();
+        let mut shards: Vec<u16> = self.engines.keys().copied().collect();
+        shards.sort_unstable();
+        let mut out = Vec::with_capacity(shards.len() + 1);
+        let mut bytes = 0usize;
+        for shard in shards {
+            if let Some(e) = self.engines.get(&shard) {
+                let state = e.snapshot().to_bytes();
+                bytes += state.len();
+                out.push(Msg::ShardState {
+                    checkpoint: id,
+                    shard,
+                    state,
+                });
+            }
+        }
+        let n = out.len() as u32;
+        debug!(
+            node = %self.opts.name,
+            checkpoint = id,
+            shards = n,
+            bytes,
+            micros = started.elapsed().as_micros() as u64,
+            "checkpoint taken"
+        );
+        out.push(Msg::CheckpointDone { id, shards: n });
+        out
+    }
+
+    /// Installs `shard` from a checkpoint (empty `state`: the shard starts
+    /// empty) and holds it until `Resume`.
+    fn restore(&mut self, shard: u16, state: &[u8]) -> Result<(), String> {
+        let Some(rules) = &self.rules else {
+            return Err(format!("restore of shard {shard} before any rule set"));
+        };
+        let config = self.engine_config();
+        if state.is_empty() {
+            self.engines.remove(&shard);
+        } else {
+            let snap = crate::engine::Snapshot::from_bytes(state)?;
+            let mut e = Engine::restore(rules.set.clone(), config, &rules.deployments, snap);
+            for (name, entries) in &self.lists {
+                e.set_list(name, entries.iter().cloned());
+            }
+            self.engines.insert(shard, e);
+        }
+        if let Some(o) = self
+            .session
+            .as_mut()
+            .and_then(|x| x.owned.get_mut(shard as usize))
+        {
+            *o = true;
+        }
+        self.held.insert(shard);
+        Ok(())
     }
 
     fn check_batch(&self, version: u64) -> Result<(), String> {
@@ -457,13 +566,18 @@ impl Node {
             }
         }
         self.clock = self.clock.max(b.clock);
-        // The batch's closing clock releases what its events made due.
-        if self.clock != i64::MIN {
-            let wm = self.clock.saturating_sub(lateness);
-            for s in &touched {
-                if let Some(e) = self.engines.get_mut(s) {
-                    e.advance_to(wm);
-                }
+        // The batch's closing clock releases what its events made due. A held
+        // shard (being replayed) goes to the batch's own clock, never beyond.
+        for s in &touched {
+            let clock = if self.held.contains(s) {
+                b.clock
+            } else {
+                self.clock
+            };
+            if clock != i64::MIN
+                && let Some(e) = self.engines.get_mut(s)
+            {
+                e.advance_to(clock.saturating_sub(lateness));
             }
         }
         if misrouted > 0 {
@@ -485,8 +599,8 @@ impl Node {
         }
         let wm = self.clock.saturating_sub(session.lateness_ms);
         let now = wall_ms();
-        for e in self.engines.values_mut() {
-            if e.watermark() < wm {
+        for (s, e) in self.engines.iter_mut() {
+            if e.watermark() < wm && !self.held.contains(s) {
                 e.set_wall_clock(now);
                 e.advance_to(wm);
             }
@@ -770,6 +884,97 @@ mod tests {
         let r = hello(&mut n, 2);
         assert!(matches!(&r[..], [Msg::Welcome(w)] if w.rules_version == 0));
         assert_eq!(n.stats().active_runs, 0);
+    }
+
+    #[test]
+    fn a_checkpointed_shard_restored_elsewhere_resumes_its_partial_matches() {
+        // Node A sees the first half of a match, then a checkpoint.
+        let mut a = node();
+        hello(&mut a, 1);
+        deploy(&mut a, 1, RULES);
+        a.handle(b"gw", batch(1, &[(1, 1)]));
+        let r = a.handle(b"gw", Msg::Checkpoint { id: 4 });
+        let [
+            Msg::ShardState {
+                checkpoint: 4,
+                shard,
+                state,
+            },
+            Msg::CheckpointDone { id: 4, shards: 1 },
+        ] = &r[..]
+        else {
+            panic!("expected one shard state then done, got {r:?}");
+        };
+        // Node B owns nothing, and its clock is far ahead of the shard's.
+        let mut b = node();
+        b.handle(
+            b"gw",
+            Msg::Hello(Hello {
+                gateway: 1,
+                node_index: 1,
+                shards: vec![],
+                lateness_ms: 0,
+                max_runs_per_key: 100,
+            }),
+        );
+        deploy(&mut b, 1, RULES);
+        b.handle(b"gw", Msg::Advance { clock: 1_000_000 });
+        assert!(
+            b.handle(
+                b"gw",
+                Msg::Restore {
+                    shard: *shard,
+                    state: state.clone()
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(b.stats().active_runs, 1, "the partial match came along");
+        // The node clock must not expire the held run before its replay.
+        let mut out = vec![];
+        b.clock = 2_000_000;
+        b.advance_all(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(b.stats().active_runs, 1);
+        // The replayed second half completes the match under its first clock.
+        let r = b.handle(b"gw", batch(1, &[(2, 5)]));
+        assert!(
+            matches!(&r[..], [Msg::Alerts(al), Msg::Credit(_)] if al.len() == 1),
+            "{r:?}"
+        );
+        b.handle(
+            b"gw",
+            Msg::Resume {
+                shards: vec![*shard],
+            },
+        );
+        assert_eq!(
+            b.stats().active_runs,
+            0,
+            "resumed shards follow the node clock"
+        );
+        // Released shards are dropped and no longer owned.
+        b.handle(
+            b"gw",
+            Msg::Release {
+                shards: vec![*shard],
+            },
+        );
+        assert_eq!(b.stats().shards_active, 0);
+        b.handle(b"gw", batch(1, &[(3, 1)]));
+        assert_eq!(b.status.misrouted.load(Ordering::Relaxed), 1);
+        // A corrupt state is refused with a reason, not installed.
+        let r = b.handle(
+            b"gw",
+            Msg::Restore {
+                shard: 9,
+                state: vec![1, 2, 3],
+            },
+        );
+        assert!(
+            matches!(&r[..], [Msg::Error { text }] if text.contains("snapshot")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -154,6 +154,38 @@ pub enum Msg {
         name: String,
         entries: Vec<String>,
     },
+    /// Gateway → node: snapshot every shard engine now (everything sent
+    /// before this message is processed; nothing after it is).
+    Checkpoint {
+        id: u64,
+    },
+    /// Node → gateway: one shard's engine state for checkpoint `checkpoint`.
+    ShardState {
+        checkpoint: u64,
+        shard: u16,
+        state: Vec<u8>,
+    },
+    /// Node → gateway: every `ShardState` of checkpoint `id` has been sent.
+    CheckpointDone {
+        id: u64,
+        shards: u32,
+    },
+    /// Gateway → node: take over `shard` with this state (empty: start empty).
+    /// The shard is held off the node's clock until `Resume` names it, so the
+    /// events replayed after it are matched at the clock they first had.
+    Restore {
+        shard: u16,
+        state: Vec<u8>,
+    },
+    /// Gateway → node: the replay for these restored shards is done; they
+    /// follow the node's clock again.
+    Resume {
+        shards: Vec<u16>,
+    },
+    /// Gateway → node: these shards moved to another node; drop their state.
+    Release {
+        shards: Vec<u16>,
+    },
     /// Either way: the message before could not be accepted.
     Error {
         text: String,
@@ -175,6 +207,12 @@ impl Msg {
             Msg::Stats(_) => 10,
             Msg::Bye { .. } => 11,
             Msg::SetList { .. } => 12,
+            Msg::Checkpoint { .. } => 13,
+            Msg::ShardState { .. } => 14,
+            Msg::CheckpointDone { .. } => 15,
+            Msg::Restore { .. } => 16,
+            Msg::Resume { .. } => 17,
+            Msg::Release { .. } => 18,
             Msg::Error { .. } => KIND_ERROR,
         }
     }
@@ -309,6 +347,30 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
                 w.str(e);
             }
         }
+        Msg::Checkpoint { id } => w.u64(*id),
+        Msg::ShardState {
+            checkpoint,
+            shard,
+            state,
+        } => {
+            w.u64(*checkpoint);
+            w.u64(u64::from(*shard));
+            w.bytes(state);
+        }
+        Msg::CheckpointDone { id, shards } => {
+            w.u64(*id);
+            w.u64(u64::from(*shards));
+        }
+        Msg::Restore { shard, state } => {
+            w.u64(u64::from(*shard));
+            w.bytes(state);
+        }
+        Msg::Resume { shards } | Msg::Release { shards } => {
+            w.u64(shards.len() as u64);
+            for s in shards {
+                w.u64(u64::from(*s));
+            }
+        }
         Msg::Error { text } => w.buf.extend_from_slice(text.as_bytes()),
     }
     w.buf
@@ -432,8 +494,12 @@ impl Writer {
     }
 
     fn str(&mut self, s: &str) {
-        self.u64(s.len() as u64);
-        self.buf.extend_from_slice(s.as_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.buf.extend_from_slice(b);
     }
 }
 
@@ -557,6 +623,32 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
             }
             Msg::SetList { name, entries }
         }
+        13 => Msg::Checkpoint { id: r.u64()? },
+        14 => Msg::ShardState {
+            checkpoint: r.u64()?,
+            shard: r.u16()?,
+            state: r.bytes()?.to_vec(),
+        },
+        15 => Msg::CheckpointDone {
+            id: r.u64()?,
+            shards: r.u32()?,
+        },
+        16 => Msg::Restore {
+            shard: r.u16()?,
+            state: r.bytes()?.to_vec(),
+        },
+        17 | 18 => {
+            let n = r.count(1)?;
+            let mut shards = Vec::with_capacity(n);
+            for _ in 0..n {
+                shards.push(r.u16()?);
+            }
+            if kind == 17 {
+                Msg::Resume { shards }
+            } else {
+                Msg::Release { shards }
+            }
+        }
         k => return Err(WireError::UnknownKind(k)),
     };
     if !r.buf.is_empty() {
@@ -678,9 +770,13 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| WireError::BadUtf8)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.u64()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated)?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| WireError::BadUtf8)
+        self.take(n)
     }
 
     fn string(&mut self) -> Result<String, WireError> {
@@ -822,6 +918,21 @@ mod tests {
             Msg::Bye {
                 reason: "shutdown".into(),
             },
+            Msg::Checkpoint { id: 7 },
+            Msg::ShardState {
+                checkpoint: 7,
+                shard: 1023,
+                state: vec![0, 255, 1, 2],
+            },
+            Msg::CheckpointDone { id: 7, shards: 512 },
+            Msg::Restore {
+                shard: 3,
+                state: vec![],
+            },
+            Msg::Resume {
+                shards: vec![3, 4, 1023],
+            },
+            Msg::Release { shards: vec![] },
             Msg::Error { text: "no".into() },
         ]
     }

@@ -157,9 +157,10 @@ proptest! {
             e.push(ev.clone());
         }
         out.extend(e.drain_alerts().iter().map(key));
-        let snap = serde_json::to_string(&e.snapshot()).expect("snapshot serialises");
+        // The checkpoint byte format, as nodes store it.
+        let snap = e.snapshot().to_bytes();
         drop(e);
-        let snap = serde_json::from_str(&snap).expect("snapshot deserialises");
+        let snap = cep_engine::Snapshot::from_bytes(&snap).expect("snapshot deserialises");
         let mut e = Engine::restore(rules(), EngineConfig::default(), &[], snap);
         for ev in &evs[cut..] {
             e.push(ev.clone());
