@@ -2,6 +2,7 @@
 //! redb file and Redis (a `redis-server` started per test on a free loopback
 //! port, under a random namespace).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use vigil_gateway::store::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, Mode,
-    Role, RuleState, Store, StoreError, StoredAlert, Webhook, WebhookSecret,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest,
+    CheckpointShard, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, Mode, Role, RuleState, Store,
+    StoreError, StoredAlert, Webhook, WebhookSecret,
 };
 
 // ---------------------------------------------------------------- harness
@@ -245,6 +247,7 @@ async fn suite(s: Store, spare: Store) {
     batch_alerts(&s).await;
     retention(spare).await;
     lists(&s).await;
+    checkpoints(&s).await;
 }
 
 async fn keys(s: &Store) {
@@ -1328,6 +1331,175 @@ async fn delete_webhook_drops_its_data(s: &Store) {
     assert!(!s.enqueue_delivery(&again, 100_000).await.unwrap());
 }
 
+// ---------------------------------------------------------------- checkpoints
+
+/// A manifest as the gateway hands it to `put_checkpoint` (the store fills
+/// in `created_ms`, `shards` and `bytes`).
+fn manifest(id: u64) -> CheckpointManifest {
+    CheckpointManifest {
+        id,
+        seq: id * 100,
+        clock: 1_700_000_000_000,
+        inputs: BTreeMap::from([(0, 1_700_000_000_000), (1, i64::MIN)]),
+        offsets: BTreeMap::from([(0, 42), (3, -1)]),
+        rules_version: 7,
+        created_ms: 0,
+        shards: Vec::new(),
+        bytes: 0,
+    }
+}
+
+/// `len` bytes that differ with `seed`: every byte value, NUL and non-UTF-8
+/// included.
+fn blob(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from(i % 251).unwrap().wrapping_mul(37) ^ seed)
+        .collect()
+}
+
+/// Shards of a first checkpoint, unsorted; in 4-byte chunks: shard 3 in 3
+/// chunks (the last short), 0 empty (no chunk), 7 in exactly 1, 1 in 3.
+fn first_shards() -> Vec<(u16, Vec<u8>)> {
+    vec![
+        (3, blob(1, 10)),
+        (0, Vec::new()),
+        (7, blob(2, 4)),
+        (1, blob(3, 9)),
+    ]
+}
+
+/// Shards of a second checkpoint; in 4-byte chunks: 2 + 4 + 1 chunks.
+fn second_shards() -> Vec<(u16, Vec<u8>)> {
+    vec![(3, blob(4, 5)), (5, blob(5, 13)), (0, blob(6, 1))]
+}
+
+/// Every blob of `shards` reads back from checkpoint `id`; shard 2, in
+/// neither, reads as `None`.
+async fn check_shards(s: &Store, id: u64, shards: &[(u16, Vec<u8>)]) {
+    for (shard, data) in shards {
+        assert_eq!(
+            s.checkpoint_shard(id, *shard).await.unwrap().as_ref(),
+            Some(data),
+            "checkpoint {id} shard {shard}"
+        );
+    }
+    assert_eq!(s.checkpoint_shard(id, 2).await.unwrap(), None);
+}
+
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(matches!(result, Err(StoreError::NotFound(_))), "{result:?}");
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+}
+
+/// Checkpoints on a store without one: put, read, replace, a put that
+/// stopped before the switch, refused puts, and the default chunk size.
+async fn checkpoints(s: &Store) {
+    assert_eq!(s.checkpoint_chunk(), CHECKPOINT_CHUNK);
+    let small = s.clone().with_checkpoint_chunk(4);
+    assert_eq!(small.checkpoint_chunk(), 4);
+    assert_eq!(s.clone().with_checkpoint_chunk(0).checkpoint_chunk(), 1);
+    let s = &small;
+    assert_eq!(s.checkpoint().await.unwrap(), None);
+    assert_not_found(s.checkpoint_shard(1, 0).await);
+
+    let m1 = s.put_checkpoint(manifest(1), first_shards()).await.unwrap();
+    let shard = |shard, bytes, chunks| CheckpointShard {
+        shard,
+        bytes,
+        chunks,
+    };
+    assert_eq!(
+        m1.shards,
+        vec![
+            shard(0, 0, 0),
+            shard(1, 9, 3),
+            shard(3, 10, 3),
+            shard(7, 4, 1)
+        ]
+    );
+    assert_eq!(m1.bytes, 23);
+    assert!(m1.created_ms > 1_600_000_000_000, "{}", m1.created_ms);
+    // The rest is as given.
+    let given = CheckpointManifest {
+        created_ms: 0,
+        shards: Vec::new(),
+        bytes: 0,
+        ..m1.clone()
+    };
+    assert_eq!(given, manifest(1));
+    assert_eq!(s.checkpoint().await.unwrap(), Some(m1.clone()));
+    check_shards(s, 1, &first_shards()).await;
+    assert_eq!(s.checkpoint_shard(1, 0).await.unwrap(), Some(Vec::new()));
+
+    // Refused puts change nothing: an id not above the current one, a shard
+    // twice, a shard out of range.
+    assert_conflict(s.put_checkpoint(manifest(1), second_shards()).await);
+    assert_conflict(s.put_checkpoint(manifest(0), second_shards()).await);
+    assert_conflict(
+        s.put_checkpoint(manifest(5), vec![(4, blob(1, 3)), (4, blob(2, 3))])
+            .await,
+    );
+    assert_conflict(
+        s.put_checkpoint(manifest(5), vec![(1024, blob(1, 3))])
+            .await,
+    );
+    assert_conflict(s.stage_checkpoint(manifest(1), second_shards()).await);
+    assert_eq!(s.checkpoint().await.unwrap(), Some(m1.clone()));
+    check_shards(s, 1, &first_shards()).await;
+
+    // A put that wrote its chunks and stopped before the switch (a crash):
+    // the first checkpoint stays current and whole; the unfinished one
+    // cannot be read.
+    let staged = s
+        .stage_checkpoint(manifest(2), second_shards())
+        .await
+        .unwrap();
+    assert_eq!(staged.bytes, 19);
+    assert_eq!(s.checkpoint().await.unwrap(), Some(m1.clone()));
+    check_shards(s, 1, &first_shards()).await;
+    assert_not_found(s.checkpoint_shard(2, 3).await);
+
+    // The next put replaces it; the first checkpoint is gone.
+    let m3 = s
+        .put_checkpoint(manifest(3), second_shards())
+        .await
+        .unwrap();
+    assert_eq!(
+        m3.shards,
+        vec![shard(0, 1, 1), shard(3, 5, 2), shard(5, 13, 4)]
+    );
+    assert_eq!(s.checkpoint().await.unwrap(), Some(m3.clone()));
+    check_shards(s, 3, &second_shards()).await;
+    for shard in [0, 1, 3, 7] {
+        assert_not_found(s.checkpoint_shard(1, shard).await);
+        assert_not_found(s.checkpoint_shard(2, shard).await);
+    }
+    assert!(m3.created_ms >= m1.created_ms);
+
+    // An empty checkpoint, then the default chunk size with blobs of
+    // several chunks.
+    let m4 = s.put_checkpoint(manifest(4), Vec::new()).await.unwrap();
+    assert_eq!((m4.shards.len(), m4.bytes), (0, 0));
+    assert_eq!(s.checkpoint_shard(4, 0).await.unwrap(), None);
+    let big = vec![
+        (1023, blob(7, 2 * CHECKPOINT_CHUNK + 1000)),
+        (9, blob(8, CHECKPOINT_CHUNK)),
+    ];
+    let default_chunk = s.clone().with_checkpoint_chunk(CHECKPOINT_CHUNK);
+    let m5 = default_chunk
+        .put_checkpoint(manifest(5), big.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        m5.shards,
+        vec![shard(9, 1 << 20, 1), shard(1023, (2 << 20) + 1000, 3)]
+    );
+    check_shards(s, 5, &big).await;
+}
+
 // ---------------------------------------------------------------- persistence
 
 /// Writes one of everything.
@@ -1364,6 +1536,11 @@ async fn fill(s: &Store) {
         .unwrap();
     s.log_attempt(&attempt("wh_p", "m_3", 1)).await.unwrap();
     s.log_attempt(&attempt("wh_p", "m_3", 2)).await.unwrap();
+    let small = s.clone().with_checkpoint_chunk(3);
+    small
+        .put_checkpoint(manifest(1), first_shards())
+        .await
+        .unwrap();
 }
 
 /// Checks that everything `fill` wrote is there, and that counters go on.
@@ -1472,6 +1649,18 @@ async fn check_filled(s: &Store) {
     assert!(s.complete_delivery("wh_p", "m_2").await.unwrap());
     assert_eq!(s.pending_stats().await.unwrap(), (1, Some(3)));
     assert!(s.take_dead_letter("wh_p", "m_3").await.unwrap().is_some());
+
+    // The checkpoint, written in 3-byte chunks, reads back with the default
+    // chunk size set; ids go on from it.
+    let m1 = s.checkpoint().await.unwrap().unwrap();
+    assert_eq!((m1.id, m1.bytes, m1.shards.len()), (1, 23, 4));
+    assert_eq!(m1.shards[2].chunks, 4);
+    check_shards(s, 1, &first_shards()).await;
+    assert_conflict(s.put_checkpoint(manifest(1), second_shards()).await);
+    s.put_checkpoint(manifest(2), second_shards())
+        .await
+        .unwrap();
+    check_shards(s, 2, &second_shards()).await;
 }
 
 // ---------------------------------------------------------------- tests
@@ -1599,6 +1788,128 @@ async fn redis_dedup_records_expire() {
             .await
             .unwrap()
     );
+}
+
+/// Checkpoint chunks in the redb file: a put that stopped before the switch
+/// leaves its chunks (and the previous checkpoint current) until the next
+/// put, which deletes the chunks of every older id; a missing or short chunk
+/// is an error, not truncated bytes.
+#[tokio::test]
+async fn embedded_checkpoint_chunks() {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const CHUNKS: TableDefinition<(u64, u16, u32), &[u8]> =
+        TableDefinition::new("checkpoint_chunks");
+    let dir = TempDir::new();
+    let path = dir.path().join("vigil.redb");
+    // How many chunks are stored, by checkpoint id.
+    let per_id = || {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let mut out = BTreeMap::new();
+        for item in txn.open_table(CHUNKS).unwrap().iter().unwrap() {
+            let (k, _) = item.unwrap();
+            *out.entry(k.value().0).or_insert(0) += 1;
+        }
+        out
+    };
+    let open = || async {
+        Store::open_embedded(dir.path())
+            .await
+            .unwrap()
+            .with_checkpoint_chunk(4)
+    };
+    {
+        let s = open().await;
+        s.put_checkpoint(manifest(1), first_shards()).await.unwrap();
+        s.stage_checkpoint(manifest(2), second_shards())
+            .await
+            .unwrap();
+    }
+    assert_eq!(per_id(), BTreeMap::from([(1, 7), (2, 7)]));
+    {
+        // Reopened after the "crash": the first checkpoint is current and
+        // whole.
+        let s = open().await;
+        assert_eq!(s.checkpoint().await.unwrap().map(|m| m.id), Some(1));
+        check_shards(&s, 1, &first_shards()).await;
+        s.put_checkpoint(manifest(3), second_shards())
+            .await
+            .unwrap();
+    }
+    assert_eq!(per_id(), BTreeMap::from([(3, 7)]));
+    {
+        // Shard 5 loses its chunk 2; shard 3's chunk 0 is cut short.
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut chunks = txn.open_table(CHUNKS).unwrap();
+            assert!(chunks.remove((3, 5, 2)).unwrap().is_some());
+            chunks.insert((3, 3, 0), &b"ab"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open().await;
+    for shard in [3, 5] {
+        let result = s.checkpoint_shard(3, shard).await;
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+    }
+    assert_eq!(s.checkpoint_shard(3, 0).await.unwrap(), Some(blob(6, 1)));
+}
+
+/// The same on Redis, checked in the server's keys.
+#[tokio::test]
+async fn redis_checkpoint_chunks() {
+    let server = RedisServer::start();
+    let ns = unique("ckpt");
+    let id20 = |id: u64| format!("{id:020}");
+    // How many keys match `ns:ckpt:PATTERN`, and how many chunks
+    // `ns:ckpt:chunks` names.
+    let count = |pattern: &str| {
+        server.command(&format!(
+            "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 {ns}:ckpt:{pattern}"
+        ))
+    };
+    let named = || server.command(&format!("ZCARD {ns}:ckpt:chunks"));
+    let open = || async { open_redis(&server, &ns).await.with_checkpoint_chunk(4) };
+    {
+        let s = open().await;
+        s.put_checkpoint(manifest(1), first_shards()).await.unwrap();
+        s.stage_checkpoint(manifest(2), second_shards())
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&format!("{}:*", id20(1))).as_deref(), Some(":7"));
+    assert_eq!(count(&format!("{}:*", id20(2))).as_deref(), Some(":7"));
+    assert_eq!(named().as_deref(), Some(":14"));
+    {
+        let s = open().await;
+        assert_eq!(s.checkpoint().await.unwrap().map(|m| m.id), Some(1));
+        check_shards(&s, 1, &first_shards()).await;
+        s.put_checkpoint(manifest(3), second_shards())
+            .await
+            .unwrap();
+    }
+    assert_eq!(count("0*").as_deref(), Some(":7"));
+    assert_eq!(count(&format!("{}:*", id20(3))).as_deref(), Some(":7"));
+    assert_eq!(named().as_deref(), Some(":7"));
+    // Shard 5 loses its chunk 2; shard 3's chunk 0 is cut short.
+    let chunk = |shard: u16, i: u32| format!("{ns}:ckpt:{}:{shard}:{i}", id20(3));
+    assert_eq!(
+        server.command(&format!("DEL {}", chunk(5, 2))).as_deref(),
+        Some(":1")
+    );
+    assert_eq!(
+        server
+            .command(&format!("SET {} ab", chunk(3, 0)))
+            .as_deref(),
+        Some("+OK")
+    );
+    let s = open().await;
+    for shard in [3, 5] {
+        let result = s.checkpoint_shard(3, shard).await;
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+    }
+    assert_eq!(s.checkpoint_shard(3, 0).await.unwrap(), Some(blob(6, 1)));
 }
 
 #[tokio::test]

@@ -15,9 +15,10 @@ use redb::{
 };
 
 use super::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEDUP_PURGE_BATCH, DEFAULT_MAX_ALERTS,
-    DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState, RuleVersion, StoreError, StoreResult,
-    StoredAlert, Webhook, filter_matches, from_json, page, to_json,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest, Cursor,
+    DEDUP_PURGE_BATCH, DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState,
+    RuleVersion, StoreError, StoreResult, StoredAlert, Webhook, filter_matches, from_json,
+    join_chunks, page, to_json,
 };
 
 /// Key name → `ApiKey` JSON.
@@ -28,7 +29,8 @@ const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("key_hashes
 const VERSIONS: TableDefinition<(&str, u32), &str> = TableDefinition::new("versions");
 /// Rule name → `RuleState` JSON.
 const RULE_STATES: TableDefinition<&str, &str> = TableDefinition::new("rule_states");
-/// Single text values (`schema`).
+/// Single text values (`schema`, `checkpoint`: the current
+/// `CheckpointManifest` JSON).
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 /// Named counters (`lists_revision`).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -51,6 +53,9 @@ const DEDUP_BY_EXPIRY: TableDefinition<(i64, &str, &str), ()> =
     TableDefinition::new("webhook_dedup_by_expiry");
 /// (webhook, n) → `DeliveryAttempt` JSON; n counts 1, 2, 3… per webhook.
 const DELIVERY_LOG: TableDefinition<(&str, u64), &str> = TableDefinition::new("delivery_log");
+/// (checkpoint id, shard, chunk index) → that chunk of the shard's blob.
+const CHECKPOINT_CHUNKS: TableDefinition<(u64, u16, u32), &[u8]> =
+    TableDefinition::new("checkpoint_chunks");
 
 /// The pending deliveries.
 const PENDING: Queue = Queue {
@@ -68,6 +73,7 @@ const DEAD: Queue = Queue {
 };
 
 const SCHEMA: &str = "schema";
+const CHECKPOINT: &str = "checkpoint";
 const LISTS_REVISION: &str = "lists_revision";
 
 /// The redb store. Clones share the database.
@@ -75,6 +81,7 @@ const LISTS_REVISION: &str = "lists_revision";
 pub struct EmbeddedStore {
     db: Arc<Database>,
     max_alerts: usize,
+    checkpoint_chunk: usize,
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -125,6 +132,7 @@ impl EmbeddedStore {
             txn.open_table(DEDUP).map_err(be)?;
             txn.open_table(DEDUP_BY_EXPIRY).map_err(be)?;
             txn.open_table(DELIVERY_LOG).map_err(be)?;
+            txn.open_table(CHECKPOINT_CHUNKS).map_err(be)?;
             for queue in [PENDING, DEAD] {
                 txn.open_table(queue.records).map_err(be)?;
                 txn.open_table(queue.by_age).map_err(be)?;
@@ -140,6 +148,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             max_alerts: DEFAULT_MAX_ALERTS,
+            checkpoint_chunk: CHECKPOINT_CHUNK,
         })
     }
 
@@ -150,6 +159,15 @@ impl EmbeddedStore {
 
     pub(crate) fn max_alerts(&self) -> usize {
         self.max_alerts
+    }
+
+    pub(crate) fn with_checkpoint_chunk(mut self, n: usize) -> EmbeddedStore {
+        self.checkpoint_chunk = n;
+        self
+    }
+
+    pub(crate) fn checkpoint_chunk(&self) -> usize {
+        self.checkpoint_chunk
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot).
@@ -955,6 +973,132 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    // --- checkpoints ---
+
+    /// All three steps of a put in one write transaction: the chunks, the
+    /// manifest switch, the deletion of older chunks. The commit is the
+    /// switch; before it, nothing of the put is visible.
+    pub(crate) async fn put_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let chunk = self.checkpoint_chunk;
+        let json = to_json(&manifest)?;
+        self.write(move |txn| {
+            stage_checkpoint(txn, &manifest, &shards, chunk)?;
+            txn.open_table(SETTINGS)
+                .map_err(be)?
+                .insert(CHECKPOINT, json.as_str())
+                .map_err(be)?;
+            // Every id below the new one: the previous checkpoint and any
+            // unfinished put's leftovers.
+            txn.open_table(CHECKPOINT_CHUNKS)
+                .map_err(be)?
+                .retain_in(..(manifest.id, 0u16, 0u32), |_, _| false)
+                .map_err(be)?;
+            Ok(manifest)
+        })
+        .await
+    }
+
+    /// The chunks alone, committed without the switch.
+    pub(crate) async fn stage_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let chunk = self.checkpoint_chunk;
+        self.write(move |txn| {
+            stage_checkpoint(txn, &manifest, &shards, chunk)?;
+            Ok(manifest)
+        })
+        .await
+    }
+
+    pub(crate) async fn checkpoint(&self) -> StoreResult<Option<CheckpointManifest>> {
+        self.read(|txn| {
+            let settings = txn.open_table(SETTINGS).map_err(be)?;
+            match settings.get(CHECKPOINT).map_err(be)? {
+                Some(json) => Ok(Some(from_json(json.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn checkpoint_shard(
+        &self,
+        id: u64,
+        shard: u16,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        // One read transaction: the manifest and the chunks of one moment.
+        self.read(move |txn| {
+            let settings = txn.open_table(SETTINGS).map_err(be)?;
+            let current: Option<CheckpointManifest> = settings
+                .get(CHECKPOINT)
+                .map_err(be)?
+                .map(|json| from_json(json.value()))
+                .transpose()?;
+            let manifest = current
+                .filter(|m| m.id == id)
+                .ok_or_else(|| StoreError::NotFound(format!("checkpoint {id}")))?;
+            let Some(entry) = manifest.shards.iter().find(|e| e.shard == shard) else {
+                return Ok(None);
+            };
+            let chunks = txn.open_table(CHECKPOINT_CHUNKS).map_err(be)?;
+            let blob = join_chunks(id, entry, |i, out| {
+                match chunks.get((id, shard, i)).map_err(be)? {
+                    Some(part) => {
+                        out.extend_from_slice(part.value());
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            })?;
+            Ok(Some(blob))
+        })
+        .await
+    }
+}
+
+/// Writes the chunks of `manifest`'s checkpoint (`shards` as
+/// `prepare_checkpoint` left them), after removing whatever an unfinished
+/// put left under the same id. [`StoreError::Conflict`] if the id is not
+/// above the current checkpoint's.
+fn stage_checkpoint(
+    txn: &WriteTransaction,
+    manifest: &CheckpointManifest,
+    shards: &[(u16, Vec<u8>)],
+    chunk: usize,
+) -> StoreResult<()> {
+    let id = manifest.id;
+    let current = txn
+        .open_table(SETTINGS)
+        .map_err(be)?
+        .get(CHECKPOINT)
+        .map_err(be)?
+        .map(|json| from_json::<CheckpointManifest>(json.value()))
+        .transpose()?;
+    if let Some(current) = current
+        && current.id >= id
+    {
+        return Err(StoreError::Conflict(format!(
+            "checkpoint {id} is not newer than the current checkpoint {}",
+            current.id
+        )));
+    }
+    let mut chunks = txn.open_table(CHECKPOINT_CHUNKS).map_err(be)?;
+    chunks
+        .retain_in((id, 0u16, 0u32)..=(id, u16::MAX, u32::MAX), |_, _| false)
+        .map_err(be)?;
+    for (shard, blob) in shards {
+        for (i, part) in (0u32..).zip(blob.chunks(chunk)) {
+            chunks.insert((id, *shard, i), part).map_err(be)?;
+        }
+    }
+    Ok(())
 }
 
 fn bump_lists_revision(txn: &WriteTransaction) -> StoreResult<()> {

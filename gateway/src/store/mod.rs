@@ -1,6 +1,6 @@
 //! The gateway's store: API keys, rule versions and states, the schema, the
-//! audit log, alerts, reference lists, and webhooks with their delivery
-//! queue, dead letters and delivery log.
+//! audit log, alerts, reference lists, webhooks with their delivery queue,
+//! dead letters and delivery log, and engine checkpoints.
 //!
 //! Two backends with the same behaviour:
 //! - [`Store::open_embedded`]: one redb file (`<dir>/vigil.redb`), for a
@@ -28,6 +28,10 @@ pub const DELIVERY_LOG_MAX: usize = 1_000;
 /// Expired dedup records purged by one embedded `enqueue_delivery` (Redis
 /// expires them itself).
 pub(crate) const DEDUP_PURGE_BATCH: usize = 64;
+
+/// Default largest chunk of a checkpoint blob, in bytes (see
+/// [`Store::with_checkpoint_chunk`]).
+pub const CHECKPOINT_CHUNK: usize = 1 << 20;
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("backend", &self.backend())
             .field("max_alerts", &self.max_alerts())
+            .field("checkpoint_chunk", &self.checkpoint_chunk())
             .finish()
     }
 }
@@ -99,6 +104,25 @@ impl Store {
         match self {
             Store::Embedded(s) => s.max_alerts(),
             Store::Redis(s) => s.max_alerts(),
+        }
+    }
+
+    /// Sets the largest chunk (at least 1 byte) checkpoint blobs are split
+    /// into on [`Store::put_checkpoint`]. Default [`CHECKPOINT_CHUNK`].
+    /// Reading does not depend on it: a stored checkpoint records its chunk
+    /// counts.
+    pub fn with_checkpoint_chunk(self, n: usize) -> Store {
+        let n = n.max(1);
+        match self {
+            Store::Embedded(s) => Store::Embedded(s.with_checkpoint_chunk(n)),
+            Store::Redis(s) => Store::Redis(s.with_checkpoint_chunk(n)),
+        }
+    }
+
+    pub fn checkpoint_chunk(&self) -> usize {
+        match self {
+            Store::Embedded(s) => s.checkpoint_chunk(),
+            Store::Redis(s) => s.checkpoint_chunk(),
         }
     }
 
@@ -421,6 +445,144 @@ impl Store {
         }
         dispatch!(self.delivery_log(webhook, limit))
     }
+
+    // --- checkpoints ---
+
+    /// Writes a complete checkpoint (each shard's blob split into chunks of
+    /// at most [`Store::checkpoint_chunk`] bytes), then makes it current,
+    /// then removes the previous checkpoint's chunks. Returns the stored
+    /// manifest (`shards` by shard id, `bytes`, `created_ms` filled in; what
+    /// the caller put there is ignored).
+    ///
+    /// Never observed half-written: the chunks go under `manifest.id` first
+    /// and the manifest is switched in one atomic step, so a crash before
+    /// the switch leaves the previous checkpoint current and whole. After
+    /// the switch the chunks of every checkpoint id below the new one are
+    /// deleted: the previous checkpoint's, and those of any put that did not
+    /// finish. (Chunks under a higher id are left alone: a newer put may be
+    /// writing them; leftovers there go with the first put above them.) The
+    /// embedded store does all of it in one write transaction; Redis in four
+    /// round trips.
+    ///
+    /// [`StoreError::Conflict`] if `manifest.id` is not above the current
+    /// checkpoint's id, or a shard id repeats or is not below
+    /// [`SHARDS`](cep_engine::shard::SHARDS).
+    pub async fn put_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let (manifest, shards) = prepare_checkpoint(manifest, shards, self.checkpoint_chunk())?;
+        dispatch!(self.put_checkpoint(manifest, shards))
+    }
+
+    /// The first step of [`Store::put_checkpoint`] alone: writes the chunks
+    /// under `manifest.id` without making it current, as a gateway that
+    /// crashed before the switch leaves them. For tests.
+    #[doc(hidden)]
+    pub async fn stage_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let (manifest, shards) = prepare_checkpoint(manifest, shards, self.checkpoint_chunk())?;
+        dispatch!(self.stage_checkpoint(manifest, shards))
+    }
+
+    /// The current (last complete) checkpoint's manifest.
+    pub async fn checkpoint(&self) -> StoreResult<Option<CheckpointManifest>> {
+        dispatch!(self.checkpoint())
+    }
+
+    /// One shard's blob of checkpoint `id` (reassembled from chunks); `None`
+    /// if that shard is not in it. Only the current checkpoint can be read:
+    /// [`StoreError::NotFound`] if `id` is not (any more) current.
+    /// [`StoreError::Backend`] if a chunk is missing or the chunks do not add
+    /// up to the blob's length: never truncated bytes.
+    pub async fn checkpoint_shard(&self, id: u64, shard: u16) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self.checkpoint_shard(id, shard))
+    }
+}
+
+/// Shard blobs of a checkpoint: (shard id, blob).
+type ShardBlobs = Vec<(u16, Vec<u8>)>;
+
+/// Checks the shard ids of a checkpoint put, sorts the shards by id and
+/// fills in the manifest's `shards`, `bytes` and `created_ms`, counting
+/// chunks of `chunk` bytes.
+fn prepare_checkpoint(
+    mut manifest: CheckpointManifest,
+    mut shards: ShardBlobs,
+    chunk: usize,
+) -> StoreResult<(CheckpointManifest, ShardBlobs)> {
+    shards.sort_by_key(|(shard, _)| *shard);
+    let mut entries: Vec<CheckpointShard> = Vec::with_capacity(shards.len());
+    let mut total: u64 = 0;
+    for (shard, blob) in &shards {
+        if *shard >= cep_engine::shard::SHARDS {
+            return Err(StoreError::Conflict(format!(
+                "checkpoint {}: no shard {shard} (shards are 0..{})",
+                manifest.id,
+                cep_engine::shard::SHARDS
+            )));
+        }
+        if entries.last().is_some_and(|e| e.shard == *shard) {
+            return Err(StoreError::Conflict(format!(
+                "checkpoint {}: shard {shard} given twice",
+                manifest.id
+            )));
+        }
+        let too_big = || {
+            StoreError::Conflict(format!(
+                "checkpoint {}: shard {shard}: blob of {} bytes too large",
+                manifest.id,
+                blob.len()
+            ))
+        };
+        let bytes = u64::try_from(blob.len()).map_err(|_| too_big())?;
+        let chunks = u32::try_from(blob.len().div_ceil(chunk)).map_err(|_| too_big())?;
+        total = total.checked_add(bytes).ok_or_else(too_big)?;
+        entries.push(CheckpointShard {
+            shard: *shard,
+            bytes,
+            chunks,
+        });
+    }
+    manifest.shards = entries;
+    manifest.bytes = total;
+    manifest.created_ms = chrono::Utc::now().timestamp_millis();
+    Ok((manifest, shards))
+}
+
+/// Reassembles `entry`'s blob of checkpoint `id`: `fetch(i, out)` appends
+/// chunk `i` to `out`, or returns `false` if it is not stored.
+/// [`StoreError::Backend`] if a chunk is missing or the length is wrong.
+pub(crate) fn join_chunks(
+    id: u64,
+    entry: &CheckpointShard,
+    mut fetch: impl FnMut(u32, &mut Vec<u8>) -> StoreResult<bool>,
+) -> StoreResult<Vec<u8>> {
+    let shard = entry.shard;
+    // Reserve the recorded length, but not without bound: the record may be
+    // corrupt.
+    let reserve = usize::try_from(entry.bytes).map_or(0, |n| n.min(1 << 28));
+    let mut blob = Vec::with_capacity(reserve);
+    for i in 0..entry.chunks {
+        if !fetch(i, &mut blob)? {
+            return Err(StoreError::Backend(format!(
+                "checkpoint {id}: shard {shard}: chunk {i} of {} is missing",
+                entry.chunks
+            )));
+        }
+    }
+    if u64::try_from(blob.len()).ok() != Some(entry.bytes) {
+        return Err(StoreError::Backend(format!(
+            "checkpoint {id}: shard {shard}: chunks hold {} bytes, not {}",
+            blob.len(),
+            entry.bytes
+        )));
+    }
+    Ok(blob)
 }
 
 /// Webhook and message ids are joined with NUL in the Redis layout, so they

@@ -26,14 +26,29 @@
 //! | `ns:deliveries_of:WH`        | zset   | score 0, `CREATED20:MSG` (one webhook's)          |
 //! | `ns:dead_letters…`           |        | the dead letters, as `deliveries…` (no `by_due`)  |
 //! | `ns:delivery_log:WH`         | list   | `DeliveryAttempt` JSON, newest first (LPUSH, LTRIM) |
+//! | `ns:ckpt:current`            | string | the current `CheckpointManifest` JSON             |
+//! | `ns:ckpt:current_id`         | string | its id as `ID20`                                  |
+//! | `ns:ckpt:chunks`             | zset   | score 0, `ID20:SHARD:I` of every chunk key written |
+//! | `ns:ckpt:ID20:SHARD:I`       | string | chunk I of SHARD's blob in checkpoint ID (bytes)  |
 //!
 //! Multi-key steps that must be atomic (key uniqueness, version numbering,
 //! idempotent alert insert with trimming, list changes with the revision
-//! bump, delivery queue changes with their indexes and the dedup record) are
-//! Lua scripts.
+//! bump, delivery queue changes with their indexes and the dedup record, the
+//! checkpoint switch) are Lua scripts.
+//!
+//! A checkpoint put takes four round trips: `GET ns:ckpt:current_id` (the
+//! new id must be above it); one pipeline adding the chunk members to
+//! `ns:ckpt:chunks` and then `SET`ting the chunks; the switch script, which
+//! sets `ns:ckpt:current` and `current_id` unless a newer checkpoint is
+//! current and returns the chunk members of every lower id; one pipeline
+//! deleting (`UNLINK`) those chunk keys and then their members. A crash before the
+//! switch leaves chunks that `ns:ckpt:chunks` still names, deleted by the
+//! next put that succeeds; a crash before the deletion leaves them named
+//! too.
 //!
 //! `AT20` is `at` with its sign bit flipped, as 20 zero-padded decimal
-//! digits, so that byte order of members is (at, id) order. Webhook and
+//! digits, so that byte order of members is (at, id) order; `ID20` is a
+//! checkpoint id as 20 zero-padded digits, for the same reason. Webhook and
 //! message ids never contain NUL (checked on write), so `MSG\0WH` is
 //! unambiguous.
 
@@ -45,9 +60,10 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, RedisResult, Script};
 
 use super::{
-    AlertFilter, AlertPage, ApiKey, AuditEntry, Cursor, DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX,
-    Delivery, DeliveryAttempt, RuleState, RuleVersion, StoreError, StoreResult, StoredAlert,
-    Webhook, filter_matches, from_json, page, to_json,
+    AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest, Cursor,
+    DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState, RuleVersion,
+    StoreError, StoreResult, StoredAlert, Webhook, filter_matches, from_json, join_chunks, page,
+    to_json,
 };
 
 /// Alerts fetched by the first round trip of a query scan; each further
@@ -56,6 +72,8 @@ const SCAN_BATCH: usize = 128;
 const SCAN_BATCH_MAX: usize = 4096;
 /// Members per SADD/SREM call inside scripts (Lua's `unpack` has a limit).
 const LUA_CHUNK: usize = 1000;
+/// Keys or members per ZADD/UNLINK/ZREM command of a checkpoint put.
+const CKPT_BATCH: usize = 1000;
 
 /// KEYS: keys, key_hashes. ARGV: name, hash, json.
 /// Returns 0 stored, 1 name taken, 2 hash taken.
@@ -277,12 +295,29 @@ return out
     )
 });
 
+/// KEYS: ckpt:current, ckpt:current_id, ckpt:chunks. ARGV: ID20, manifest
+/// JSON. Returns nil if a checkpoint with a higher id is current (nothing
+/// changed), else the `ckpt:chunks` members of every lower id. The same id
+/// is let through: a retry of a switch that ran.
+static SWITCH_CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[2])
+if cur and cur > ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return redis.call('ZRANGEBYLEX', KEYS[3], '-', '(' .. ARGV[1])
+",
+    )
+});
+
 /// The Redis store. Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     ns: String,
     max_alerts: usize,
+    checkpoint_chunk: usize,
 }
 
 fn be(e: RedisError) -> StoreError {
@@ -334,6 +369,17 @@ fn delivery_member(d: &Delivery) -> String {
     )
 }
 
+/// A checkpoint id as `ID20`: byte order is numeric order.
+fn id20(id: u64) -> String {
+    format!("{id:020}")
+}
+
+/// The `ckpt:chunks` member of chunk `i` of `shard`'s blob in checkpoint
+/// `id`; its key is `ns:ckpt:` + member.
+fn chunk_member(id: u64, shard: u16, i: u32) -> String {
+    format!("{}:{shard}:{i}", id20(id))
+}
+
 /// Where the field starts in a `by_due` member (1-based, for Lua).
 const DUE_FIELD_AT: usize = 43;
 /// Where the field (or msg) starts in a `by_age` (or `of`) member.
@@ -368,6 +414,7 @@ impl RedisStore {
             conn,
             ns: namespace.to_string(),
             max_alerts: DEFAULT_MAX_ALERTS,
+            checkpoint_chunk: CHECKPOINT_CHUNK,
         })
     }
 
@@ -378,6 +425,15 @@ impl RedisStore {
 
     pub(crate) fn max_alerts(&self) -> usize {
         self.max_alerts
+    }
+
+    pub(crate) fn with_checkpoint_chunk(mut self, n: usize) -> RedisStore {
+        self.checkpoint_chunk = n;
+        self
+    }
+
+    pub(crate) fn checkpoint_chunk(&self) -> usize {
+        self.checkpoint_chunk
     }
 
     fn k(&self, name: &str) -> String {
@@ -1236,5 +1292,183 @@ impl RedisStore {
             })
             .await?;
         all.iter().map(|json| from_json(json)).collect()
+    }
+
+    // --- checkpoints ---
+
+    pub(crate) async fn put_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let manifest = self.stage_checkpoint(manifest, shards).await?;
+        let keys = [
+            self.k("ckpt:current"),
+            self.k("ckpt:current_id"),
+            self.k("ckpt:chunks"),
+        ];
+        let (id, json) = (id20(manifest.id), to_json(&manifest)?);
+        let (keys, id, json) = (&keys, &id, &json);
+        let older: Option<Vec<String>> = self
+            .run(|mut c| async move {
+                SWITCH_CHECKPOINT
+                    .key(&keys[..])
+                    .arg(id)
+                    .arg(json)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some(older) = older else {
+            // Its chunks stay named in ckpt:chunks, below the current id:
+            // the next put deletes them.
+            return Err(self.not_newer(manifest.id).await);
+        };
+        // Keys first, then their members: a crash in between leaves them
+        // named, for the next put.
+        let mut pipe = ::redis::pipe();
+        for batch in older.chunks(CKPT_BATCH) {
+            let chunk_keys: Vec<String> =
+                batch.iter().map(|m| self.k(&format!("ckpt:{m}"))).collect();
+            // UNLINK: the server frees the (large) values in the background.
+            pipe.cmd("UNLINK").arg(chunk_keys).ignore();
+        }
+        for batch in older.chunks(CKPT_BATCH) {
+            pipe.cmd("ZREM").arg(&keys[2]).arg(batch).ignore();
+        }
+        if !older.is_empty() {
+            let pipe = &pipe;
+            self.run(|mut c| async move { pipe.exec_async(&mut c).await })
+                .await?;
+        }
+        Ok(manifest)
+    }
+
+    /// The chunks, after checking that `manifest.id` is above the current
+    /// checkpoint's: their members go into `ckpt:chunks` before the chunks
+    /// are written (one pipeline, run in order), so that every chunk written
+    /// is named there. Chunks an unfinished put left under the same id are
+    /// overwritten or, if this put has fewer, deleted with this checkpoint.
+    pub(crate) async fn stage_checkpoint(
+        &self,
+        manifest: CheckpointManifest,
+        shards: Vec<(u16, Vec<u8>)>,
+    ) -> StoreResult<CheckpointManifest> {
+        let current_id = self.k("ckpt:current_id");
+        let current_id = &current_id;
+        let current: Option<String> = self
+            .run(|mut c| async move {
+                ::redis::cmd("GET")
+                    .arg(current_id)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if current.is_some_and(|cur| cur >= id20(manifest.id)) {
+            return Err(self.not_newer(manifest.id).await);
+        }
+        let chunks_key = self.k("ckpt:chunks");
+        let mut members = Vec::new();
+        let mut parts = Vec::new();
+        for (shard, blob) in &shards {
+            for (i, part) in (0u32..).zip(blob.chunks(self.checkpoint_chunk)) {
+                members.push(chunk_member(manifest.id, *shard, i));
+                parts.push(part);
+            }
+        }
+        if members.is_empty() {
+            return Ok(manifest);
+        }
+        // The members first: a pipeline runs in order.
+        let mut pipe = ::redis::pipe();
+        for batch in members.chunks(CKPT_BATCH) {
+            pipe.cmd("ZADD").arg(&chunks_key);
+            for member in batch {
+                pipe.arg(0).arg(member);
+            }
+            pipe.ignore();
+        }
+        for (member, part) in members.iter().zip(parts) {
+            pipe.cmd("SET")
+                .arg(self.k(&format!("ckpt:{member}")))
+                .arg(part)
+                .ignore();
+        }
+        let pipe = &pipe;
+        self.run(|mut c| async move { pipe.exec_async(&mut c).await })
+            .await?;
+        Ok(manifest)
+    }
+
+    /// The conflict of a put whose id is not above the current checkpoint's.
+    async fn not_newer(&self, id: u64) -> StoreError {
+        let current = match self.checkpoint().await {
+            Ok(Some(m)) => m.id.to_string(),
+            Ok(None) => "none".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        StoreError::Conflict(format!(
+            "checkpoint {id} is not newer than the current checkpoint {current}"
+        ))
+    }
+
+    pub(crate) async fn checkpoint(&self) -> StoreResult<Option<CheckpointManifest>> {
+        let key = self.k("ckpt:current");
+        let key = &key;
+        let json: Option<String> = self
+            .run(|mut c| async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        json.map(|json| from_json(&json)).transpose()
+    }
+
+    pub(crate) async fn checkpoint_shard(
+        &self,
+        id: u64,
+        shard: u16,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let gone = || StoreError::NotFound(format!("checkpoint {id}"));
+        let manifest = self
+            .checkpoint()
+            .await?
+            .filter(|m| m.id == id)
+            .ok_or_else(gone)?;
+        let Some(entry) = manifest.shards.iter().find(|e| e.shard == shard) else {
+            return Ok(None);
+        };
+        let chunk_keys: Vec<String> = (0..entry.chunks)
+            .map(|i| self.k(&format!("ckpt:{}", chunk_member(id, shard, i))))
+            .collect();
+        let mut parts = Vec::new();
+        if !chunk_keys.is_empty() {
+            // The current id again, with the chunks (MULTI/EXEC): a put that
+            // switched since the manifest was read may have deleted them.
+            let current_id = self.k("ckpt:current_id");
+            let (current_id, chunk_keys) = (&current_id, &chunk_keys);
+            let (current, got): (Option<String>, Vec<Option<Vec<u8>>>) = self
+                .run(|mut c| async move {
+                    ::redis::pipe()
+                        .atomic()
+                        .cmd("GET")
+                        .arg(current_id)
+                        .cmd("MGET")
+                        .arg(chunk_keys)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if current != Some(id20(id)) {
+                return Err(gone());
+            }
+            parts = got;
+        }
+        let mut parts = parts.into_iter();
+        let blob = join_chunks(id, entry, |_, out| match parts.next().flatten() {
+            Some(part) => {
+                out.extend_from_slice(&part);
+                Ok(true)
+            }
+            None => Ok(false),
+        })?;
+        Ok(Some(blob))
     }
 }

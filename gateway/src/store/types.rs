@@ -206,3 +206,43 @@ pub struct DeliveryAttempt {
     /// `delivered`, `retry`, `dead` or `disabled`.
     pub outcome: String,
 }
+
+/// One engine checkpoint: what it covers, and which shard blobs it holds.
+/// The blobs themselves are stored apart, in chunks (see
+/// [`Store::put_checkpoint`](super::Store::put_checkpoint)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointManifest {
+    /// Increasing id (the gateway assigns it).
+    pub id: u64,
+    /// Gateway sequence number the checkpoint covers (every event with seq
+    /// <= this).
+    pub seq: u64,
+    /// The gateway's event-time clock at the barrier (`i64::MIN`: none yet).
+    pub clock: i64,
+    /// Per input (0: ZeroMQ/HTTP, 1+p: Kafka partition p): highest event
+    /// time seen.
+    pub inputs: std::collections::BTreeMap<u32, i64>,
+    /// Per Kafka partition: the next offset to read after this checkpoint.
+    pub offsets: std::collections::BTreeMap<i32, i64>,
+    /// Rule-set version that ran when it was taken.
+    pub rules_version: u64,
+    /// Wall time it became durable, ms since the epoch (set by the store on
+    /// put).
+    pub created_ms: i64,
+    /// Shards present, with their blob sizes, by shard id (filled in by the
+    /// store on put).
+    pub shards: Vec<CheckpointShard>,
+    /// Total blob bytes (filled in by the store).
+    pub bytes: u64,
+}
+
+/// One shard's blob in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointShard {
+    pub shard: u16,
+    /// Blob length.
+    pub bytes: u64,
+    /// How many chunks hold it (0 for an empty blob): chunks 0..chunks, each
+    /// of the store's chunk size but the last.
+    pub chunks: u32,
+}
