@@ -262,6 +262,11 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
             "2048",
             "--batch",
             "256",
+            // Without checkpoints a dead node's shards have nowhere to go:
+            // this is the bounded-shed behaviour. With them (the default),
+            // see `a_killed_node_fails_over_and_every_alert_arrives_once`.
+            "--checkpoint-every",
+            "0s",
         ],
     );
     let ctx = zmq::Context::new();
@@ -333,6 +338,120 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
     wait_until("node-1 up again", Duration::from_secs(20), || {
         http_get(&ep.http, "/readyz").is_some_and(|(s, _)| s == 200)
     });
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(ev_path);
+}
+
+fn metric(http: &str, name: &str) -> u64 {
+    http_get(http, "/metrics")
+        .and_then(|(_, m)| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_node_fails_over_and_every_alert_arrives_once() {
+    let (mut nodes, eps) = start_nodes(3);
+    let dir = workload_rules_dir("failover");
+    let events = workload(30_000, 600, 20);
+    let ev_path = write_events("failover", &events);
+    let expected = replay_ids(&dir, &ev_path, &[]);
+    let ep = Endpoints::fresh();
+    let _gw = start_gateway(
+        &dir,
+        &eps,
+        &ep,
+        &[
+            "--idle",
+            "0s",
+            "--node-timeout",
+            "1s",
+            "--checkpoint-every",
+            "300ms",
+            "--batch",
+            "256",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
+    let first = 10_000;
+    push_events(&ctx, &ep.pull, &events[..first], 100);
+    wait_processed(&ep.http, first as u64);
+    wait_until("a durable checkpoint", Duration::from_secs(20), || {
+        cluster(&ep.http).is_some_and(|c| c["checkpoint"]["id"].as_u64() >= Some(1))
+    });
+    // The next third flows while node 1 dies: copies in flight to it, and
+    // partial matches since the checkpoint, must come back from the replay.
+    let (pull, evs) = (ep.pull.clone(), events[first..20_000].to_vec());
+    let producer = std::thread::spawn(move || {
+        // One socket: PULL fair-queues between PUSH peers, so a socket per
+        // chunk could reorder the stream.
+        let ctx = zmq::Context::new();
+        let push = ctx.socket(zmq::PUSH).expect("PUSH");
+        push.set_linger(5_000).expect("linger");
+        push.connect(&pull).expect("connect PUSH");
+        for chunk in evs.chunks(100) {
+            push.send_multipart(chunk.iter().map(String::as_bytes), 0)
+                .expect("send");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    nodes[1].kill();
+    wait_until(
+        "node-1's shards on the live nodes",
+        Duration::from_secs(20),
+        || {
+            cluster(&ep.http).is_some_and(|c| {
+                c["nodes"][1]["state"] == "down"
+                    && c["nodes"][1]["shards"] == 0
+                    && c["nodes"][0]["shards"].as_u64().unwrap_or(0)
+                        + c["nodes"][2]["shards"].as_u64().unwrap_or(0)
+                        == 1024
+            })
+        },
+    );
+    producer.join().expect("producer");
+    let c = cluster(&ep.http).expect("cluster");
+    assert!(
+        c["events_accepted"].as_u64() <= Some(20_000),
+        "the kill happened mid-stream: {c}"
+    );
+    // The node returns; at the next checkpoint its shards move back.
+    let node = bin("cep-engine", "vigil-node");
+    nodes[1] = Proc::spawn(
+        "node1-again",
+        std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
+    );
+    wait_until("node-1's shards back home", Duration::from_secs(30), || {
+        cluster(&ep.http).is_some_and(|c| {
+            c["nodes"][1]["state"] == "up" && c["nodes"][1]["shards"].as_u64() == Some(341)
+        })
+    });
+    // The producer's socket is gone only once its events are in: then the
+    // rest, in order.
+    wait_until("the second third accepted", Duration::from_secs(30), || {
+        cluster(&ep.http).is_some_and(|c| c["events_accepted"] == 20_000)
+    });
+    push_events(&ctx, &ep.pull, &events[20_000..], 100);
+    wait_processed(&ep.http, events.len() as u64);
+    let got = sink.all_published(&ep.http);
+    let got = id_counts(got.iter());
+    let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
+    let extra = got.keys().filter(|k| !expected.contains_key(*k)).count();
+    let dups = got.values().filter(|&&n| n > 1).count();
+    assert!(
+        got == expected,
+        "after failover and move back: missing {missing}, extra {extra}, duplicated {dups}; cluster {}",
+        cluster(&ep.http).unwrap_or_default()
+    );
+    assert_eq!(c["copies_shed"], 0, "nothing shed with checkpoints on");
+    assert!(metric(&ep.http, "vigil_shards_moved_total") >= 2 * 341);
+    assert!(metric(&ep.http, "vigil_shards_restored_total") >= 2 * 341);
+    assert!(metric(&ep.http, "vigil_checkpoints_total") >= 2);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(ev_path);
 }

@@ -67,35 +67,24 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic() {
-    let (_broker, brokers) = start_broker();
-    // Four partitions, each its own input with its own watermark.
-    create_topic(&brokers, "events", 4).await;
-    create_topic(&brokers, "alerts", 1).await;
-    let dir = workload_rules_dir("kafka");
-    let events = workload(5_000, 200, 20);
-    let ev_path = std::env::temp_dir().join(format!("vigil-kafka-{}.jsonl", std::process::id()));
-    std::fs::write(&ev_path, events.join("\n") + "\n").expect("write");
-    let expected = replay_ids(&dir, &ev_path, &[]);
-    assert!(!expected.is_empty());
-
+/// Produces `events` keyed like a real producer (card or device), enqueued in
+/// order (send_result queues at once), so each partition holds its keys'
+/// events in order; returns once every one is acknowledged.
+async fn produce(brokers: &str, topic: &str, events: &[String]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
+        .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
-    // Keyed like a real producer (card or device), enqueued in file order
-    // (send_result queues at once), so each partition holds its keys' events
-    // in order.
     let mut deliveries = vec![];
-    for e in &events {
+    for e in events {
         let v: serde_json::Value = serde_json::from_str(e).expect("event");
         let key = v["card_id"]
             .as_str()
             .or(v["device_id"].as_str())
             .unwrap_or("")
             .to_string();
-        match producer.send_result(FutureRecord::to("events").key(&key).payload(e)) {
+        match producer.send_result(FutureRecord::to(topic).key(&key).payload(e)) {
             Ok(d) => deliveries.push(d),
             Err((e, _)) => panic!("produce: {e}"),
         }
@@ -106,10 +95,22 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
             .map_err(|(e, _)| e)
             .expect("produce");
     }
-    // End of the recorded stream: a marker at the last event time on every
-    // partition moves every input's watermark there, as replay's end of input
-    // does (the markers' type is read by no rule). Markers go where their key
-    // hashes: send until every partition has one.
+}
+
+/// End of the recorded stream: a marker at the last event time on every
+/// partition moves every input's watermark there, as replay's end of input
+/// does (the markers' type is read by no rule). Markers go where their key
+/// hashes: sends until each of `partitions` has one; returns how many.
+async fn produce_end_markers(
+    brokers: &str,
+    topic: &str,
+    events: &[String],
+    partitions: usize,
+) -> u64 {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
     let last_ts = events
         .iter()
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
@@ -118,13 +119,13 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
         .expect("events");
     let mut marked = std::collections::BTreeSet::new();
     let mut markers = 0u64;
-    while marked.len() < 4 && markers < 1000 {
+    while marked.len() < partitions && markers < 1000 {
         let tick = format!(r#"{{"type":"Tick","ts":"{last_ts}","n":{markers}}}"#);
         let key = format!("tick-{markers}");
         markers += 1;
         let delivery = producer
             .send(
-                FutureRecord::to("events").key(&key).payload(&tick),
+                FutureRecord::to(topic).key(&key).payload(&tick),
                 Duration::from_secs(30),
             )
             .await
@@ -132,6 +133,280 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
             .expect("produce marker");
         marked.insert(delivery.partition);
     }
+    markers
+}
+
+/// Alert ids (with multiplicity) on an alerts topic: read until `total` have
+/// arrived (or a minute passes), then two quiet seconds more for duplicates.
+async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<String, usize> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("alerts-reader-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet_until: Option<std::time::Instant> = None;
+    loop {
+        let now = std::time::Instant::now();
+        if now > deadline || quiet_until.is_some_and(|q| now > q) {
+            break;
+        }
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON");
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+            let want = match &v["key"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            assert_eq!(key, want, "alerts are keyed by the alert key");
+            *ids.entry(v["id"].as_str().unwrap_or("").to_string())
+                .or_insert(0) += 1;
+        }
+        if quiet_until.is_none() && ids.values().sum::<usize>() >= total {
+            quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
+        }
+    }
+    ids
+}
+
+/// Equality with a readable failure.
+fn assert_same_alerts(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>, what: &str) {
+    if got != want {
+        let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+        let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+        let dups = got.values().filter(|&&n| n > 1).count();
+        panic!(
+            "{what}: got {} alerts, want {}; missing {missing}, extra {extra}, duplicated {dups}",
+            got.values().sum::<usize>(),
+            want.values().sum::<usize>()
+        );
+    }
+}
+
+fn write_events(tag: &str, events: &[String]) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("vigil-{tag}-{}.jsonl", std::process::id()));
+    std::fs::write(&p, events.join("\n") + "\n").expect("write");
+    p
+}
+
+/// The stream of the recovery tests: over 100,000 events, 500 cards (and
+/// their accounts and devices), so several hundred keys per rule.
+const RECOVERY_EVENTS: usize = 120_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
+    let (_broker, brokers) = start_broker();
+    create_topic(&brokers, "events", 4).await;
+    let dir = workload_rules_dir("kafka-kill");
+    let events = workload(RECOVERY_EVENTS, 500, 20);
+    let ev_path = write_events("kafka-kill", &events);
+    let expected = replay_ids(&dir, &ev_path, &[]);
+    let half = RECOVERY_EVENTS / 2;
+    produce(&brokers, "events", &events[..half]).await;
+
+    let (mut nodes, eps) = start_nodes(2);
+    let ep = Endpoints::fresh();
+    let _gw = start_gateway(
+        &dir,
+        &eps,
+        &ep,
+        &[
+            "--idle",
+            "0s",
+            "--kafka",
+            &brokers,
+            "--topic",
+            "events",
+            "--group",
+            "vigil-kill",
+            "--checkpoint-every",
+            "500ms",
+            "--node-timeout",
+            "1s",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || wait_processed(&http, half as u64))
+        .await
+        .expect("first half");
+    // The second half is produced while node 1 is killed.
+    let (b, rest) = (brokers.clone(), events[half..].to_vec());
+    let all = events.clone();
+    let producer = tokio::spawn(async move {
+        produce(&b, "events", &rest).await;
+        produce_end_markers(&b, "events", &all, 4).await
+    });
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the second half flowing", Duration::from_secs(30), || {
+            cluster(&http)
+                .is_some_and(|c| c["events_accepted"].as_u64() > Some(half as u64 + 5_000))
+        })
+    })
+    .await
+    .expect("flowing");
+    nodes[1].kill();
+    let c = cluster(&ep.http).expect("cluster");
+    assert!(
+        c["events_accepted"].as_u64() < Some(RECOVERY_EVENTS as u64),
+        "the kill must land mid-stream: {c}"
+    );
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("node-1's shards on node-0", Duration::from_secs(30), || {
+            cluster(&http).is_some_and(|c| c["nodes"][0]["shards"] == 1024)
+        })
+    })
+    .await
+    .expect("failover");
+    // It comes back, and gets its shards back at the next checkpoint.
+    let node = bin("cep-engine", "vigil-node");
+    nodes[1] = Proc::spawn(
+        "node1-again",
+        std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
+    );
+    let markers = producer.await.expect("producer");
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("node-1's shards back", Duration::from_secs(30), || {
+            cluster(&http)
+                .is_some_and(|c| c["nodes"][1]["shards"] == 512 && c["nodes"][1]["state"] == "up")
+        });
+        wait_processed(&http, RECOVERY_EVENTS as u64 + markers);
+    })
+    .await
+    .expect("all processed");
+    let http = ep.http.clone();
+    let got = tokio::task::spawn_blocking(move || sink.all_published(&http))
+        .await
+        .expect("published");
+    assert_same_alerts(
+        &id_counts(got.iter()),
+        &expected,
+        "Kafka cluster with a node killed vs replay",
+    );
+    let c = cluster(&ep.http).expect("cluster");
+    assert!(c["checkpoint"]["id"].as_u64() >= Some(2), "{c}");
+    assert!(c["checkpoint"]["bytes"].as_u64() > Some(0), "{c}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(ev_path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
+    let (_broker, brokers) = start_broker();
+    create_topic(&brokers, "events", 4).await;
+    create_topic(&brokers, "alerts", 1).await;
+    let dir = workload_rules_dir("kafka-restart");
+    let events = workload(RECOVERY_EVENTS, 500, 20);
+    let ev_path = write_events("kafka-restart", &events);
+    let expected = replay_ids(&dir, &ev_path, &[]);
+    let total: usize = expected.values().sum();
+    let half = RECOVERY_EVENTS / 2;
+    produce(&brokers, "events", &events[..half]).await;
+
+    let (_nodes, eps) = start_nodes(2);
+    let ep = Endpoints::fresh();
+    let data = fresh_dir("restart-data");
+    let args = [
+        "--idle",
+        "0s",
+        "--kafka",
+        &brokers,
+        "--topic",
+        "events",
+        "--group",
+        "vigil-restart",
+        "--alerts-topic",
+        "alerts",
+        "--checkpoint-every",
+        "500ms",
+    ];
+    let mut gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || wait_processed(&http, half as u64))
+        .await
+        .expect("first half");
+    let (b, rest) = (brokers.clone(), events[half..].to_vec());
+    let all = events.clone();
+    let producer = tokio::spawn(async move {
+        produce(&b, "events", &rest).await;
+        produce_end_markers(&b, "events", &all, 4).await
+    });
+    let http = ep.http.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the second half flowing", Duration::from_secs(30), || {
+            cluster(&http)
+                .is_some_and(|c| c["events_accepted"].as_u64() > Some(half as u64 + 5_000))
+        })
+    })
+    .await
+    .expect("flowing");
+    // A restart (SIGTERM: drain, a last checkpoint, exit), mid-stream.
+    let before = cluster(&ep.http).and_then(|c| c["events_accepted"].as_u64());
+    gw.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || {
+        wait_until("the gateway exits", Duration::from_secs(30), || !gw.alive());
+        gw
+    })
+    .await
+    .expect("exit");
+    assert!(
+        exited.output().contains("router stopped"),
+        "{}",
+        exited.output()
+    );
+    assert!(
+        before < Some(RECOVERY_EVENTS as u64),
+        "the restart must land mid-stream: {before:?}"
+    );
+    drop(exited);
+    let gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
+    let markers = producer.await.expect("producer");
+    assert!(
+        gw.output().contains("resuming from checkpoint"),
+        "{}",
+        gw.output()
+    );
+    let got = read_alert_topic(&brokers, "alerts", total).await;
+    assert_same_alerts(
+        &got,
+        &expected,
+        "alerts topic across a gateway restart vs replay",
+    );
+    // The second gateway read only what the checkpoint did not cover.
+    let c = cluster(&ep.http).expect("cluster");
+    let resumed = c["events_accepted"].as_u64().unwrap_or(0);
+    assert!(
+        resumed < RECOVERY_EVENTS as u64 + markers,
+        "resumed from the checkpoint's offsets, not the start: {c}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(ev_path);
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic() {
+    let (_broker, brokers) = start_broker();
+    // Four partitions, each its own input with its own watermark.
+    create_topic(&brokers, "events", 4).await;
+    create_topic(&brokers, "alerts", 1).await;
+    let dir = workload_rules_dir("kafka");
+    let events = workload(5_000, 200, 20);
+    let ev_path = write_events("kafka", &events);
+    let expected = replay_ids(&dir, &ev_path, &[]);
+    assert!(!expected.is_empty());
+
+    produce(&brokers, "events", &events).await;
+    let markers = produce_end_markers(&brokers, "events", &events, 4).await;
 
     let ep = Endpoints::fresh();
     let ctx = zmq::Context::new();
@@ -156,66 +431,16 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
     let _ = &gw;
     wait_processed(&ep.http, events.len() as u64 + markers);
     let total: usize = expected.values().sum();
-    let start = std::time::Instant::now();
-    while sink.len() < total && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let got: Vec<serde_json::Value> = sink.snapshot().into_iter().map(|(_, a)| a).collect();
-    let got_ids = id_counts(got.iter());
-    if got_ids != expected {
-        let missing: Vec<&String> = expected
-            .keys()
-            .filter(|k| !got_ids.contains_key(*k))
-            .collect();
-        let extra: Vec<&String> = got_ids
-            .keys()
-            .filter(|k| !expected.contains_key(*k))
-            .collect();
-        let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
-        for a in &got {
-            if extra.iter().any(|i| a["id"].as_str() == Some(i.as_str())) {
-                *by_rule
-                    .entry(a["rule"].as_str().unwrap_or("").to_string())
-                    .or_insert(0) += 1;
-            }
-        }
-        panic!(
-            "Kafka-fed cluster vs replay: got {} alerts, want {total}; missing {} extra {} (extra by rule {by_rule:?}); cluster {}",
-            got_ids.values().sum::<usize>(),
-            missing.len(),
-            extra.len(),
-            cluster(&ep.http).unwrap_or_default()
-        );
-    }
+    let got = sink.all_published(&ep.http);
+    assert_same_alerts(
+        &id_counts(got.iter()),
+        &expected,
+        "Kafka-fed cluster vs replay",
+    );
 
     // The alerts topic has each alert once, keyed by the alert key.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "alerts-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["alerts"]).expect("subscribe");
-    let mut from_topic: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while from_topic.values().sum::<usize>() < total && std::time::Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            let v: serde_json::Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON");
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-            let want = match &v["key"] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            assert_eq!(key, want);
-            *from_topic
-                .entry(v["id"].as_str().unwrap_or("").to_string())
-                .or_insert(0) += 1;
-        }
-    }
-    assert_eq!(from_topic, expected, "alerts topic vs replay");
+    let from_topic = read_alert_topic(&brokers, "alerts", total).await;
+    assert_same_alerts(&from_topic, &expected, "alerts topic vs replay");
     // Consumer lag is reported per partition.
     wait_until("lag metric", Duration::from_secs(15), || {
         http_get(&ep.http, "/metrics").is_some_and(|(_, m)| {

@@ -233,12 +233,23 @@ pub fn start_nodes_with(n: usize, extra: &[&str]) -> (Vec<Proc>, Vec<String>) {
 
 /// Starts a gateway routing to `nodes`, with `extra` flags; waits until ready.
 pub fn start_gateway(rules: &Path, nodes: &[String], ep: &Endpoints, extra: &[&str]) -> Proc {
+    start_gateway_in(&fresh_dir("data"), rules, nodes, ep, extra)
+}
+
+/// [`start_gateway`] on the store in `data` (a restart passes the same one).
+pub fn start_gateway_in(
+    data: &Path,
+    rules: &Path,
+    nodes: &[String],
+    ep: &Endpoints,
+    extra: &[&str],
+) -> Proc {
     let gw = bin("vigil-gateway", "vigil-gateway");
     let mut cmd = Command::new(gw);
     cmd.arg("--rules")
         .arg(rules)
         .arg("--data-dir")
-        .arg(fresh_dir("data"))
+        .arg(data)
         .args(ep.args());
     for n in nodes {
         cmd.args(["--node", n]);

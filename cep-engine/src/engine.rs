@@ -182,7 +182,7 @@ const SNAPSHOT_FORMAT: u8 = 1;
 impl Snapshot {
     /// The snapshot as bytes (a format byte, then postcard).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT];
+        let out = vec![SNAPSHOT_FORMAT];
         // Serializing plain data into a Vec cannot fail; an empty result would
         // be refused by `from_bytes`, never misread.
         match postcard::to_extend(self, out) {

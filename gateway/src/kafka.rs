@@ -3,9 +3,12 @@
 //! and an optional alert sink (a topic, keyed by the alert's key, payload the
 //! alert JSON).
 //!
-//! Offsets are committed once the router has accepted (validated and queued)
-//! the events they cover. Checkpoints that tie committed offsets to durable
-//! engine state are the next step (see `docs/operations.md`).
+//! Offsets belong to checkpoints, as in Flink's Kafka source: the gateway
+//! assigns itself every partition of the topic and starts each at the offset
+//! the last durable checkpoint recorded (or, with none, at the group's
+//! committed offset, else the earliest). Offsets are committed to the group
+//! only after a checkpoint covering them is durable, for monitoring tools and
+//! for a gateway started on an empty store.
 
 use crate::router::HttpIngest;
 use crate::status::Status;
@@ -29,23 +32,25 @@ pub struct KafkaSource {
 /// Events per batch handed to the router.
 const BATCH: usize = 1024;
 
-/// Consumes `src` until the channel to the router closes.
+/// Consumes `src` until the channel to the router closes. `start`: the
+/// offsets of the checkpoint the router resumes from; `committed`: the
+/// offsets of each durable checkpoint, committed to the group as they come.
 pub async fn consume(
     src: KafkaSource,
     ingest: tokio::sync::mpsc::Sender<HttpIngest>,
     status: Arc<Status>,
+    start: BTreeMap<i32, i64>,
+    committed: tokio::sync::watch::Receiver<BTreeMap<i32, i64>>,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &src.brokers)
         .set("group.id", &src.group)
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .create()?;
-    consumer.subscribe(&[&src.topic])?;
     let consumer = Arc::new(consumer);
-    // Every partition is an input of the event-time clock from the start: an
-    // input not heard from yet holds the clock back (until the idle period).
     let partitions = {
         let (c, t) = (consumer.clone(), src.topic.clone());
         tokio::task::spawn_blocking(move || {
@@ -54,21 +59,40 @@ pub async fn consume(
         })
         .await??
     };
+    anyhow::ensure!(
+        partitions > 0,
+        "Kafka topic `{}` has no partitions (does it exist?)",
+        src.topic
+    );
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let at = start.get(&p).map_or(Offset::Stored, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(&src.topic, p, at)?;
+    }
+    consumer.assign(&tpl)?;
+    // Every partition is an input of the event-time clock from the start: an
+    // input not heard from yet holds the clock back (until the idle period).
     let (tx, rx) = tokio::sync::oneshot::channel();
     let announce = HttpIngest {
         events: vec![],
         inputs: Some((0..partitions as u32).map(|p| 1 + p).collect()),
+        offsets: None,
         reply: tx,
     };
     if ingest.send(announce).await.is_err() {
         return Ok(());
     }
     let _ = rx.await;
-    info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions, "consuming Kafka");
+    info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions, resumed = !start.is_empty(), "consuming Kafka");
     tokio::spawn(report_lag(
         consumer.clone(),
         src.topic.clone(),
         status.clone(),
+    ));
+    tokio::spawn(commit_checkpointed(
+        consumer.clone(),
+        src.topic.clone(),
+        committed,
     ));
     loop {
         // Gather a batch: wait for one message, then take what is ready.
@@ -76,15 +100,14 @@ pub async fn consume(
         let mut events = vec![first.payload().map(<[u8]>::to_vec).unwrap_or_default()];
         // Each partition is its own input (its own watermark).
         let mut inputs = vec![1 + first.partition().max(0) as u32];
-        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-        last.insert(first.partition(), first.offset());
+        let mut offsets = vec![first.offset()];
         drop(first);
         while events.len() < BATCH {
             match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
                 Ok(Ok(m)) => {
                     events.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
                     inputs.push(1 + m.partition().max(0) as u32);
-                    last.insert(m.partition(), m.offset());
+                    offsets.push(m.offset());
                 }
                 Ok(Err(e)) => {
                     warn!(error = %e, "Kafka receive error");
@@ -97,21 +120,35 @@ pub async fn consume(
         let req = HttpIngest {
             events,
             inputs: Some(inputs),
+            offsets: Some(offsets),
             reply: tx,
         };
         if ingest.send(req).await.is_err() {
             return Ok(());
         }
-        // Commit only what the router has taken.
+        // One batch at a time: the router has numbered these before the next.
         if rx.await.is_err() {
             return Ok(());
         }
+    }
+}
+
+/// Commits the offsets of each durable checkpoint to the consumer group.
+async fn commit_checkpointed(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    mut committed: tokio::sync::watch::Receiver<BTreeMap<i32, i64>>,
+) {
+    while committed.changed().await.is_ok() {
+        let offsets = committed.borrow_and_update().clone();
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in &last {
-            tpl.add_partition_offset(&src.topic, *p, Offset::Offset(o + 1))?;
+        for (p, o) in &offsets {
+            if let Err(e) = tpl.add_partition_offset(&topic, *p, Offset::Offset(*o)) {
+                warn!(error = %e, "bad offset to commit");
+            }
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(error = %e, "Kafka offset commit failed");
+            warn!(error = %e, "Kafka offset commit failed (the checkpoint still holds them)");
         }
     }
 }

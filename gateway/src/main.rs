@@ -127,6 +127,16 @@ struct RunArgs {
     /// A node silent for this long is marked down.
     #[arg(long, default_value = "3s", value_parser = duration_ms)]
     node_timeout: i64,
+    /// Time between checkpoints of engine state with the input position ("0s": off;
+    /// then a node that dies loses its shards' state and copies for it are shed).
+    #[arg(long, default_value = "2s", value_parser = duration_ms)]
+    checkpoint_every: i64,
+    /// Bytes of events kept for replay since the last checkpoint; ingest pauses at this size.
+    #[arg(long, default_value_t = 256 << 20)]
+    replay_log_bytes: usize,
+    /// Alert ids remembered to drop alerts emitted again during recovery.
+    #[arg(long, default_value_t = 1_000_000)]
+    dedup_window: usize,
     /// Partial matches per (rule, key) before the oldest is dropped.
     #[arg(long, default_value_t = 10_000)]
     max_runs_per_key: u32,
@@ -242,6 +252,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             node_timeout: Duration::from_millis(a.node_timeout.max(100) as u64),
             idle_ms: a.idle,
             max_event_bytes: a.max_event_bytes,
+            checkpoint_every: Duration::from_millis(a.checkpoint_every.max(0) as u64),
+            replay_log_bytes: a.replay_log_bytes.max(1 << 20),
+            dedup_window: a.dedup_window,
             ..RouterConfig::default()
         },
         api: ApiConfig {

@@ -17,15 +17,26 @@
 //! has missed `node_timeout` is *down*: its queue stays bounded and further
 //! copies for it are shed and counted, so one dead node never stalls the
 //! shards of the others.
+//!
+//! Checkpoints and recovery (`docs/operations.md`): every `checkpoint_every`
+//! the router puts a `Checkpoint` barrier into every node's stream; each node
+//! snapshots its shards at that point and sends them back; the router hands
+//! the complete set, with the input position it covers (sequence number,
+//! clock, Kafka offsets), to the store. Events accepted since the last durable
+//! checkpoint are kept in a bounded replay log. When a node dies its shards
+//! are restored on live nodes from the checkpoint and the log is replayed to
+//! them; when it returns they move back at the next checkpoint. Alerts emitted
+//! again carry the same ids and are dropped here, so each is published once.
 
 use crate::rules::Bundle;
 use crate::status::{NodeView, Status};
+use crate::store::CheckpointManifest;
 use cep_engine::engine::Route;
 use cep_engine::shard::{Routes, SHARDS};
 use cep_engine::wire::{self, BatchWriter, Deploy, Hello, Msg};
 use cep_engine::{Decoder, Event, Rejection};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -53,6 +64,13 @@ pub struct RouterConfig {
     pub idle_ms: i64,
     /// Largest single event accepted, bytes.
     pub max_event_bytes: usize,
+    /// Alert ids remembered to drop alerts emitted again during recovery.
+    pub dedup_window: usize,
+    /// Time between checkpoints (with [`Router::with_checkpoints`]).
+    pub checkpoint_every: Duration,
+    /// Bytes of accepted events kept for replay since the last durable
+    /// checkpoint; ingest pauses at this size (a checkpoint starts at half).
+    pub replay_log_bytes: usize,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +88,9 @@ impl Default for RouterConfig {
             ping_every: Duration::from_millis(250),
             idle_ms: 5_000,
             max_event_bytes: 1 << 20,
+            dedup_window: 1_000_000,
+            checkpoint_every: Duration::from_secs(2),
+            replay_log_bytes: 256 << 20,
         }
     }
 }
@@ -84,8 +105,107 @@ pub enum Command {
     },
     /// A copy of the most recent accepted events (raw JSON), newest last.
     Sample(tokio::sync::oneshot::Sender<Vec<Vec<u8>>>),
-    /// Stop ingest, deliver what is queued, wait for nodes (bounded), exit.
+    /// The store's answer for a checkpoint handed to the writer.
+    CheckpointStored {
+        id: u64,
+        result: Result<CheckpointManifest, String>,
+    },
+    /// Stop ingest, deliver what is queued, wait for nodes (bounded), take a
+    /// last checkpoint, exit.
     Shutdown,
+}
+
+/// Checkpointing: settings and the hooks into the store (the router thread
+/// never awaits the store; it hands work over and hears back by command).
+pub struct Checkpoints {
+    /// The last durable checkpoint, to resume from (a gateway restart).
+    pub resume: Option<CheckpointManifest>,
+    /// Complete checkpoints go here to be stored; the writer answers with
+    /// [`Command::CheckpointStored`].
+    pub writer: tokio::sync::mpsc::UnboundedSender<CheckpointJob>,
+    /// Reads one shard's state of a stored checkpoint.
+    pub loader: Box<dyn Fn(u64, u16) -> Result<Option<Vec<u8>>, String> + Send>,
+    /// Told the Kafka offsets of every durable checkpoint (to commit them).
+    pub committed: Option<tokio::sync::watch::Sender<BTreeMap<i32, i64>>>,
+}
+
+/// A complete checkpoint, for the store.
+pub struct CheckpointJob {
+    pub manifest: CheckpointManifest,
+    pub shards: Vec<(u16, Vec<u8>)>,
+}
+
+/// One accepted event, kept for replay until a checkpoint covers it.
+struct LogEntry {
+    seq: u64,
+    /// The gateway clock before it (what its copies carried).
+    clock: i64,
+    frame: Box<[u8]>,
+}
+
+/// A checkpoint whose shard states are still arriving.
+struct Inflight {
+    manifest: CheckpointManifest,
+    /// Links that have not sent `CheckpointDone` yet.
+    waiting: Vec<usize>,
+    shards: Vec<(u16, Vec<u8>)>,
+    started: Instant,
+}
+
+struct Ckpt {
+    cfg: Checkpoints,
+    next_id: u64,
+    last_started: Instant,
+    /// (id, seq) of the last durable checkpoint.
+    durable: Option<(u64, u64)>,
+    inflight: Option<Inflight>,
+    /// Handed to the store: (id, barrier time, snapshot ms).
+    storing: Option<(u64, Instant, u64)>,
+    log: VecDeque<LogEntry>,
+    log_bytes: usize,
+    /// The shutdown checkpoint: `Some(id)` once started, `Some(0)` if it
+    /// could not be taken.
+    last: Option<u64>,
+}
+
+/// A node being brought up to date: done when it has granted back the
+/// credits of everything queued to it at the decision.
+struct Recovery {
+    link: usize,
+    remaining: i64,
+    started: Instant,
+}
+
+/// Recently published alert ids (64-bit hashes), oldest first out.
+struct SeenAlerts {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl SeenAlerts {
+    fn new(cap: usize) -> SeenAlerts {
+        SeenAlerts {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// True the first time an id is seen (within the window).
+    fn first(&mut self, id: &str) -> bool {
+        let h = cep_engine::shard::fnv1a64(id.as_bytes());
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +266,12 @@ struct Link {
     index: u16,
     sock: zmq::Socket,
     shards: Vec<u16>,
+    /// The shards this node owns when every node is up (moved back to it
+    /// after a failover).
+    home: Vec<u16>,
+    /// A new node process (or a new gateway): restore its shards once the
+    /// rules are known.
+    needs_restore: bool,
     state: LinkState,
     instance: Option<u64>,
     credits: u64,
@@ -205,6 +331,8 @@ pub struct HttpIngest {
     pub events: Vec<Vec<u8>>,
     /// The input of each event (a Kafka partition); `None`: all input 0.
     pub inputs: Option<Vec<u32>>,
+    /// The Kafka offset of each event (with `inputs`); `None`: not from Kafka.
+    pub offsets: Option<Vec<i64>>,
     pub reply: tokio::sync::oneshot::Sender<Vec<Result<(), Rejection>>>,
 }
 
@@ -255,10 +383,19 @@ pub struct Router {
     sample: VecDeque<Vec<u8>>,
     /// Per input: highest event time, and when it last sent an event.
     inputs: std::collections::BTreeMap<u32, (i64, Instant)>,
+    /// Per Kafka partition: the next offset after the last event accepted.
+    offsets: BTreeMap<i32, i64>,
+    ckpt: Option<Ckpt>,
+    seen: SeenAlerts,
+    recovering: Vec<Recovery>,
 }
 
 /// Accepted events kept for [`Command::Sample`].
 const SAMPLE_SIZE: usize = 10_000;
+
+/// Bytes a replay-log entry costs besides its frame (counted against
+/// [`RouterConfig::replay_log_bytes`]).
+const LOG_ENTRY_OVERHEAD: usize = 48;
 
 impl Router {
     pub fn new(
@@ -285,7 +422,7 @@ impl Router {
             sock.set_reconnect_ivl_max(1_000)?;
             sock.connect(ep)
                 .map_err(|e| anyhow::anyhow!("cannot connect to node {ep}: {e}"))?;
-            let shards = (0..SHARDS)
+            let shards: Vec<u16> = (0..SHARDS)
                 .filter(|s| shard_owner[*s as usize] == i as u16)
                 .collect();
             links.push(Link {
@@ -293,7 +430,9 @@ impl Router {
                 endpoint: ep.clone(),
                 index: i as u16,
                 sock,
+                home: shards.clone(),
                 shards,
+                needs_restore: false,
                 state: LinkState::Connecting,
                 instance: None,
                 credits: 0,
@@ -349,7 +488,64 @@ impl Router {
             commands: None,
             sample: VecDeque::new(),
             inputs: std::collections::BTreeMap::new(),
-        })
+            offsets: BTreeMap::new(),
+            ckpt: None,
+            seen: SeenAlerts::new(0),
+            recovering: vec![],
+        }
+        .with_seen_window())
+    }
+
+    fn with_seen_window(mut self) -> Router {
+        self.seen = SeenAlerts::new(self.cfg.dedup_window);
+        self
+    }
+
+    /// Alert ids already published (the newest stored, at a restart): alerts
+    /// emitted again with these ids are dropped.
+    pub fn with_seen_alerts(mut self, ids: &[String]) -> Router {
+        for id in ids.iter().rev() {
+            self.seen.first(id);
+        }
+        self
+    }
+
+    /// Turns checkpoints on, resuming from `cfg.resume` if there is one: the
+    /// sequence number, the clock and the inputs' positions continue from it,
+    /// and every node's shards are restored from it when the node connects.
+    pub fn with_checkpoints(mut self, cfg: Checkpoints) -> Router {
+        let mut durable = None;
+        let mut next_id = 1;
+        if let Some(m) = &cfg.resume {
+            self.seq = m.seq;
+            self.clock = m.clock;
+            let now = Instant::now();
+            self.inputs = m.inputs.iter().map(|(i, ts)| (*i, (*ts, now))).collect();
+            self.offsets = m.offsets.clone();
+            durable = Some((m.id, m.seq));
+            next_id = m.id + 1;
+            if m.clock != i64::MIN {
+                self.idle_base = Some((m.clock, now));
+            }
+            info!(
+                checkpoint = m.id,
+                seq = m.seq,
+                shards = m.shards.len(),
+                "resuming from checkpoint"
+            );
+        }
+        self.ckpt = Some(Ckpt {
+            cfg,
+            next_id,
+            last_started: Instant::now(),
+            durable,
+            inflight: None,
+            storing: None,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            last: None,
+        });
+        self
     }
 
     /// Connects the HTTP ingest and the alert consumer.
@@ -365,12 +561,14 @@ impl Router {
         self.commands = Some(commands);
         loop {
             self.drain_commands();
-            if let Some(since) = self.stopping
-                && (self.drained() || since.elapsed() > Duration::from_secs(5))
-            {
-                self.publish_view();
-                info!(drained = self.drained(), "router stopped");
-                return;
+            if let Some(since) = self.stopping {
+                let drained = self.drained();
+                let done = drained && self.last_checkpoint_done();
+                if done || since.elapsed() > Duration::from_secs(15) {
+                    self.publish_view();
+                    info!(drained, "router stopped");
+                    return;
+                }
             }
             let ingest_open =
                 self.stopping.is_none() && self.decoder.is_some() && !self.backpressured();
@@ -388,6 +586,9 @@ impl Router {
                 last_view = Instant::now();
                 self.publish_view();
             }
+            if self.stopping.is_none() {
+                self.maybe_checkpoint(false);
+            }
         }
     }
 
@@ -403,6 +604,7 @@ impl Router {
                 Ok(Command::Sample(reply)) => {
                     let _ = reply.send(self.sample.iter().cloned().collect());
                 }
+                Ok(Command::CheckpointStored { id, result }) => self.on_stored(id, result),
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                     if self.stopping.is_none() {
                         info!("router: stopping ingest, delivering queued events");
@@ -449,10 +651,15 @@ impl Router {
     }
 
     fn backpressured(&mut self) -> bool {
-        let full = self
-            .links
-            .iter()
-            .any(|l| l.state.live() && l.pending() >= self.cfg.pending_cap);
+        let log_full = self
+            .ckpt
+            .as_ref()
+            .is_some_and(|c| c.log_bytes >= self.cfg.replay_log_bytes);
+        let full = log_full
+            || self
+                .links
+                .iter()
+                .any(|l| l.state.live() && l.pending() >= self.cfg.pending_cap);
         match (full, self.paused_since) {
             (true, None) => {
                 self.paused_since = Some(Instant::now());
@@ -507,6 +714,14 @@ impl Router {
             }
         }
         self.bundle = Some(b);
+        // Nodes that connected before any rules: restore them now.
+        for i in 0..self.links.len() {
+            if self.links[i].needs_restore && self.links[i].state != LinkState::Connecting {
+                self.links[i].needs_restore = false;
+                let shards = self.links[i].shards.clone();
+                self.restore_into(i, &shards);
+            }
+        }
     }
 
     fn set_list(&mut self, name: String, entries: Vec<String>) {
@@ -558,6 +773,10 @@ impl Router {
                     let r = self.ingest_from(input, e);
                     if let Err(rej) = &r {
                         self.status.reject(rej.reason);
+                    }
+                    // Accepted or refused, the message is consumed.
+                    if let Some(o) = req.offsets.as_ref().and_then(|v| v.get(i)) {
+                        self.offsets.insert(input.saturating_sub(1) as i32, o + 1);
                     }
                     r
                 })
@@ -660,6 +879,14 @@ impl Router {
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
         self.route(seq, before, &ev);
+        if let Some(ck) = &mut self.ckpt {
+            ck.log_bytes += frame.len() + LOG_ENTRY_OVERHEAD;
+            ck.log.push_back(LogEntry {
+                seq,
+                clock: before,
+                frame: frame.into(),
+            });
+        }
         if self.sample.len() >= SAMPLE_SIZE {
             self.sample.pop_front();
         }
@@ -773,19 +1000,49 @@ impl Router {
 
     fn on_node_msg(&mut self, i: usize, msg: Msg) {
         let current = self.bundle.as_ref().map_or(0, |b| b.version);
+        let checkpoints = self.ckpt.is_some();
+        let mut then = After::Nothing;
         let l = &mut self.links[i];
         l.last_heard = Instant::now();
         match msg {
             Msg::Welcome(w) => {
-                let restarted = l.instance.is_some_and(|x| x != w.instance);
+                let new_process = l.instance != Some(w.instance);
+                let restarted = l.instance.is_some() && new_process;
                 if restarted {
-                    warn!(node = %l.name, "node restarted: its engine state starts empty");
+                    warn!(node = %l.name, "node restarted: its engine state is gone");
                 }
                 info!(node = %l.name, name = %w.name, instance = w.instance, credits = w.credits, "node connected");
                 l.instance = Some(w.instance);
                 l.credits = u64::from(w.credits);
                 l.processed_seq = l.sent_seq;
-                if w.rules_version != current || restarted {
+                if checkpoints && new_process {
+                    // A process new to this gateway holds none of our state:
+                    // its stream restarts with the rules, the lists, then its
+                    // shards from the checkpoint and the replay since.
+                    let dropped = l.queued_copies + l.current.as_ref().map_or(0, BatchWriter::len);
+                    l.queue.clear();
+                    l.current = None;
+                    l.queued_copies = 0;
+                    if let Some(b) = &self.bundle {
+                        l.queue
+                            .push_back(Outgoing::control(wire::encode(&deploy_msg(b))));
+                        l.state = LinkState::Syncing;
+                        then = After::Restore;
+                    } else {
+                        l.state = LinkState::Up;
+                        l.needs_restore = true;
+                    }
+                    for (name, entries) in &self.lists {
+                        l.queue
+                            .push_back(Outgoing::control(wire::encode(&Msg::SetList {
+                                name: name.clone(),
+                                entries: entries.clone(),
+                            })));
+                    }
+                    if dropped > 0 {
+                        info!(node = %l.name, copies = dropped, "queued copies dropped: the replay log resends them");
+                    }
+                } else if w.rules_version != current || restarted {
                     // Batches encoded for another version would be refused.
                     let before = l.queued_copies;
                     l.queue.retain(|o| o.version == current);
@@ -834,7 +1091,22 @@ impl Router {
             Msg::Credit(c) => {
                 l.credits += u64::from(c.grant);
                 l.processed_seq = l.processed_seq.max(c.processed_seq);
+                if !self.recovering.is_empty() {
+                    then = After::Granted(i64::from(c.grant));
+                }
             }
+            Msg::ShardState {
+                checkpoint,
+                shard,
+                state,
+            } => {
+                if let Some(f) = self.ckpt.as_mut().and_then(|c| c.inflight.as_mut())
+                    && f.manifest.id == checkpoint
+                {
+                    f.shards.push((shard, state));
+                }
+            }
+            Msg::CheckpointDone { id, .. } => then = After::CheckpointDone(id),
             Msg::Alerts(alerts) => self.publish_alerts(alerts),
             Msg::Stats(s) => {
                 if l.state == LinkState::Down {
@@ -848,6 +1120,7 @@ impl Router {
                 info!(node = %l.name, %reason, "node said bye");
                 l.state = LinkState::Stopped;
                 l.credits = 0;
+                then = After::FailOver;
             }
             Msg::Error { text } => {
                 warn!(node = %l.name, %text, "node reported an error");
@@ -860,11 +1133,409 @@ impl Router {
                 warn!(node = %l.name, kind = other.kind(), "unexpected message from a node");
             }
         }
+        match then {
+            After::Nothing => {}
+            After::Restore => {
+                let shards = self.links[i].shards.clone();
+                self.restore_into(i, &shards);
+                self.abandon_checkpoint(i, "a node restarted");
+            }
+            After::Granted(n) => {
+                let now = Instant::now();
+                let mut done = None;
+                self.recovering.retain_mut(|r| {
+                    if r.link == i {
+                        r.remaining -= n;
+                        if r.remaining <= 0 {
+                            done = Some(now.duration_since(r.started));
+                            return false;
+                        }
+                    }
+                    true
+                });
+                if let Some(d) = done {
+                    info!(node = %self.links[i].name, ms = d.as_millis() as u64, "node caught up after a restore");
+                    if let Ok(mut v) = self.status.checkpoint.lock() {
+                        v.last_recovery_ms = Some(d.as_millis() as u64);
+                    }
+                }
+            }
+            After::CheckpointDone(id) => self.node_checkpointed(i, id),
+            After::FailOver => self.fail_over(i),
+        }
+    }
+
+    // -- checkpoints and recovery -------------------------------------------
+
+    /// Starts a checkpoint when one is due (`force`: now, if possible).
+    fn maybe_checkpoint(&mut self, force: bool) -> Option<u64> {
+        let ck = self.ckpt.as_ref()?;
+        if ck.inflight.is_some() || ck.storing.is_some() || self.bundle.is_none() {
+            return None;
+        }
+        let due = ck.last_started.elapsed() >= self.cfg.checkpoint_every
+            || ck.log_bytes >= self.cfg.replay_log_bytes / 2;
+        if !(force || due) {
+            return None;
+        }
+        // Every shard must be on a node in step with us; otherwise wait
+        // (a failover or a restore is under way).
+        let owners: Vec<usize> = (0..self.links.len())
+            .filter(|&i| !self.links[i].shards.is_empty())
+            .collect();
+        if owners
+            .iter()
+            .any(|&i| self.links[i].state != LinkState::Up || self.links[i].needs_restore)
+        {
+            return None;
+        }
+        let version = self.bundle.as_ref().map_or(0, |b| b.version);
+        let ck = self.ckpt.as_mut()?;
+        let id = ck.next_id;
+        ck.next_id += 1;
+        ck.last_started = Instant::now();
+        let msg = wire::encode(&Msg::Checkpoint { id });
+        for &i in &owners {
+            let l = &mut self.links[i];
+            // After every copy routed so far: the barrier is at `self.seq`.
+            l.seal(self.clock, version);
+            l.queue.push_back(Outgoing::control(msg.clone()));
+        }
+        ck.inflight = Some(Inflight {
+            manifest: CheckpointManifest {
+                id,
+                seq: self.seq,
+                clock: self.clock,
+                inputs: self.inputs.iter().map(|(i, (ts, _))| (*i, *ts)).collect(),
+                offsets: self.offsets.clone(),
+                rules_version: version,
+                created_ms: 0,
+                shards: vec![],
+                bytes: 0,
+            },
+            waiting: owners,
+            shards: vec![],
+            started: Instant::now(),
+        });
+        Some(id)
+    }
+
+    /// Shutdown: true once the last checkpoint is durable (or cannot be had).
+    fn last_checkpoint_done(&mut self) -> bool {
+        let Some(ck) = &self.ckpt else { return true };
+        match ck.last {
+            Some(0) => true,
+            Some(id) => {
+                ck.durable.is_some_and(|(d, _)| d >= id)
+                    || ck.storing.is_none() && ck.inflight.is_none()
+            }
+            None => {
+                if ck.inflight.is_some() || ck.storing.is_some() {
+                    return false; // let the running one finish first
+                }
+                let started = self.maybe_checkpoint(true);
+                if let Some(ck) = &mut self.ckpt {
+                    ck.last = Some(started.unwrap_or(0));
+                    if started.is_none() {
+                        warn!("no shutdown checkpoint: not every shard is on a node in step");
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Drops the checkpoint in flight if link `i` was part of it.
+    fn abandon_checkpoint(&mut self, i: usize, why: &str) {
+        let Some(ck) = &mut self.ckpt else { return };
+        if ck.inflight.as_ref().is_some_and(|f| f.waiting.contains(&i)) {
+            let id = ck.inflight.as_ref().map_or(0, |f| f.manifest.id);
+            ck.inflight = None;
+            self.status
+                .counters
+                .checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(checkpoint = id, "checkpoint abandoned: {why}");
+        }
+    }
+
+    /// Link `i` sent all its shard states for checkpoint `id`.
+    fn node_checkpointed(&mut self, i: usize, id: u64) {
+        let Some(ck) = &mut self.ckpt else { return };
+        let Some(f) = ck.inflight.as_mut().filter(|f| f.manifest.id == id) else {
+            return;
+        };
+        f.waiting.retain(|&w| w != i);
+        if !f.waiting.is_empty() {
+            return;
+        }
+        let Some(f) = ck.inflight.take() else { return };
+        let snapshot_ms = f.started.elapsed().as_millis() as u64;
+        ck.storing = Some((id, f.started, snapshot_ms));
+        let job = CheckpointJob {
+            manifest: f.manifest,
+            shards: f.shards,
+        };
+        if ck.cfg.writer.send(job).is_err() {
+            ck.storing = None;
+            error!(checkpoint = id, "the checkpoint writer is gone");
+        }
+    }
+
+    /// The store's answer for checkpoint `id`.
+    fn on_stored(&mut self, id: u64, result: Result<CheckpointManifest, String>) {
+        let Some(ck) = &mut self.ckpt else { return };
+        let Some((_, started, snapshot_ms)) = ck.storing.take().filter(|s| s.0 == id) else {
+            return;
+        };
+        let m = match result {
+            Ok(m) => m,
+            Err(e) => {
+                self.status
+                    .counters
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(checkpoint = id, error = %e, "checkpoint not stored; the previous one stays current");
+                return;
+            }
+        };
+        ck.durable = Some((m.id, m.seq));
+        while ck.log.front().is_some_and(|e| e.seq <= m.seq) {
+            if let Some(e) = ck.log.pop_front() {
+                ck.log_bytes -= e.frame.len() + LOG_ENTRY_OVERHEAD;
+            }
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.status
+            .counters
+            .checkpoints
+            .fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut v) = self.status.checkpoint.lock() {
+            v.id = m.id;
+            v.seq = m.seq;
+            v.shards = m.shards.len();
+            v.bytes = m.bytes;
+            v.duration_ms = duration_ms;
+            v.snapshot_ms = snapshot_ms;
+            v.offsets = m.offsets.clone();
+        }
+        tracing::debug!(
+            checkpoint = m.id,
+            seq = m.seq,
+            bytes = m.bytes,
+            shards = m.shards.len(),
+            duration_ms,
+            "checkpoint durable"
+        );
+        // Only now may Kafka forget the events it covers.
+        if let Some(tx) = &ck.cfg.committed
+            && !m.offsets.is_empty()
+        {
+            let _ = tx.send(m.offsets.clone());
+        }
+        if self.stopping.is_none() {
+            self.move_back();
+        }
+    }
+
+    /// Link `i` is gone (timed out or said bye): its shards go to the live
+    /// nodes, restored from the last checkpoint plus the replay log.
+    fn fail_over(&mut self, i: usize) {
+        if self.ckpt.is_none() || self.links[i].shards.is_empty() {
+            return;
+        }
+        let live: Vec<usize> = (0..self.links.len())
+            .filter(|&j| {
+                j != i && matches!(self.links[j].state, LinkState::Up | LinkState::Syncing)
+            })
+            .collect();
+        if live.is_empty() {
+            warn!(node = %self.links[i].name, "no live node to take over its shards");
+            return;
+        }
+        self.abandon_checkpoint(i, "a node went down");
+        let l = &mut self.links[i];
+        let shards = std::mem::take(&mut l.shards);
+        l.queue.clear();
+        l.current = None;
+        l.queued_copies = 0;
+        l.needs_restore = false;
+        self.recovering.retain(|r| r.link != i);
+        warn!(node = %l.name, shards = shards.len(), to = live.len(), "failing over: its shards move to the live nodes");
+        // Contiguous slices, one per live node.
+        let per = shards.len().div_ceil(live.len());
+        for (k, part) in shards.chunks(per.max(1)).enumerate() {
+            let t = live[k % live.len()];
+            for &s in part {
+                self.shard_owner[s as usize] = t as u16;
+            }
+            self.links[t].shards.extend_from_slice(part);
+            self.links[t].shards.sort_unstable();
+            self.status
+                .counters
+                .shards_moved
+                .fetch_add(part.len() as u64, Ordering::Relaxed);
+            self.restore_into(t, part);
+        }
+    }
+
+    /// After a durable checkpoint: shards away from their home node go back
+    /// once that node is up again.
+    fn move_back(&mut self) {
+        for h in 0..self.links.len() {
+            if self.links[h].state != LinkState::Up || self.links[h].needs_restore {
+                continue;
+            }
+            let away: Vec<u16> = self.links[h]
+                .home
+                .iter()
+                .copied()
+                .filter(|&s| self.shard_owner[s as usize] as usize != h)
+                .collect();
+            if away.is_empty() {
+                continue;
+            }
+            let version = self.bundle.as_ref().map_or(0, |b| b.version);
+            let mut by_owner: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
+            for &s in &away {
+                by_owner
+                    .entry(self.shard_owner[s as usize] as usize)
+                    .or_default()
+                    .push(s);
+            }
+            for (o, part) in by_owner {
+                let l = &mut self.links[o];
+                l.seal(self.clock, version);
+                l.queue
+                    .push_back(Outgoing::control(wire::encode(&Msg::Release {
+                        shards: part.clone(),
+                    })));
+                l.shards.retain(|s| !part.contains(s));
+            }
+            for &s in &away {
+                self.shard_owner[s as usize] = h as u16;
+            }
+            self.links[h].shards.extend_from_slice(&away);
+            self.links[h].shards.sort_unstable();
+            self.status
+                .counters
+                .shards_moved
+                .fetch_add(away.len() as u64, Ordering::Relaxed);
+            info!(node = %self.links[h].name, shards = away.len(), "moving shards back to their home node");
+            self.restore_into(h, &away);
+        }
+    }
+
+    /// Queues, for link `t`: each shard of `shards` restored from the last
+    /// durable checkpoint (empty if none), every logged event since then that
+    /// routes to those shards (with the clock it first had), then `Resume`.
+    fn restore_into(&mut self, t: usize, shards: &[u16]) {
+        let Some(ck) = &self.ckpt else { return };
+        let version = self.bundle.as_ref().map_or(0, |b| b.version);
+        let started = Instant::now();
+        let link = &mut self.links[t];
+        link.seal(self.clock, version);
+        let pending_before = link.pending();
+        let mut set = vec![false; SHARDS as usize];
+        let mut state_bytes = 0usize;
+        for &s in shards {
+            set[s as usize] = true;
+            let state = match ck.durable {
+                Some((id, _)) => match (ck.cfg.loader)(id, s) {
+                    Ok(state) => state.unwrap_or_default(),
+                    Err(e) => {
+                        // The shard restarts empty: say so loudly.
+                        error!(checkpoint = id, shard = s, error = %e, "cannot read a shard of the checkpoint; it restarts empty");
+                        self.status
+                            .counters
+                            .checkpoint_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        vec![]
+                    }
+                },
+                None => vec![],
+            };
+            state_bytes += state.len();
+            link.queue
+                .push_back(Outgoing::control(wire::encode(&Msg::Restore {
+                    shard: s,
+                    state,
+                })));
+        }
+        // The replay: batches encoded for the current rules, each sealed with
+        // the clock after its last event.
+        let mut copies_total = 0usize;
+        if let Some(decoder) = &self.decoder {
+            let mut w: Option<BatchWriter> = None;
+            let mut last_seq = 0;
+            let seal = |w: BatchWriter, closing: i64, last_seq: u64, link: &mut Link| {
+                let copies = w.len() as u32;
+                link.queue.push_back(Outgoing {
+                    bytes: w.finish(closing),
+                    copies,
+                    last_seq,
+                    version,
+                });
+                link.queued_copies += copies as usize;
+            };
+            for (k, e) in ck.log.iter().enumerate() {
+                let Ok(ev) = decoder.decode(&e.frame, || format!("zmq:{}", e.seq)) else {
+                    continue; // refused by rules deployed since: not replayed
+                };
+                for (route, shard) in self.routes.targets(&ev) {
+                    if set[shard as usize] {
+                        let bw = w.get_or_insert_with(|| BatchWriter::new(version));
+                        bw.push_parts(e.seq, shard, route, e.clock, &ev);
+                        last_seq = e.seq;
+                        copies_total += 1;
+                    }
+                }
+                if w.as_ref().is_some_and(|b| b.len() >= self.cfg.batch_max)
+                    && let Some(bw) = w.take()
+                {
+                    let closing = ck.log.get(k + 1).map_or(self.clock, |n| n.clock);
+                    seal(bw, closing, last_seq, link);
+                }
+            }
+            if let Some(bw) = w.take() {
+                seal(bw, self.clock, last_seq, link);
+            }
+        }
+        link.queue
+            .push_back(Outgoing::control(wire::encode(&Msg::Resume {
+                shards: shards.to_vec(),
+            })));
+        self.status
+            .counters
+            .shards_restored
+            .fetch_add(shards.len() as u64, Ordering::Relaxed);
+        info!(
+            node = %link.name,
+            shards = shards.len(),
+            checkpoint = ck.durable.map_or(0, |d| d.0),
+            state_bytes,
+            replayed_copies = copies_total,
+            prepare_ms = started.elapsed().as_millis() as u64,
+            "restoring shards on a node"
+        );
+        self.recovering.push(Recovery {
+            link: t,
+            remaining: (pending_before + copies_total) as i64,
+            started,
+        });
+        if pending_before + copies_total == 0 {
+            self.recovering.retain(|r| r.link != t || r.remaining > 0);
+        }
     }
 
     fn publish_alerts(&mut self, alerts: Vec<wire::WireAlert>) {
         let c = &self.status.counters;
         for a in alerts {
+            if !self.seen.first(&a.id) {
+                // Emitted again after a restore: published already.
+                c.alerts_deduplicated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let topic = if a.shadow {
                 c.shadow_alerts_published.fetch_add(1, Ordering::Relaxed);
                 format!("shadow.{}", a.topic)
@@ -908,6 +1579,7 @@ impl Router {
         }
         let hello_every = Duration::from_millis(500);
         let clock = self.clock;
+        let mut down = vec![];
         for l in &mut self.links {
             match l.state {
                 LinkState::Connecting | LinkState::Down | LinkState::Stopped => {
@@ -943,9 +1615,13 @@ impl Router {
                         );
                         l.state = LinkState::Down;
                         l.credits = 0;
+                        down.push(l.index as usize);
                     }
                 }
             }
+        }
+        for i in down {
+            self.fail_over(i);
         }
     }
 
@@ -984,6 +1660,15 @@ impl Router {
             *n = views;
         }
     }
+}
+
+/// What `on_node_msg` does once the link is no longer borrowed.
+enum After {
+    Nothing,
+    Restore,
+    Granted(i64),
+    CheckpointDone(u64),
+    FailOver,
 }
 
 fn deploy_msg(b: &Bundle) -> Msg {

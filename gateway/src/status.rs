@@ -26,6 +26,38 @@ pub struct Counters {
     pub ingest_paused_us: AtomicU64,
     pub deploys: AtomicU64,
     pub node_errors: AtomicU64,
+    /// Alerts a node emitted again (during recovery) and the router dropped.
+    pub alerts_deduplicated: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    /// Shards moved to another node (failover or move back).
+    pub shards_moved: AtomicU64,
+    /// Shards restored from a checkpoint on a node (moves and node restarts).
+    pub shards_restored: AtomicU64,
+}
+
+/// The last durable checkpoint and the recovery figures (`/v1/cluster`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointView {
+    /// Checkpoints on: false when `--checkpoint-every 0`.
+    pub enabled: bool,
+    pub id: u64,
+    /// Gateway sequence number it covers.
+    pub seq: u64,
+    pub shards: usize,
+    pub bytes: u64,
+    /// Barrier sent to manifest durable, ms.
+    pub duration_ms: u64,
+    /// Of which: nodes snapshotting and sending their shards, ms.
+    pub snapshot_ms: u64,
+    /// Kafka offsets it covers, per partition.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Events accepted since it (kept for replay), and their bytes.
+    pub replay_log_events: usize,
+    pub replay_log_bytes: usize,
+    /// Last recovery (failover, move back, restart): from the decision to
+    /// the node having processed everything accepted until then, ms.
+    pub last_recovery_ms: Option<u64>,
 }
 
 /// One node link, as the router sees it.
@@ -70,6 +102,7 @@ pub struct Status {
     pub alert_latency: Histogram,
     /// Kafka consumer lag per (topic, partition).
     pub kafka_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    pub checkpoint: Mutex<CheckpointView>,
 }
 
 /// Bucket bounds of [`Histogram`], seconds.
@@ -126,6 +159,8 @@ pub struct ClusterView {
     pub events_rejected: BTreeMap<String, u64>,
     pub alerts_published: u64,
     pub copies_shed: u64,
+    pub alerts_deduplicated: u64,
+    pub checkpoint: CheckpointView,
     pub nodes: Vec<NodeView>,
 }
 
@@ -146,6 +181,13 @@ impl Status {
         self.alert_latency.observe((now - at_ms) as f64 / 1000.0);
     }
 
+    pub fn checkpoint_view(&self) -> CheckpointView {
+        self.checkpoint
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
     pub fn nodes(&self) -> Vec<NodeView> {
         self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
     }
@@ -161,6 +203,8 @@ impl Status {
             events_rejected: self.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
             alerts_published: c.alerts_published.load(Ordering::Relaxed),
             copies_shed: c.copies_shed.load(Ordering::Relaxed),
+            alerts_deduplicated: c.alerts_deduplicated.load(Ordering::Relaxed),
+            checkpoint: self.checkpoint_view(),
             nodes: self.nodes(),
         }
     }
@@ -246,6 +290,56 @@ impl Status {
             "error messages received from nodes",
             &c.node_errors,
         );
+        counter(
+            "vigil_alerts_deduplicated_total",
+            "alerts emitted again during recovery and dropped by id",
+            &c.alerts_deduplicated,
+        );
+        counter(
+            "vigil_checkpoints_total",
+            "checkpoints made durable",
+            &c.checkpoints,
+        );
+        counter(
+            "vigil_checkpoint_failures_total",
+            "checkpoints abandoned (a node went down) or not stored",
+            &c.checkpoint_failures,
+        );
+        counter(
+            "vigil_shards_moved_total",
+            "virtual shards moved between nodes",
+            &c.shards_moved,
+        );
+        counter(
+            "vigil_shards_restored_total",
+            "virtual shards restored from a checkpoint on a node",
+            &c.shards_restored,
+        );
+        let ck = self.checkpoint_view();
+        for (name, help, v) in [
+            (
+                "vigil_checkpoint_last_id",
+                "id of the last durable checkpoint",
+                ck.id,
+            ),
+            (
+                "vigil_checkpoint_last_bytes",
+                "engine state bytes in the last checkpoint",
+                ck.bytes,
+            ),
+            (
+                "vigil_checkpoint_last_duration_milliseconds",
+                "barrier to durable manifest, last checkpoint",
+                ck.duration_ms,
+            ),
+            (
+                "vigil_replay_log_bytes",
+                "accepted events kept since the last checkpoint, bytes",
+                ck.replay_log_bytes as u64,
+            ),
+        ] {
+            let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        }
         o.push_str("# HELP vigil_events_rejected_total events refused, by reason\n# TYPE vigil_events_rejected_total counter\n");
         for (reason, n) in self.rejected.lock().map(|m| m.clone()).unwrap_or_default() {
             let _ = writeln!(o, "vigil_events_rejected_total{{reason=\"{reason}\"}} {n}");

@@ -4,10 +4,13 @@
 
 use crate::api::{self, ApiConfig, AppState, Inner};
 use crate::catalog::Catalog;
-use crate::router::{AlertOut, Channels, Command, Router, RouterConfig};
+use crate::router::{
+    AlertOut, Channels, CheckpointJob, Checkpoints, Command, Router, RouterConfig,
+};
 use crate::status::Status;
-use crate::store::{Mode, Role, Store, StoredAlert};
+use crate::store::{AlertFilter, Mode, Role, Store, StoredAlert};
 use cep_engine::node::{NodeOptions, NodeStatus};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +62,8 @@ pub struct System {
     node_threads: Vec<std::thread::JoinHandle<()>>,
     rules: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ends by itself once the router (its only sender) has stopped.
+    alert_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Unique inproc names when several systems share a process (tests).
@@ -107,7 +112,8 @@ impl System {
         let status = Arc::new(Status::default());
         let (ingest_tx, ingest_rx) = mpsc::channel(64);
         let (alert_tx, alert_rx) = mpsc::channel::<AlertOut>(65_536);
-        let router = Router::new(
+        let (commands, commands_rx) = std::sync::mpsc::channel();
+        let mut router = Router::new(
             ctx,
             RouterConfig {
                 nodes: endpoints,
@@ -118,8 +124,46 @@ impl System {
         .with_channels(Channels {
             http: Some(ingest_rx),
             alerts: Some(alert_tx),
-        });
-        let (commands, commands_rx) = std::sync::mpsc::channel();
+        })
+        .with_seen_alerts(&recent_alert_ids(&store).await?);
+        let checkpoints = !cfg.router.checkpoint_every.is_zero();
+        let (commit_tx, commit_rx) = tokio::sync::watch::channel(BTreeMap::new());
+        let mut kafka_start = BTreeMap::new();
+        let mut tasks = vec![];
+        if checkpoints {
+            let resume = store.checkpoint().await?;
+            if let Some(m) = &resume {
+                kafka_start = m.offsets.clone();
+            }
+            if let Ok(mut v) = status.checkpoint.lock() {
+                v.enabled = true;
+                if let Some(m) = &resume {
+                    v.id = m.id;
+                    v.seq = m.seq;
+                    v.shards = m.shards.len();
+                    v.bytes = m.bytes;
+                    v.offsets = m.offsets.clone();
+                }
+            }
+            let (job_tx, job_rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(checkpoint_writer(
+                job_rx,
+                store.clone(),
+                commands.clone(),
+            )));
+            let (st, rt) = (store.clone(), tokio::runtime::Handle::current());
+            router = router.with_checkpoints(Checkpoints {
+                resume,
+                writer: job_tx,
+                // The router thread is not a runtime thread: it may block on
+                // the store (restores are rare and pause ingest anyway).
+                loader: Box::new(move |id, shard| {
+                    rt.block_on(st.checkpoint_shard(id, shard))
+                        .map_err(|e| e.to_string())
+                }),
+                committed: Some(commit_tx),
+            });
+        }
         let router_thread = std::thread::Builder::new()
             .name("router".into())
             .spawn(move || router.run(commands_rx))?;
@@ -170,7 +214,7 @@ impl System {
             Some((brokers, topic)) => Some(crate::kafka::AlertSink::new(brokers, topic)?),
             None => None,
         };
-        let mut tasks = vec![tokio::spawn(alert_writer(
+        let alert_task = Some(tokio::spawn(alert_writer(
             alert_rx,
             store.clone(),
             alerts,
@@ -178,7 +222,7 @@ impl System {
             catalog.clone(),
             dispatcher,
             sink,
-        ))];
+        )));
         // Only a shared store can change under us.
         if matches!(cfg.store, StoreConfig::Redis { .. }) {
             tasks.push(tokio::spawn(watch_shared_changes(state.clone())));
@@ -186,7 +230,9 @@ impl System {
         if let Some(src) = cfg.kafka.clone() {
             let (ingest, status) = (state.ingest.clone(), state.status.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::kafka::consume(src, ingest, status).await {
+                if let Err(e) =
+                    crate::kafka::consume(src, ingest, status, kafka_start, commit_rx).await
+                {
                     error!(error = %e, "the Kafka source stopped");
                 }
             }));
@@ -200,6 +246,7 @@ impl System {
             node_threads,
             rules: cfg.rules,
             tasks,
+            alert_task,
         })
     }
 
@@ -239,13 +286,62 @@ impl System {
             }
         })
         .await;
-        // Let the alert writer store what the router handed over.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The router is gone, so the alert channel is closed: the writer
+        // stores and fans out what it still holds, then ends (bounded wait:
+        // a dead Kafka sink must not hold the shutdown forever).
+        if let Some(t) = self.alert_task.take()
+            && tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+        {
+            warn!("alert writer still busy after 10 s; stopping anyway");
+        }
         for t in std::mem::take(&mut self.tasks) {
             t.abort();
             let _ = t.await;
         }
         self.state.dispatcher.stop().await;
+    }
+}
+
+/// Alert ids the router starts knowing (newest first): after a restart, the
+/// alerts emitted again from the checkpoint on are recognised.
+const DEDUP_SEED: usize = 20_000;
+
+async fn recent_alert_ids(store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut ids = vec![];
+    let mut cursor: Option<String> = None;
+    while ids.len() < DEDUP_SEED {
+        let page = store
+            .query_alerts(&AlertFilter::default(), cursor.as_deref(), 1_000)
+            .await?;
+        ids.extend(page.alerts.into_iter().map(|a| a.id));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    Ok(ids)
+}
+
+/// Stores each complete checkpoint and tells the router how it went.
+async fn checkpoint_writer(
+    mut jobs: mpsc::UnboundedReceiver<CheckpointJob>,
+    store: Store,
+    router: std::sync::mpsc::Sender<Command>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let id = job.manifest.id;
+        let result = store
+            .put_checkpoint(job.manifest, job.shards)
+            .await
+            .map_err(|e| e.to_string());
+        if router
+            .send(Command::CheckpointStored { id, result })
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

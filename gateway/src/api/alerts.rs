@@ -39,6 +39,7 @@ pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> A
         .send(HttpIngest {
             events,
             inputs: None,
+            offsets: None,
             reply: tx,
         })
         .await
