@@ -368,7 +368,7 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
             "--idle",
             "0s",
             "--node-timeout",
-            "1s",
+            "2s",
             "--checkpoint-every",
             "300ms",
             "--batch",

@@ -180,8 +180,13 @@ fn assert_same_alerts(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usi
         let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
         let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
         let dups = got.values().filter(|&&n| n > 1).count();
+        let sample: Vec<&String> = want
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .take(3)
+            .collect();
         panic!(
-            "{what}: got {} alerts, want {}; missing {missing}, extra {extra}, duplicated {dups}",
+            "{what}: got {} alerts, want {}; missing {missing} (e.g. {sample:?}), extra {extra}, duplicated {dups}",
             got.values().sum::<usize>(),
             want.values().sum::<usize>()
         );
@@ -227,7 +232,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
             "--checkpoint-every",
             "500ms",
             "--node-timeout",
-            "1s",
+            "2s",
         ],
     );
     let ctx = zmq::Context::new();

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-static BUILD: Mutex<()> = Mutex::new(());
+static BUILD: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -31,8 +31,11 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
         .map(Path::to_path_buf)
         .expect("target dir");
     let path = dir.join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    // Built once per test process, always: a binary left over from an older
+    // build must never be what a test exercises (cargo returns at once when
+    // it is up to date).
+    let mut built = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root())
@@ -40,6 +43,7 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
     }
     path
 }

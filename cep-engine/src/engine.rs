@@ -185,10 +185,7 @@ impl Snapshot {
         let out = vec![SNAPSHOT_FORMAT];
         // Serializing plain data into a Vec cannot fail; an empty result would
         // be refused by `from_bytes`, never misread.
-        match postcard::to_extend(self, out) {
-            Ok(v) => v,
-            Err(_) => Vec::new(),
-        }
+        postcard::to_extend(self, out).unwrap_or_default()
     }
 
     /// Reads [`Snapshot::to_bytes`] output.

@@ -66,8 +66,7 @@ pub async fn consume(
     );
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        let at = start.get(&p).map_or(Offset::Stored, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(&src.topic, p, at)?;
+        tpl.add_partition_offset(&src.topic, p, Resume::fetch_from(start.get(&p)))?;
     }
     consumer.assign(&tpl)?;
     // Every partition is an input of the event-time clock from the start: an
@@ -94,24 +93,36 @@ pub async fn consume(
         src.topic.clone(),
         committed,
     ));
+    let mut resume = Resume::new(&src.topic, &start);
     loop {
-        // Gather a batch: wait for one message, then take what is ready.
-        let first = consumer.recv().await?;
-        let mut events = vec![first.payload().map(<[u8]>::to_vec).unwrap_or_default()];
-        // Each partition is its own input (its own watermark).
-        let mut inputs = vec![1 + first.partition().max(0) as u32];
-        let mut offsets = vec![first.offset()];
-        drop(first);
+        // Gather a batch: wait for a message, then take what is ready.
+        let mut events = vec![];
+        let mut inputs = vec![];
+        let mut offsets = vec![];
+        let mut wait = Duration::from_secs(1);
         while events.len() < BATCH {
-            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+            match tokio::time::timeout(wait, consumer.recv()).await {
                 Ok(Ok(m)) => {
+                    if !resume.take(&consumer, m.partition(), m.offset()) {
+                        continue;
+                    }
                     events.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                    // Each partition is its own input (its own watermark).
                     inputs.push(1 + m.partition().max(0) as u32);
                     offsets.push(m.offset());
+                    wait = Duration::from_millis(2);
                 }
                 Ok(Err(e)) => {
                     warn!(error = %e, "Kafka receive error");
                     break;
+                }
+                Err(_) if events.is_empty() => {
+                    let c = consumer.clone();
+                    resume = tokio::task::spawn_blocking(move || {
+                        resume.check_silent(&c);
+                        resume
+                    })
+                    .await?;
                 }
                 Err(_) => break,
             }
@@ -129,6 +140,99 @@ pub async fn consume(
         // One batch at a time: the router has numbered these before the next.
         if rx.await.is_err() {
             return Ok(());
+        }
+    }
+}
+
+/// Messages before the checkpoint a partition resumes from: the broker may
+/// deliver them (we fetch from a little earlier) and they are dropped here.
+///
+/// Why fetch earlier: Kafka answers a fetch at offset `x` with the record
+/// batch that *contains* `x` (the client skips what precedes it), but some
+/// compatible brokers answer with the first batch that *starts* at or after
+/// `x` (observed with tansu 0.6), which would silently skip the rest of the
+/// batch holding `x`. So each resumed partition is fetched from `x − REWIND`,
+/// and if the first message still comes after `x`, or nothing comes although
+/// the partition holds more, it is re-read from its beginning.
+struct Resume {
+    topic: String,
+    /// Per partition: the checkpoint's offset, and whether a message at or
+    /// before it has been seen since the last (re)positioning.
+    want: BTreeMap<i32, (i64, bool, std::time::Instant)>,
+}
+
+/// How far before a checkpoint's offset a resumed partition is fetched from.
+const REWIND: i64 = 100_000;
+
+impl Resume {
+    fn new(topic: &str, start: &BTreeMap<i32, i64>) -> Resume {
+        let now = std::time::Instant::now();
+        Resume {
+            topic: topic.to_string(),
+            want: start.iter().map(|(p, o)| (*p, (*o, false, now))).collect(),
+        }
+    }
+
+    /// Where to start fetching `p`.
+    fn fetch_from(start: Option<&i64>) -> Offset {
+        start.map_or(Offset::Stored, |o| Offset::Offset((o - REWIND).max(0)))
+    }
+
+    /// Whether the message at (`p`, `offset`) is new to the checkpoint.
+    fn take(&mut self, consumer: &StreamConsumer, p: i32, offset: i64) -> bool {
+        let Some((want, seen, at)) = self.want.get_mut(&p) else {
+            return true;
+        };
+        if offset < *want {
+            *seen = true;
+            return false; // covered by the checkpoint
+        }
+        if *seen || offset == *want {
+            // In step: nothing more to check for this partition.
+            self.want.remove(&p);
+            return true;
+        }
+        // The broker skipped past the checkpoint: read from the beginning.
+        warn!(
+            partition = p,
+            want = *want,
+            got = offset,
+            "the broker skipped past the checkpoint's offset; re-reading the partition from its start"
+        );
+        *at = std::time::Instant::now();
+        if let Err(e) = consumer.seek(&self.topic, p, Offset::Beginning, Duration::from_secs(5)) {
+            warn!(partition = p, error = %e, "seek failed");
+        }
+        false
+    }
+
+    /// Nothing arrived for a while: a resumed partition that holds messages
+    /// at or past its checkpoint offset but has delivered none is re-read
+    /// from its start.
+    fn check_silent(&mut self, consumer: &StreamConsumer) {
+        let now = std::time::Instant::now();
+        for (p, (want, seen, at)) in self.want.iter_mut() {
+            if *seen || now.duration_since(*at) < Duration::from_secs(3) {
+                continue;
+            }
+            let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(2))
+            else {
+                continue;
+            };
+            if high > *want {
+                warn!(
+                    partition = *p,
+                    want = *want,
+                    high,
+                    "no message from a resumed partition that has some; re-reading it from its start"
+                );
+                *at = now;
+                if let Err(e) =
+                    consumer.seek(&self.topic, *p, Offset::Beginning, Duration::from_secs(5))
+                {
+                    warn!(partition = *p, error = %e, "seek failed");
+                }
+            }
         }
     }
 }
@@ -207,15 +311,42 @@ impl AlertSink {
         })
     }
 
-    /// Sends one alert (key = the alert's key, payload = the alert JSON).
-    pub async fn send(&self, key: &str, json: &str) -> anyhow::Result<()> {
-        self.producer
-            .send(
-                FutureRecord::to(&self.topic).key(key).payload(json),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("Kafka alert sink: {e}"))?;
+    /// Sends alerts (key = the alert's key, payload = the alert JSON): all
+    /// are queued in the producer at once, then every delivery is awaited, so
+    /// a batch costs one round trip rather than one per alert.
+    pub async fn send_all(&self, records: &[(String, String)]) -> anyhow::Result<()> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (key, json) in records {
+            let record = FutureRecord::to(&self.topic).key(key).payload(json);
+            let d = match self.producer.send_result(record) {
+                Ok(d) => d,
+                // The local queue is full: wait for what is in flight, then
+                // send this one the slow way.
+                Err((e, record)) => {
+                    warn!(error = %e, "Kafka alert sink queue full; waiting");
+                    for d in deliveries.drain(..) {
+                        delivered(d).await?;
+                    }
+                    self.producer
+                        .send(record, Duration::from_secs(30))
+                        .await
+                        .map_err(|(e, _)| anyhow::anyhow!("Kafka alert sink: {e}"))?;
+                    continue;
+                }
+            };
+            deliveries.push(d);
+        }
+        for d in deliveries {
+            delivered(d).await?;
+        }
         Ok(())
+    }
+}
+
+async fn delivered(d: rdkafka::producer::DeliveryFuture) -> anyhow::Result<()> {
+    match d.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(anyhow::anyhow!("Kafka alert sink: {e}")),
+        Err(_) => Err(anyhow::anyhow!("Kafka alert sink: delivery cancelled")),
     }
 }

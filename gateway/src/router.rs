@@ -123,8 +123,9 @@ pub struct Checkpoints {
     /// Complete checkpoints go here to be stored; the writer answers with
     /// [`Command::CheckpointStored`].
     pub writer: tokio::sync::mpsc::UnboundedSender<CheckpointJob>,
-    /// Reads one shard's state of a stored checkpoint.
-    pub loader: Box<dyn Fn(u64, u16) -> Result<Option<Vec<u8>>, String> + Send>,
+    /// Reads shards' states of a stored checkpoint (one result per shard).
+    #[allow(clippy::type_complexity)]
+    pub loader: Box<dyn Fn(u64, &[u16]) -> Vec<Result<Option<Vec<u8>>, String>> + Send>,
     /// Told the Kafka offsets of every durable checkpoint (to commit them).
     pub committed: Option<tokio::sync::watch::Sender<BTreeMap<i32, i64>>>,
 }
@@ -158,6 +159,8 @@ struct Ckpt {
     last_started: Instant,
     /// (id, seq) of the last durable checkpoint.
     durable: Option<(u64, u64)>,
+    /// The shards it holds a state for (the others restart empty).
+    durable_shards: Vec<bool>,
     inflight: Option<Inflight>,
     /// Handed to the store: (id, barrier time, snapshot ms).
     storing: Option<(u64, Instant, u64)>,
@@ -379,6 +382,8 @@ pub struct Router {
     lists: std::collections::BTreeMap<String, Vec<String>>,
     channels: Channels,
     commands: Option<Receiver<Command>>,
+    /// Commands received while waiting for a checkpoint to be stored.
+    deferred: VecDeque<Command>,
     /// The most recent accepted events, raw (for rule diffs and tests).
     sample: VecDeque<Vec<u8>>,
     /// Per input: highest event time, and when it last sent an event.
@@ -486,6 +491,7 @@ impl Router {
             lists: std::collections::BTreeMap::new(),
             channels: Channels::default(),
             commands: None,
+            deferred: VecDeque::new(),
             sample: VecDeque::new(),
             inputs: std::collections::BTreeMap::new(),
             offsets: BTreeMap::new(),
@@ -515,6 +521,7 @@ impl Router {
     /// and every node's shards are restored from it when the node connects.
     pub fn with_checkpoints(mut self, cfg: Checkpoints) -> Router {
         let mut durable = None;
+        let mut durable_shards = vec![false; SHARDS as usize];
         let mut next_id = 1;
         if let Some(m) = &cfg.resume {
             self.seq = m.seq;
@@ -523,6 +530,11 @@ impl Router {
             self.inputs = m.inputs.iter().map(|(i, ts)| (*i, (*ts, now))).collect();
             self.offsets = m.offsets.clone();
             durable = Some((m.id, m.seq));
+            for sh in &m.shards {
+                if let Some(x) = durable_shards.get_mut(sh.shard as usize) {
+                    *x = true;
+                }
+            }
             next_id = m.id + 1;
             if m.clock != i64::MIN {
                 self.idle_base = Some((m.clock, now));
@@ -531,6 +543,8 @@ impl Router {
                 checkpoint = m.id,
                 seq = m.seq,
                 shards = m.shards.len(),
+                offsets = ?m.offsets,
+                clock = m.clock,
                 "resuming from checkpoint"
             );
         }
@@ -539,6 +553,7 @@ impl Router {
             next_id,
             last_started: Instant::now(),
             durable,
+            durable_shards,
             inflight: None,
             storing: None,
             log: VecDeque::new(),
@@ -598,7 +613,11 @@ impl Router {
     fn drain_commands(&mut self) {
         loop {
             let Some(rx) = &self.commands else { return };
-            match rx.try_recv() {
+            let next = match self.deferred.pop_front() {
+                Some(c) => Ok(c),
+                None => rx.try_recv(),
+            };
+            match next {
                 Ok(Command::Deploy(b)) => self.deploy(b),
                 Ok(Command::SetList { name, entries }) => self.set_list(name, entries),
                 Ok(Command::Sample(reply)) => {
@@ -776,7 +795,17 @@ impl Router {
                     }
                     // Accepted or refused, the message is consumed.
                     if let Some(o) = req.offsets.as_ref().and_then(|v| v.get(i)) {
-                        self.offsets.insert(input.saturating_sub(1) as i32, o + 1);
+                        let p = input.saturating_sub(1) as i32;
+                        if let Some(prev) = self.offsets.insert(p, o + 1)
+                            && prev != *o
+                        {
+                            warn!(
+                                partition = p,
+                                expected = prev,
+                                got = *o,
+                                "Kafka offsets are not contiguous"
+                            );
+                        }
                     }
                     r
                 })
@@ -1005,6 +1034,15 @@ impl Router {
         let l = &mut self.links[i];
         l.last_heard = Instant::now();
         match msg {
+            Msg::Welcome(w)
+                if l.instance == Some(w.instance)
+                    && matches!(l.state, LinkState::Syncing | LinkState::Up) =>
+            {
+                // A second answer to a repeated Hello: the session is open
+                // and its stream already rebuilt; redoing it would drop what
+                // is queued.
+                tracing::debug!(node = %l.name, "duplicate welcome ignored");
+            }
             Msg::Welcome(w) => {
                 let new_process = l.instance != Some(w.instance);
                 let restarted = l.instance.is_some() && new_process;
@@ -1112,6 +1150,17 @@ impl Router {
                 if l.state == LinkState::Down {
                     info!(node = %l.name, "node answers again");
                     l.state = LinkState::Connecting;
+                    l.last_hello = Instant::now() - Duration::from_secs(10);
+                } else if l.instance.is_some_and(|x| x != s.instance)
+                    && matches!(l.state, LinkState::Syncing | LinkState::Up)
+                {
+                    // ZeroMQ reconnected us to a new process before we saw
+                    // the old one die: what we sent since went to a node
+                    // without our session. Open one; its Welcome rebuilds
+                    // the stream (checkpoint, replay).
+                    warn!(node = %l.name, "node restarted behind a live link; reopening the session");
+                    l.state = LinkState::Connecting;
+                    l.credits = 0;
                     l.last_hello = Instant::now() - Duration::from_secs(10);
                 }
                 l.stats = s;
@@ -1282,11 +1331,21 @@ impl Router {
         }
     }
 
-    /// The store's answer for checkpoint `id`.
+    /// The store's answer for checkpoint `id`; shards away from home move
+    /// back after a success.
     fn on_stored(&mut self, id: u64, result: Result<CheckpointManifest, String>) {
-        let Some(ck) = &mut self.ckpt else { return };
+        if self.stored(id, result) && self.stopping.is_none() {
+            self.move_back();
+        }
+    }
+
+    /// Records the store's answer for checkpoint `id`; true if it is durable.
+    fn stored(&mut self, id: u64, result: Result<CheckpointManifest, String>) -> bool {
+        let Some(ck) = &mut self.ckpt else {
+            return false;
+        };
         let Some((_, started, snapshot_ms)) = ck.storing.take().filter(|s| s.0 == id) else {
-            return;
+            return false;
         };
         let m = match result {
             Ok(m) => m,
@@ -1296,10 +1355,16 @@ impl Router {
                     .checkpoint_failures
                     .fetch_add(1, Ordering::Relaxed);
                 error!(checkpoint = id, error = %e, "checkpoint not stored; the previous one stays current");
-                return;
+                return false;
             }
         };
         ck.durable = Some((m.id, m.seq));
+        ck.durable_shards = vec![false; SHARDS as usize];
+        for sh in &m.shards {
+            if let Some(x) = ck.durable_shards.get_mut(sh.shard as usize) {
+                *x = true;
+            }
+        }
         while ck.log.front().is_some_and(|e| e.seq <= m.seq) {
             if let Some(e) = ck.log.pop_front() {
                 ck.log_bytes -= e.frame.len() + LOG_ENTRY_OVERHEAD;
@@ -1325,6 +1390,7 @@ impl Router {
             bytes = m.bytes,
             shards = m.shards.len(),
             duration_ms,
+            offsets = ?m.offsets,
             "checkpoint durable"
         );
         // Only now may Kafka forget the events it covers.
@@ -1333,8 +1399,33 @@ impl Router {
         {
             let _ = tx.send(m.offsets.clone());
         }
-        if self.stopping.is_none() {
-            self.move_back();
+        true
+    }
+
+    /// Waits (bounded) for the checkpoint being stored, if any: once stored
+    /// it replaces the one a restore would read, so a restore must know which
+    /// is current. Other commands arriving meanwhile keep their order.
+    fn settle_storing(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(id) = self.ckpt.as_ref().and_then(|c| c.storing.map(|s| s.0)) {
+            let Some(rx) = &self.commands else { return };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Command::CheckpointStored { id: got, result }) => {
+                    self.stored(got, result);
+                }
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => {
+                    error!(
+                        checkpoint = id,
+                        "checkpoint not stored within 30 s; restoring from the previous one"
+                    );
+                    if let Some(c) = &mut self.ckpt {
+                        c.storing = None;
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -1430,6 +1521,7 @@ impl Router {
     /// durable checkpoint (empty if none), every logged event since then that
     /// routes to those shards (with the clock it first had), then `Resume`.
     fn restore_into(&mut self, t: usize, shards: &[u16]) {
+        self.settle_storing();
         let Some(ck) = &self.ckpt else { return };
         let version = self.bundle.as_ref().map_or(0, |b| b.version);
         let started = Instant::now();
@@ -1438,23 +1530,33 @@ impl Router {
         let pending_before = link.pending();
         let mut set = vec![false; SHARDS as usize];
         let mut state_bytes = 0usize;
-        for &s in shards {
-            set[s as usize] = true;
-            let state = match ck.durable {
-                Some((id, _)) => match (ck.cfg.loader)(id, s) {
-                    Ok(state) => state.unwrap_or_default(),
+        // Read every state at once (the store serves them concurrently).
+        let stored: Vec<u16> = shards
+            .iter()
+            .copied()
+            .filter(|&s| ck.durable.is_some() && ck.durable_shards[s as usize])
+            .collect();
+        let mut states: std::collections::HashMap<u16, Vec<u8>> = std::collections::HashMap::new();
+        if let Some((id, _)) = ck.durable {
+            for (s, r) in stored.iter().zip((ck.cfg.loader)(id, &stored)) {
+                match r {
+                    Ok(state) => {
+                        states.insert(*s, state.unwrap_or_default());
+                    }
                     Err(e) => {
                         // The shard restarts empty: say so loudly.
-                        error!(checkpoint = id, shard = s, error = %e, "cannot read a shard of the checkpoint; it restarts empty");
+                        error!(checkpoint = id, shard = *s, error = %e, "cannot read a shard of the checkpoint; it restarts empty");
                         self.status
                             .counters
                             .checkpoint_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        vec![]
                     }
-                },
-                None => vec![],
-            };
+                }
+            }
+        }
+        for &s in shards {
+            set[s as usize] = true;
+            let state = states.remove(&s).unwrap_or_default();
             state_bytes += state.len();
             link.queue
                 .push_back(Outgoing::control(wire::encode(&Msg::Restore {
@@ -1518,6 +1620,13 @@ impl Router {
             prepare_ms = started.elapsed().as_millis() as u64,
             "restoring shards on a node"
         );
+        // The router did not listen meanwhile: nobody was silent because of it.
+        let now = Instant::now();
+        for l in &mut self.links {
+            if l.state.live() {
+                l.last_heard = l.last_heard.max(now);
+            }
+        }
         self.recovering.push(Recovery {
             link: t,
             remaining: (pending_before + copies_total) as i64,
@@ -1622,6 +1731,17 @@ impl Router {
         }
         for i in down {
             self.fail_over(i);
+        }
+        // Shards stranded on a gone node (no live node could take them when
+        // it went): retry now.
+        if self.ckpt.is_some() && self.links.iter().any(|l| l.state == LinkState::Up) {
+            for i in 0..self.links.len() {
+                if matches!(self.links[i].state, LinkState::Down | LinkState::Stopped)
+                    && !self.links[i].shards.is_empty()
+                {
+                    self.fail_over(i);
+                }
+            }
         }
     }
 

@@ -157,10 +157,7 @@ impl System {
                 writer: job_tx,
                 // The router thread is not a runtime thread: it may block on
                 // the store (restores are rare and pause ingest anyway).
-                loader: Box::new(move |id, shard| {
-                    rt.block_on(st.checkpoint_shard(id, shard))
-                        .map_err(|e| e.to_string())
-                }),
+                loader: Box::new(move |id, shards| rt.block_on(read_shards(&st, id, shards))),
                 committed: Some(commit_tx),
             });
         }
@@ -324,6 +321,35 @@ async fn recent_alert_ids(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Reads shards of checkpoint `id`, several at a time.
+async fn read_shards(
+    store: &Store,
+    id: u64,
+    shards: &[u16],
+) -> Vec<Result<Option<Vec<u8>>, String>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, &shard) in shards.iter().enumerate() {
+        let st = store.clone();
+        set.spawn(async move {
+            (
+                i,
+                st.checkpoint_shard(id, shard)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+    let mut out: Vec<Result<Option<Vec<u8>>, String>> =
+        (0..shards.len()).map(|_| Err("not read".into())).collect();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((i, v)) => out[i] = v,
+            Err(e) => warn!(error = %e, "a checkpoint read task failed"),
+        }
+    }
+    out
+}
+
 /// Stores each complete checkpoint and tells the router how it went.
 async fn checkpoint_writer(
     mut jobs: mpsc::UnboundedReceiver<CheckpointJob>,
@@ -367,25 +393,31 @@ async fn alert_writer(
             }
         }
         let new = until_ok("storing alerts", || store.put_alerts(&batch)).await;
-        for (stored, new) in batch.into_iter().zip(new) {
-            if !new {
-                continue;
-            }
+        let fresh: Vec<StoredAlert> = batch
+            .into_iter()
+            .zip(new)
+            .filter_map(|(a, new)| new.then_some(a))
+            .collect();
+        for stored in &fresh {
             status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
             // Webhook deliveries are queued in the store before the alert is
             // considered handled (they survive a restart from here on).
             let tags = catalog.rule_tags(&stored.rule);
             until_ok("queueing webhook deliveries", || {
-                dispatcher.on_alert(&stored, &tags)
+                dispatcher.on_alert(stored, &tags)
             })
             .await;
-            if let Some(sink) = &sink {
-                let json = stored.alert.to_string();
-                until_ok("publishing an alert to Kafka", || {
-                    sink.send(&stored.key, &json)
-                })
-                .await;
-            }
+        }
+        if let Some(sink) = &sink
+            && !fresh.is_empty()
+        {
+            let records: Vec<(String, String)> = fresh
+                .iter()
+                .map(|a| (a.key.clone(), a.alert.to_string()))
+                .collect();
+            until_ok("publishing alerts to Kafka", || sink.send_all(&records)).await;
+        }
+        for stored in fresh {
             let _ = tx.send(Arc::new(stored));
         }
     }
