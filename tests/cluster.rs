@@ -457,6 +457,91 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
 }
 
 #[test]
+fn every_node_silent_at_once_then_back_loses_and_repeats_nothing() {
+    // Both nodes stop answering (SIGSTOP: alive, silent) while events keep
+    // coming: the first one's shards fail over to the second, then there is
+    // no live node at all, the gateway queues stay bounded (copies shed),
+    // and when both return their shards are rebuilt from the checkpoint and
+    // the replay log.
+    let (nodes, eps) = start_nodes(2);
+    let dir = workload_rules_dir("silent");
+    let events = workload(24_000, 500, 20);
+    let ev_path = write_events("silent", &events);
+    let expected = replay_ids(&dir, &ev_path, &[]);
+    let ep = Endpoints::fresh();
+    let _gw = start_gateway(
+        &dir,
+        &eps,
+        &ep,
+        &[
+            "--idle",
+            "0s",
+            "--node-timeout",
+            "1s",
+            "--checkpoint-every",
+            "300ms",
+            "--pending-cap",
+            "1024",
+            "--batch",
+            "128",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
+    push_events(&ctx, &ep.pull, &events[..8_000], 100);
+    wait_processed(&ep.http, 8_000);
+    wait_until("a durable checkpoint", Duration::from_secs(20), || {
+        cluster(&ep.http).is_some_and(|c| c["checkpoint"]["id"].as_u64() >= Some(1))
+    });
+    nodes[0].signal("STOP");
+    wait_until("node-0's shards on node-1", Duration::from_secs(20), || {
+        cluster(&ep.http).is_some_and(|c| c["nodes"][1]["shards"] == 1024)
+    });
+    nodes[1].signal("STOP");
+    wait_until("both down", Duration::from_secs(20), || {
+        cluster(&ep.http)
+            .is_some_and(|c| c["nodes"][0]["state"] == "down" && c["nodes"][1]["state"] == "down")
+    });
+    // Ingest goes on with no live node: bounded queues, copies shed.
+    push_events(&ctx, &ep.pull, &events[8_000..16_000], 100);
+    wait_until("the middle accepted", Duration::from_secs(30), || {
+        cluster(&ep.http).is_some_and(|c| c["events_accepted"] == 16_000)
+    });
+    let c = cluster(&ep.http).expect("cluster");
+    assert!(
+        c["copies_shed"].as_u64() > Some(0),
+        "queues stayed bounded: {c}"
+    );
+    nodes[0].signal("CONT");
+    nodes[1].signal("CONT");
+    wait_until(
+        "both back, every shard home",
+        Duration::from_secs(60),
+        || {
+            cluster(&ep.http).is_some_and(|c| {
+                c["nodes"][0]["state"] == "up"
+                    && c["nodes"][1]["state"] == "up"
+                    && c["nodes"][0]["shards"] == 512
+                    && c["nodes"][1]["shards"] == 512
+            })
+        },
+    );
+    push_events(&ctx, &ep.pull, &events[16_000..], 100);
+    wait_processed(&ep.http, events.len() as u64);
+    let got = id_counts(sink.all_published(&ep.http).iter());
+    let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
+    let extra = got.keys().filter(|k| !expected.contains_key(*k)).count();
+    let dups = got.values().filter(|&&n| n > 1).count();
+    assert!(
+        got == expected,
+        "after both nodes went silent and came back: missing {missing}, extra {extra}, duplicated {dups}; cluster {}",
+        cluster(&ep.http).unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(ev_path);
+}
+
+#[test]
 fn embedded_gateway_acknowledges_router_batches_with_reasons() {
     let ep = Endpoints::fresh();
     let rules = root().join("rules/tests/lib_card_testing/rules.vgl");

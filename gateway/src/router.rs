@@ -275,6 +275,9 @@ struct Link {
     /// A new node process (or a new gateway): restore its shards once the
     /// rules are known.
     needs_restore: bool,
+    /// Copies for it were shed while it was gone: its shards' state has a
+    /// gap, so they are rebuilt (checkpoint, replay) when it returns.
+    shed: bool,
     state: LinkState,
     instance: Option<u64>,
     credits: u64,
@@ -438,6 +441,7 @@ impl Router {
                 home: shards.clone(),
                 shards,
                 needs_restore: false,
+                shed: false,
                 state: LinkState::Connecting,
                 instance: None,
                 credits: 0,
@@ -947,6 +951,9 @@ impl Router {
                     .counters
                     .copies_shed
                     .fetch_add(1, Ordering::Relaxed);
+                // With checkpoints the replay log still has it: the node's
+                // shards are rebuilt when it returns.
+                l.shed = true;
                 continue;
             }
             let w = l.current.get_or_insert_with(|| BatchWriter::new(version));
@@ -1053,7 +1060,8 @@ impl Router {
                 l.instance = Some(w.instance);
                 l.credits = u64::from(w.credits);
                 l.processed_seq = l.sent_seq;
-                if checkpoints && new_process {
+                if checkpoints && (new_process || l.shed) {
+                    l.shed = false;
                     // A process new to this gateway holds none of our state:
                     // its stream restarts with the rules, the lists, then its
                     // shards from the checkpoint and the replay since.
@@ -1451,6 +1459,7 @@ impl Router {
         l.current = None;
         l.queued_copies = 0;
         l.needs_restore = false;
+        l.shed = false;
         self.recovering.retain(|r| r.link != i);
         warn!(node = %l.name, shards = shards.len(), to = live.len(), "failing over: its shards move to the live nodes");
         // Contiguous slices, one per live node.
