@@ -426,7 +426,7 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
         "node1-again",
         std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
     );
-    wait_until("node-1's shards back home", Duration::from_secs(30), || {
+    wait_until("node-1's shards back home", Duration::from_secs(60), || {
         cluster(&ep.http).is_some_and(|c| {
             c["nodes"][1]["state"] == "up" && c["nodes"][1]["shards"].as_u64() == Some(341)
         })

@@ -265,7 +265,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     );
     let http = ep.http.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("node-1's shards on node-0", Duration::from_secs(30), || {
+        wait_until("node-1's shards on node-0", Duration::from_secs(60), || {
             cluster(&http).is_some_and(|c| c["nodes"][0]["shards"] == 1024)
         })
     })
@@ -280,7 +280,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     let markers = producer.await.expect("producer");
     let http = ep.http.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("node-1's shards back", Duration::from_secs(30), || {
+        wait_until("node-1's shards back", Duration::from_secs(60), || {
             cluster(&http)
                 .is_some_and(|c| c["nodes"][1]["shards"] == 512 && c["nodes"][1]["state"] == "up")
         });

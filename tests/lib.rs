@@ -397,20 +397,20 @@ pub fn id_counts<'a>(
     ids
 }
 
-/// Waits until the gateway accepted `accepted` events and every node processed
-/// all it was sent.
+/// Waits until the gateway accepted `accepted` events and every node is up and
+/// has processed all it was sent (a node that is down or catching up, e.g.
+/// after a false alarm on a loaded machine, means not done yet).
 pub fn wait_processed(http: &str, accepted: u64) {
     let done = |c: &serde_json::Value| {
         c["events_accepted"].as_u64() == Some(accepted)
             && c["nodes"].as_array().is_some_and(|ns| {
                 ns.iter()
-                    .filter(|n| n["state"] == "up")
-                    .all(|n| n["lag_events"] == 0 && n["queued_copies"] == 0)
+                    .all(|n| n["state"] == "up" && n["lag_events"] == 0 && n["queued_copies"] == 0)
             })
     };
     let start = Instant::now();
     let mut last = serde_json::Value::Null;
-    while start.elapsed() < Duration::from_secs(60) {
+    while start.elapsed() < Duration::from_secs(120) {
         if let Some(c) = cluster(http) {
             if done(&c) {
                 return;

@@ -120,14 +120,22 @@ pub enum Command {
 pub struct Checkpoints {
     /// The last durable checkpoint, to resume from (a gateway restart).
     pub resume: Option<CheckpointManifest>,
-    /// Complete checkpoints go here to be stored; the writer answers with
-    /// [`Command::CheckpointStored`].
-    pub writer: tokio::sync::mpsc::UnboundedSender<CheckpointJob>,
     /// Reads shards' states of a stored checkpoint (one result per shard).
     #[allow(clippy::type_complexity)]
     pub loader: Box<dyn Fn(u64, &[u16]) -> Vec<Result<Option<Vec<u8>>, String>> + Send>,
     /// Told the Kafka offsets of every durable checkpoint (to commit them).
     pub committed: Option<tokio::sync::watch::Sender<BTreeMap<i32, i64>>>,
+}
+
+/// What the router hands to the alert writer, in order.
+pub enum ToWriter {
+    Alert(AlertOut),
+    /// A complete checkpoint: stored only after every alert before it has
+    /// been stored and fanned out (the writer answers with
+    /// [`Command::CheckpointStored`]). So a checkpoint never covers events
+    /// whose alerts could still be lost: after a restart from it, everything
+    /// not yet delivered is emitted again.
+    Checkpoint(CheckpointJob),
 }
 
 /// A complete checkpoint, for the store.
@@ -360,7 +368,7 @@ pub struct Channels {
     pub http: Option<tokio::sync::mpsc::Receiver<HttpIngest>>,
     /// Every alert, after it is published on the PUB socket. Bounded: a slow
     /// consumer slows the router, it never loses an alert.
-    pub alerts: Option<tokio::sync::mpsc::Sender<AlertOut>>,
+    pub alerts: Option<tokio::sync::mpsc::Sender<ToWriter>>,
 }
 
 pub struct Router {
@@ -1333,9 +1341,20 @@ impl Router {
             manifest: f.manifest,
             shards: f.shards,
         };
-        if ck.cfg.writer.send(job).is_err() {
-            ck.storing = None;
-            error!(checkpoint = id, "the checkpoint writer is gone");
+        // Behind the alerts already handed over (see `ToWriter`).
+        let sent = self
+            .channels
+            .alerts
+            .as_ref()
+            .is_some_and(|tx| tx.blocking_send(ToWriter::Checkpoint(job)).is_ok());
+        if !sent {
+            if let Some(ck) = &mut self.ckpt {
+                ck.storing = None;
+            }
+            error!(
+                checkpoint = id,
+                "the alert writer is gone: checkpoint not stored"
+            );
         }
     }
 
@@ -1676,7 +1695,7 @@ impl Router {
                     events: a.events,
                 };
                 // Bounded: a slow store slows the router; no alert is dropped.
-                if tx.blocking_send(out).is_err() {
+                if tx.blocking_send(ToWriter::Alert(out)).is_err() {
                     warn!("alert consumer gone: alerts reach the PUB socket only");
                     self.channels.alerts = None;
                 }

@@ -4,9 +4,7 @@
 
 use crate::api::{self, ApiConfig, AppState, Inner};
 use crate::catalog::Catalog;
-use crate::router::{
-    AlertOut, Channels, CheckpointJob, Checkpoints, Command, Router, RouterConfig,
-};
+use crate::router::{AlertOut, Channels, Checkpoints, Command, Router, RouterConfig, ToWriter};
 use crate::status::Status;
 use crate::store::{AlertFilter, Mode, Role, Store, StoredAlert};
 use cep_engine::node::{NodeOptions, NodeStatus};
@@ -111,7 +109,7 @@ impl System {
 
         let status = Arc::new(Status::default());
         let (ingest_tx, ingest_rx) = mpsc::channel(64);
-        let (alert_tx, alert_rx) = mpsc::channel::<AlertOut>(65_536);
+        let (alert_tx, alert_rx) = mpsc::channel::<ToWriter>(65_536);
         let (commands, commands_rx) = std::sync::mpsc::channel();
         let mut router = Router::new(
             ctx,
@@ -145,16 +143,9 @@ impl System {
                     v.offsets = m.offsets.clone();
                 }
             }
-            let (job_tx, job_rx) = mpsc::unbounded_channel();
-            tasks.push(tokio::spawn(checkpoint_writer(
-                job_rx,
-                store.clone(),
-                commands.clone(),
-            )));
             let (st, rt) = (store.clone(), tokio::runtime::Handle::current());
             router = router.with_checkpoints(Checkpoints {
                 resume,
-                writer: job_tx,
                 // The router thread is not a runtime thread: it may block on
                 // the store (restores are rare and pause ingest anyway).
                 loader: Box::new(move |id, shards| rt.block_on(read_shards(&st, id, shards))),
@@ -219,6 +210,7 @@ impl System {
             catalog.clone(),
             dispatcher,
             sink,
+            commands.clone(),
         )));
         // Only a shared store can change under us.
         if matches!(cfg.store, StoreConfig::Redis { .. }) {
@@ -291,7 +283,9 @@ impl System {
                 .await
                 .is_err()
         {
-            warn!("alert writer still busy after 10 s; stopping anyway");
+            warn!(
+                "alert writer still busy after 30 s; stopping anyway (what it did not store is emitted again after a restart: the last checkpoint it stored precedes it)"
+            );
         }
         for t in std::mem::take(&mut self.tasks) {
             t.abort();
@@ -350,76 +344,108 @@ async fn read_shards(
     out
 }
 
-/// Stores each complete checkpoint and tells the router how it went.
-async fn checkpoint_writer(
-    mut jobs: mpsc::UnboundedReceiver<CheckpointJob>,
-    store: Store,
-    router: std::sync::mpsc::Sender<Command>,
-) {
-    while let Some(job) = jobs.recv().await {
-        let id = job.manifest.id;
-        let result = store
-            .put_checkpoint(job.manifest, job.shards)
-            .await
-            .map_err(|e| e.to_string());
-        if router
-            .send(Command::CheckpointStored { id, result })
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// Stores every alert (once per id), then fans it out to SSE subscribers.
-/// A failing store is retried: alerts wait in the bounded channel, and the
-/// router (then ingest) slows down rather than lose one.
+/// Stores every alert (once per id), then fans it out: webhooks, the Kafka
+/// alerts topic, SSE subscribers. A failing store is retried: alerts wait in
+/// the bounded channel, and the router (then ingest) slows down rather than
+/// lose one. Checkpoints come through the same channel and are stored once
+/// every alert before them is handled.
+#[allow(clippy::too_many_arguments)]
 async fn alert_writer(
-    mut rx: mpsc::Receiver<AlertOut>,
+    mut rx: mpsc::Receiver<ToWriter>,
     store: Store,
     tx: broadcast::Sender<Arc<StoredAlert>>,
     status: Arc<Status>,
     catalog: Arc<Catalog>,
     dispatcher: Arc<crate::webhooks::Dispatcher>,
     sink: Option<crate::kafka::AlertSink>,
+    router: std::sync::mpsc::Sender<Command>,
 ) {
-    while let Some(first) = rx.recv().await {
-        // Take what has queued up: one store write for the whole batch.
+    let mut next = rx.recv().await;
+    while let Some(item) = next.take() {
+        let first = match item {
+            ToWriter::Alert(a) => a,
+            ToWriter::Checkpoint(job) => {
+                let id = job.manifest.id;
+                let result = store
+                    .put_checkpoint(job.manifest, job.shards)
+                    .await
+                    .map_err(|e| e.to_string());
+                if router
+                    .send(Command::CheckpointStored { id, result })
+                    .is_err()
+                {
+                    return;
+                }
+                next = rx.recv().await;
+                continue;
+            }
+        };
+        // Take the alerts that have queued up (up to a checkpoint): one store
+        // write for the whole batch.
         let mut batch = vec![stored_alert(first)];
         while batch.len() < 1024 {
             match rx.try_recv() {
-                Ok(a) => batch.push(stored_alert(a)),
+                Ok(ToWriter::Alert(a)) => batch.push(stored_alert(a)),
+                Ok(checkpoint) => {
+                    next = Some(checkpoint);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let new = until_ok("storing alerts", || store.put_alerts(&batch)).await;
-        let fresh: Vec<StoredAlert> = batch
-            .into_iter()
-            .zip(new)
-            .filter_map(|(a, new)| new.then_some(a))
+        handle_alerts(
+            batch,
+            &store,
+            &tx,
+            &status,
+            &catalog,
+            &dispatcher,
+            sink.as_ref(),
+        )
+        .await;
+        if next.is_none() {
+            next = rx.recv().await;
+        }
+    }
+}
+
+/// Stores a batch of alerts and fans out the ones new to the store.
+async fn handle_alerts(
+    batch: Vec<StoredAlert>,
+    store: &Store,
+    tx: &broadcast::Sender<Arc<StoredAlert>>,
+    status: &Status,
+    catalog: &Catalog,
+    dispatcher: &Arc<crate::webhooks::Dispatcher>,
+    sink: Option<&crate::kafka::AlertSink>,
+) {
+    let new = until_ok("storing alerts", || store.put_alerts(&batch)).await;
+    let fresh: Vec<StoredAlert> = batch
+        .into_iter()
+        .zip(new)
+        .filter_map(|(a, new)| new.then_some(a))
+        .collect();
+    for stored in &fresh {
+        status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
+        // Webhook deliveries are queued in the store before the alert is
+        // considered handled (they survive a restart from here on).
+        let tags = catalog.rule_tags(&stored.rule);
+        until_ok("queueing webhook deliveries", || {
+            dispatcher.on_alert(stored, &tags)
+        })
+        .await;
+    }
+    if let Some(sink) = sink
+        && !fresh.is_empty()
+    {
+        let records: Vec<(String, String)> = fresh
+            .iter()
+            .map(|a| (a.key.clone(), a.alert.to_string()))
             .collect();
-        for stored in &fresh {
-            status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
-            // Webhook deliveries are queued in the store before the alert is
-            // considered handled (they survive a restart from here on).
-            let tags = catalog.rule_tags(&stored.rule);
-            until_ok("queueing webhook deliveries", || {
-                dispatcher.on_alert(stored, &tags)
-            })
-            .await;
-        }
-        if let Some(sink) = &sink
-            && !fresh.is_empty()
-        {
-            let records: Vec<(String, String)> = fresh
-                .iter()
-                .map(|a| (a.key.clone(), a.alert.to_string()))
-                .collect();
-            until_ok("publishing alerts to Kafka", || sink.send_all(&records)).await;
-        }
-        for stored in fresh {
-            let _ = tx.send(Arc::new(stored));
-        }
+        until_ok("publishing alerts to Kafka", || sink.send_all(&records)).await;
+    }
+    for stored in fresh {
+        let _ = tx.send(Arc::new(stored));
     }
 }
 
