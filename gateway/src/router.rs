@@ -1125,6 +1125,20 @@ impl Router {
                     l.acked_version = w.rules_version;
                     l.state = LinkState::Up;
                 }
+                if checkpoints && !new_process {
+                    // The same process is back: the Hello it answered may
+                    // predate a move of its shards. Whatever it holds beyond
+                    // what it owns now goes, before anything else is sent.
+                    let mut owns = vec![false; SHARDS as usize];
+                    for &s in &l.shards {
+                        owns[s as usize] = true;
+                    }
+                    let others: Vec<u16> = (0..SHARDS).filter(|s| !owns[*s as usize]).collect();
+                    l.queue
+                        .push_front(Outgoing::control(wire::encode(&Msg::Release {
+                            shards: others,
+                        })));
+                }
             }
             Msg::DeployAck(a) => match a.error {
                 None => {
@@ -1154,8 +1168,12 @@ impl Router {
                 shard,
                 state,
             } => {
+                // Only the owner's state counts (a node may still hold a
+                // stale engine for a shard that moved away).
+                let owner = self.shard_owner.get(shard as usize).copied();
                 if let Some(f) = self.ckpt.as_mut().and_then(|c| c.inflight.as_mut())
                     && f.manifest.id == checkpoint
+                    && owner == Some(i as u16)
                 {
                     f.shards.push((shard, state));
                 }
