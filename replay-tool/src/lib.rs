@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod produce;
 pub mod replay;
 
 pub use replay::{Replay, ReplayOpts, replay};

@@ -51,6 +51,9 @@ enum Command {
     /// Push events at a running gateway over ZeroMQ at a target rate; report
     /// throughput and ingest-to-alert latency percentiles.
     Load(vigil_replay::load::LoadArgs),
+    /// Write events to a Kafka topic (keyed by card_id, else device_id) and
+    /// report messages/s.
+    Produce(vigil_replay::produce::ProduceArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => run::diff(a),
         Command::Gen(a) => run::gen_events(a),
         Command::Load(a) => vigil_replay::load::load(a),
+        Command::Produce(a) => vigil_replay::produce::produce(a),
     };
     match result {
         Ok(code) => code,

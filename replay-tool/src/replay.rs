@@ -557,9 +557,11 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
 /// SplitMix64: a tiny fixed-seed generator so anyone can regenerate the data.
 pub struct SplitMix(pub u64);
 
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl SplitMix {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(SPLITMIX_GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -585,9 +587,15 @@ pub fn gen_events(a: GenArgs) -> anyhow::Result<ExitCode> {
 /// The `gen` workload in memory, event time starting at `base_ms` (the load
 /// generator starts at the wall clock, so a second run is not all late).
 pub fn generate(events: u64, cards: u64, seed: u64, base_ms: i64) -> Vec<String> {
-    Workload::new(cards, seed, base_ms)
-        .take(events as usize)
-        .collect()
+    generate_range(0, events, cards, seed, base_ms)
+}
+
+/// Events `from .. from + events` of the `gen` workload (ids `e<from>`…, event
+/// time `base_ms + from`…): the continuation of an earlier `generate`.
+pub fn generate_range(from: u64, events: u64, cards: u64, seed: u64, base_ms: i64) -> Vec<String> {
+    let mut w = Workload::new(cards, seed, base_ms);
+    w.skip_to(from);
+    w.take(events as usize).collect()
 }
 
 /// The synthetic workload: `Txn` events over `cards` cards, amount uniform in
@@ -607,6 +615,14 @@ impl Workload {
             i: 0,
             base_ms,
         }
+    }
+
+    /// Jumps to event `i` (SplitMix's state advances by a constant per
+    /// draw, and every event draws twice).
+    fn skip_to(&mut self, i: u64) {
+        let draws = i.wrapping_sub(self.i).wrapping_mul(2);
+        self.rng.0 = self.rng.0.wrapping_add(draws.wrapping_mul(SPLITMIX_GAMMA));
+        self.i = i;
     }
 }
 
