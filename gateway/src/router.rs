@@ -1766,7 +1766,7 @@ impl Router {
                             endpoint = %l.endpoint,
                             silent_ms = now.duration_since(l.last_heard).as_millis() as u64,
                             shards = l.shards.len(),
-                            "node unreachable: marked down; its events are queued (bounded) then shed"
+                            "node unreachable: marked down"
                         );
                         l.state = LinkState::Down;
                         l.credits = 0;
