@@ -18,11 +18,12 @@ fi
 redis-server --version
 
 # A Kafka-compatible broker for the Kafka tests (tests/kafka.rs): tansu from
-# the crates registry (about 10-12 minutes on 2 cores the first time;
+# the crates registry, pinned to the version the tests were written against
+# (about 10-12 minutes on 2 cores the first time;
 # `dynostore` is needed for its in-memory storage).
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
   echo "== installing the tansu broker (cargo install)"
-  cargo install --locked tansu --features dynostore
+  cargo install --locked tansu --version 0.6.0 --features dynostore
 fi
 
 echo "== rustfmt"
