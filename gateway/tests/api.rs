@@ -434,6 +434,7 @@ fn matrix() -> Vec<Case> {
         ),
         ("DELETE", "/v1/keys/mk", None, String::new(), "admin", 204),
         ("GET", "/v1/audit", None, String::new(), "viewer", 200),
+        ("GET", "/v1/me", None, String::new(), "viewer", 200),
         (
             "POST",
             "/v1/webhooks",
@@ -762,6 +763,55 @@ async fn bad_input_gets_the_exact_status_and_error() {
     assert_eq!(
         r.json,
         serde_json::json!({"error": {"code": "not_found", "message": "no such endpoint"}})
+    );
+    t.sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_and_me_names_the_key() {
+    let t = setup().await;
+    // The page and its assets need no key (the page asks for one).
+    let r = t.call("GET", "/", None, None, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.text.contains("<script src=\"/console/app.js\""),
+        "{}",
+        r.text
+    );
+    for (file, ct) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let req = Request::builder()
+            .uri(format!("/console/{file}"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = t.app.clone().oneshot(req).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::OK, "{file}");
+        let h = resp.headers();
+        assert!(
+            h["content-type"].to_str().unwrap_or("").starts_with(ct),
+            "{file}: {h:?}"
+        );
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap_or("")
+                .contains("default-src 'self'")
+        );
+    }
+    // The key never goes in a URL: the script sends it as a bearer header.
+    let js = t.call("GET", "/console/app.js", None, None, "").await.text;
+    assert!(js.contains("sessionStorage") && js.contains("Authorization"));
+    let r = t.call("GET", "/console/nothing.js", None, None, "").await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": {"code": "not_found", "message": "no console file `nothing.js`"}})
+        )
+    );
+    let r = t.get("/v1/me", &t.analyst).await;
+    assert_eq!(
+        r.json,
+        serde_json::json!({"name": "ana", "role": "analyst"})
     );
     t.sys.shutdown().await;
 }

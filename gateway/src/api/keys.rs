@@ -4,7 +4,7 @@ use super::{ApiError, ApiResult, AppState, Body, Caller, create_key, reply};
 use crate::store::Role;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{Json, Response};
 use serde::Deserialize;
 
 /// Every key: name, role, created, revoked (never the secret).
@@ -115,4 +115,12 @@ pub async fn list_audit(
         })
         .collect();
     Ok(reply(StatusCode::OK, out))
+}
+
+/// Who the key is: its name and role (the console uses it to show what the
+/// caller may do).
+#[utoipa::path(get, path = "/v1/me", tag = "keys", security(("api_key" = [])),
+    responses((status = 200, description = "`{name, role}`"), (status = 401, description = "No or unknown key")))]
+pub async fn me(c: Caller) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"name": c.name, "role": c.role.as_str()}))
 }

@@ -7,6 +7,7 @@
 //! (plus `"diagnostics"` for rule text that does not compile).
 
 mod alerts;
+mod console;
 mod keys;
 mod lists;
 mod rules;
@@ -405,6 +406,7 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::list_keys, keys::create_key_route))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::list_audit))
+        .routes(routes!(keys::me))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
         .routes(routes!(
             webhooks::get_webhook,
@@ -435,6 +437,8 @@ pub fn app(state: AppState) -> axum::Router {
     .route("/readyz", get(readyz))
     .route("/metrics", get(metrics))
     .route("/v1/cluster", get(cluster))
+    .route("/", get(console::index))
+    .route("/console/{file}", get(console::asset))
     .fallback(|| async { ApiError::not_found("no such endpoint") })
     .layer(tower_http::trace::TraceLayer::new_for_http())
     .with_state(state)
