@@ -9,12 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use vigil_tests::*;
 
-fn write_events(tag: &str, events: &[String]) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("vigil-events-{tag}-{}.jsonl", std::process::id()));
-    std::fs::write(&p, events.join("\n") + "\n").expect("write events");
-    p
-}
-
 fn replay_alerts(rules: &Path, events: &Path) -> Vec<serde_json::Value> {
     let out = std::process::Command::new(bin("vigil-replay", "vigil-replay"))
         .args(["run", "--rules"])
@@ -330,11 +324,7 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
 
     // The node comes back on the same endpoint: the gateway reconnects and
     // redeploys; the cluster is ready again.
-    let node = bin("cep-engine", "vigil-node");
-    nodes[1] = Proc::spawn(
-        "node1-again",
-        std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
-    );
+    nodes[1] = restart_node(&eps[1]);
     wait_until("node-1 up again", Duration::from_secs(20), || {
         http_get(&ep.http, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -421,11 +411,7 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
         "the kill happened mid-stream: {c}"
     );
     // The node returns; at the next checkpoint its shards move back.
-    let node = bin("cep-engine", "vigil-node");
-    nodes[1] = Proc::spawn(
-        "node1-again",
-        std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
-    );
+    nodes[1] = restart_node(&eps[1]);
     wait_until("node-1's shards back home", Duration::from_secs(60), || {
         cluster(&ep.http).is_some_and(|c| {
             c["nodes"][1]["state"] == "up" && c["nodes"][1]["shards"].as_u64() == Some(341)
@@ -438,15 +424,12 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
     });
     push_events(&ctx, &ep.pull, &events[20_000..], 100);
     wait_processed(&ep.http, events.len() as u64);
-    let got = sink.all_published(&ep.http);
-    let got = id_counts(got.iter());
-    let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
-    let extra = got.keys().filter(|k| !expected.contains_key(*k)).count();
-    let dups = got.values().filter(|&&n| n > 1).count();
-    assert!(
-        got == expected,
-        "after failover and move back: missing {missing}, extra {extra}, duplicated {dups}; cluster {}",
-        cluster(&ep.http).unwrap_or_default()
+    let got = id_counts(sink.all_published(&ep.http).iter());
+    assert_same_alerts(
+        &got,
+        &expected,
+        "after failover and move back",
+        &format!("cluster {}", cluster(&ep.http).unwrap_or_default()),
     );
     assert_eq!(c["copies_shed"], 0, "nothing shed with checkpoints on");
     assert!(metric(&ep.http, "vigil_shards_moved_total") >= 2 * 341);
@@ -529,13 +512,11 @@ fn every_node_silent_at_once_then_back_loses_and_repeats_nothing() {
     push_events(&ctx, &ep.pull, &events[16_000..], 100);
     wait_processed(&ep.http, events.len() as u64);
     let got = id_counts(sink.all_published(&ep.http).iter());
-    let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
-    let extra = got.keys().filter(|k| !expected.contains_key(*k)).count();
-    let dups = got.values().filter(|&&n| n > 1).count();
-    assert!(
-        got == expected,
-        "after both nodes went silent and came back: missing {missing}, extra {extra}, duplicated {dups}; cluster {}",
-        cluster(&ep.http).unwrap_or_default()
+    assert_same_alerts(
+        &got,
+        &expected,
+        "after both nodes went silent and came back",
+        &format!("cluster {}", cluster(&ep.http).unwrap_or_default()),
     );
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(ev_path);

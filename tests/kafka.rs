@@ -174,29 +174,38 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
     ids
 }
 
-/// Equality with a readable failure.
-fn assert_same_alerts(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>, what: &str) {
-    if got != want {
-        let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
-        let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
-        let dups = got.values().filter(|&&n| n > 1).count();
-        let sample: Vec<&String> = want
-            .keys()
-            .filter(|k| !got.contains_key(*k))
-            .take(3)
-            .collect();
-        panic!(
-            "{what}: got {} alerts, want {}; missing {missing} (e.g. {sample:?}), extra {extra}, duplicated {dups}",
-            got.values().sum::<usize>(),
-            want.values().sum::<usize>()
-        );
-    }
-}
-
-fn write_events(tag: &str, events: &[String]) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("vigil-{tag}-{}.jsonl", std::process::id()));
-    std::fs::write(&p, events.join("\n") + "\n").expect("write");
-    p
+/// The recovery tests' common start: once the gateway at `http` has processed
+/// the first half of `events` (already on the topic), produces the second half
+/// and the end markers in the background and returns when it is flowing.
+/// The task's result is the number of markers.
+async fn then_the_second_half(
+    brokers: &str,
+    http: &str,
+    events: &[String],
+) -> tokio::task::JoinHandle<u64> {
+    let half = events.len() / 2;
+    let h = http.to_string();
+    tokio::task::spawn_blocking(move || wait_processed(&h, half as u64))
+        .await
+        .expect("first half");
+    let (b, rest, all) = (
+        brokers.to_string(),
+        events[half..].to_vec(),
+        events.to_vec(),
+    );
+    let producer = tokio::spawn(async move {
+        produce(&b, "events", &rest).await;
+        produce_end_markers(&b, "events", &all, 4).await
+    });
+    let h = http.to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the second half flowing", Duration::from_secs(30), || {
+            cluster(&h).is_some_and(|c| c["events_accepted"].as_u64() > Some(half as u64 + 5_000))
+        })
+    })
+    .await
+    .expect("flowing");
+    producer
 }
 
 /// The stream of the recovery tests: over 100,000 events, 500 cards (and
@@ -237,26 +246,8 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     );
     let ctx = zmq::Context::new();
     let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
-    let http = ep.http.clone();
-    tokio::task::spawn_blocking(move || wait_processed(&http, half as u64))
-        .await
-        .expect("first half");
     // The second half is produced while node 1 is killed.
-    let (b, rest) = (brokers.clone(), events[half..].to_vec());
-    let all = events.clone();
-    let producer = tokio::spawn(async move {
-        produce(&b, "events", &rest).await;
-        produce_end_markers(&b, "events", &all, 4).await
-    });
-    let http = ep.http.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the second half flowing", Duration::from_secs(30), || {
-            cluster(&http)
-                .is_some_and(|c| c["events_accepted"].as_u64() > Some(half as u64 + 5_000))
-        })
-    })
-    .await
-    .expect("flowing");
+    let producer = then_the_second_half(&brokers, &ep.http, &events).await;
     nodes[1].kill();
     let c = cluster(&ep.http).expect("cluster");
     assert!(
@@ -272,11 +263,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     .await
     .expect("failover");
     // It comes back, and gets its shards back at the next checkpoint.
-    let node = bin("cep-engine", "vigil-node");
-    nodes[1] = Proc::spawn(
-        "node1-again",
-        std::process::Command::new(node).args(["--bind", &eps[1], "--http", "off"]),
-    );
+    nodes[1] = restart_node(&eps[1]);
     let markers = producer.await.expect("producer");
     let http = ep.http.clone();
     tokio::task::spawn_blocking(move || {
@@ -296,6 +283,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
         &id_counts(got.iter()),
         &expected,
         "Kafka cluster with a node killed vs replay",
+        "",
     );
     let c = cluster(&ep.http).expect("cluster");
     assert!(c["checkpoint"]["id"].as_u64() >= Some(2), "{c}");
@@ -335,25 +323,7 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         "500ms",
     ];
     let mut gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
-    let http = ep.http.clone();
-    tokio::task::spawn_blocking(move || wait_processed(&http, half as u64))
-        .await
-        .expect("first half");
-    let (b, rest) = (brokers.clone(), events[half..].to_vec());
-    let all = events.clone();
-    let producer = tokio::spawn(async move {
-        produce(&b, "events", &rest).await;
-        produce_end_markers(&b, "events", &all, 4).await
-    });
-    let http = ep.http.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the second half flowing", Duration::from_secs(30), || {
-            cluster(&http)
-                .is_some_and(|c| c["events_accepted"].as_u64() > Some(half as u64 + 5_000))
-        })
-    })
-    .await
-    .expect("flowing");
+    let producer = then_the_second_half(&brokers, &ep.http, &events).await;
     // A restart (SIGTERM: drain, a last checkpoint, exit), mid-stream.
     let before = cluster(&ep.http).and_then(|c| c["events_accepted"].as_u64());
     gw.signal("TERM");
@@ -385,6 +355,7 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         &got,
         &expected,
         "alerts topic across a gateway restart vs replay",
+        "",
     );
     // The second gateway read only what the checkpoint did not cover.
     let c = cluster(&ep.http).expect("cluster");
@@ -441,11 +412,12 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
         &id_counts(got.iter()),
         &expected,
         "Kafka-fed cluster vs replay",
+        "",
     );
 
     // The alerts topic has each alert once, keyed by the alert key.
     let from_topic = read_alert_topic(&brokers, "alerts", total).await;
-    assert_same_alerts(&from_topic, &expected, "alerts topic vs replay");
+    assert_same_alerts(&from_topic, &expected, "alerts topic vs replay", "");
     // Consumer lag is reported per partition.
     wait_until("lag metric", Duration::from_secs(15), || {
         http_get(&ep.http, "/metrics").is_some_and(|(_, m)| {

@@ -495,3 +495,44 @@ pub fn workload_rules_dir(tag: &str) -> PathBuf {
     }
     dir
 }
+
+/// Writes `events` as a JSONL file in the temp dir; returns its path.
+pub fn write_events(tag: &str, events: &[String]) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("vigil-events-{tag}-{}.jsonl", std::process::id()));
+    std::fs::write(&p, events.join("\n") + "\n").expect("write events");
+    p
+}
+
+/// A new `vigil-node` process on `endpoint` (a node restarted where a dead
+/// one was).
+pub fn restart_node(endpoint: &str) -> Proc {
+    Proc::spawn(
+        "node-again",
+        Command::new(bin("cep-engine", "vigil-node")).args(["--bind", endpoint, "--http", "off"]),
+    )
+}
+
+/// Alert-id multisets equal, with a readable failure: how many are missing,
+/// extra and duplicated (and a few missing ids), then `context`.
+pub fn assert_same_alerts(
+    got: &BTreeMap<String, usize>,
+    want: &BTreeMap<String, usize>,
+    what: &str,
+    context: &str,
+) {
+    if got != want {
+        let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+        let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+        let dups = got.values().filter(|&&n| n > 1).count();
+        let sample: Vec<&String> = want
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .take(3)
+            .collect();
+        panic!(
+            "{what}: got {} alerts, want {}; missing {missing} (e.g. {sample:?}), extra {extra}, duplicated {dups}; {context}",
+            got.values().sum::<usize>(),
+            want.values().sum::<usize>()
+        );
+    }
+}

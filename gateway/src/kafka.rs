@@ -200,9 +200,7 @@ impl Resume {
             "the broker skipped past the checkpoint's offset; re-reading the partition from its start"
         );
         *at = std::time::Instant::now();
-        if let Err(e) = consumer.seek(&self.topic, p, Offset::Beginning, Duration::from_secs(5)) {
-            warn!(partition = p, error = %e, "seek failed");
-        }
+        rewind(consumer, &self.topic, p);
         false
     }
 
@@ -227,13 +225,16 @@ impl Resume {
                     "no message from a resumed partition that has some; re-reading it from its start"
                 );
                 *at = now;
-                if let Err(e) =
-                    consumer.seek(&self.topic, *p, Offset::Beginning, Duration::from_secs(5))
-                {
-                    warn!(partition = *p, error = %e, "seek failed");
-                }
+                rewind(consumer, &self.topic, *p);
             }
         }
+    }
+}
+
+/// Re-reads partition `p` from its start.
+fn rewind(consumer: &StreamConsumer, topic: &str, p: i32) {
+    if let Err(e) = consumer.seek(topic, p, Offset::Beginning, Duration::from_secs(5)) {
+        warn!(partition = p, error = %e, "seek failed");
     }
 }
 

@@ -482,6 +482,7 @@ impl Router {
         let pull = bind(zmq::PULL, &cfg.pull, "PULL ingest")?;
         let router = bind(zmq::ROUTER, &cfg.router, "ROUTER ingest")?;
         let publish = bind(zmq::PUB, &cfg.publish, "alert PUB")?;
+        let seen = SeenAlerts::new(cfg.dedup_window);
         Ok(Router {
             cfg,
             status,
@@ -508,15 +509,9 @@ impl Router {
             inputs: std::collections::BTreeMap::new(),
             offsets: BTreeMap::new(),
             ckpt: None,
-            seen: SeenAlerts::new(0),
+            seen,
             recovering: vec![],
-        }
-        .with_seen_window())
-    }
-
-    fn with_seen_window(mut self) -> Router {
-        self.seen = SeenAlerts::new(self.cfg.dedup_window);
-        self
+        })
     }
 
     /// Alert ids already published (the newest stored, at a restart): alerts
@@ -1673,13 +1668,13 @@ impl Router {
                 l.last_heard = l.last_heard.max(now);
             }
         }
-        self.recovering.push(Recovery {
-            link: t,
-            remaining: (pending_before + copies_total) as i64,
-            started,
-        });
-        if pending_before + copies_total == 0 {
-            self.recovering.retain(|r| r.link != t || r.remaining > 0);
+        // Nothing to wait for: no recovery to time.
+        if pending_before + copies_total > 0 {
+            self.recovering.push(Recovery {
+                link: t,
+                remaining: (pending_before + copies_total) as i64,
+                started,
+            });
         }
     }
 
