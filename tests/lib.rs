@@ -365,6 +365,11 @@ pub fn read_lines(path: &Path) -> Vec<String> {
 
 /// Alert ids (with multiplicity) from `vigil-replay run` over the same input.
 pub fn replay_ids(rules: &Path, events: &Path, extra: &[&str]) -> BTreeMap<String, usize> {
+    id_counts(replay_alerts(rules, events, extra).iter())
+}
+
+/// The alerts of `vigil-replay run` over the same input, in its order.
+pub fn replay_alerts(rules: &Path, events: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
     let replay = bin("vigil-replay", "vigil-replay");
     let out = Command::new(replay)
         .args(["run", "--rules"])
@@ -376,13 +381,28 @@ pub fn replay_ids(rules: &Path, events: &Path, extra: &[&str]) -> BTreeMap<Strin
         .output()
         .expect("vigil-replay run");
     assert!(out.status.success(), "vigil-replay run failed");
-    let mut ids = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("alert JSON");
-        let id = v["id"].as_str().expect("alert id").to_string();
-        *ids.entry(id).or_insert(0) += 1;
-    }
-    ids
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("alert JSON");
+            assert!(v["id"].is_string(), "alert without an id: {line}");
+            v
+        })
+        .collect()
+}
+
+/// For a failed comparison: up to `n` of the `want` alerts missing from
+/// `got`, as `rule key at`, one per line.
+pub fn describe_missing(
+    got: &BTreeMap<String, usize>,
+    want: &[serde_json::Value],
+    n: usize,
+) -> String {
+    want.iter()
+        .filter(|a| !got.contains_key(a["id"].as_str().unwrap_or("")))
+        .take(n)
+        .map(|a| format!("{} {} {} {}\n", a["rule"], a["key"], a["at"], a["id"]))
+        .collect()
 }
 
 /// Multiset of ids.

@@ -692,6 +692,7 @@ pub fn serve(
     let mut node = Node::new(opts, status.clone());
     let mut last_advance = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_reply = Instant::now();
     loop {
         let stopping = shutdown.load(Ordering::Relaxed);
         let timeout = if stopping { 0 } else { 5 };
@@ -708,7 +709,7 @@ pub fn serve(
                     debug!("ignoring a message that is not [peer, body]");
                     continue;
                 };
-                let replies = match wire::decode(body) {
+                let mut replies = match wire::decode(body) {
                     Ok(msg) => node.handle(peer, msg),
                     Err(e) => {
                         warn!(error = %e, "undecodable message from the gateway");
@@ -720,6 +721,15 @@ pub fn serve(
                         }]
                     }
                 };
+                // A long run of messages that need no answer (restoring a
+                // thousand shards, under load) must not look like a dead
+                // node: say something at least every HEARTBEAT.
+                if replies.is_empty() && last_reply.elapsed() >= HEARTBEAT {
+                    replies.push(Msg::Stats(node.stats()));
+                }
+                if !replies.is_empty() {
+                    last_reply = Instant::now();
+                }
                 for r in replies {
                     send(&sock, peer, &r);
                 }
@@ -757,6 +767,10 @@ pub fn serve(
     info!(node = %node.opts.name, processed_seq = node.processed_seq, "vigil-node drained and stopped");
     Ok(())
 }
+
+/// The longest a node stays silent while it works through messages that need
+/// no answer (the gateway's `--node-timeout` is seconds).
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 fn send(sock: &zmq::Socket, peer: &[u8], msg: &Msg) {
     let body = wire::encode(msg);

@@ -8,7 +8,7 @@ use crate::router::{AlertOut, Channels, Checkpoints, Command, Router, RouterConf
 use crate::status::Status;
 use crate::store::{AlertFilter, Mode, Role, Store, StoredAlert};
 use cep_engine::node::{NodeOptions, NodeStatus};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,7 +109,7 @@ impl System {
 
         let status = Arc::new(Status::default());
         let (ingest_tx, ingest_rx) = mpsc::channel(64);
-        let (alert_tx, alert_rx) = mpsc::channel::<ToWriter>(65_536);
+        let (alert_tx, alert_rx) = mpsc::channel::<ToWriter>(ALERT_QUEUE);
         let (commands, commands_rx) = std::sync::mpsc::channel();
         let mut router = Router::new(
             ctx,
@@ -279,12 +279,11 @@ impl System {
         // stores and fans out what it still holds, then ends (bounded wait:
         // a dead Kafka sink must not hold the shutdown forever).
         if let Some(t) = self.alert_task.take()
-            && tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .is_err()
+            && tokio::time::timeout(WRITER_STOP_LIMIT, t).await.is_err()
         {
             warn!(
-                "alert writer still busy after 30 s; stopping anyway (what it did not store is emitted again after a restart: the last checkpoint it stored precedes it)"
+                limit = ?WRITER_STOP_LIMIT,
+                "alert writer still busy; stopping anyway (the alerts it did not store are emitted again after a restart: the last checkpoint it stored precedes them)"
             );
         }
         for t in std::mem::take(&mut self.tasks) {
@@ -294,6 +293,14 @@ impl System {
         self.state.dispatcher.stop().await;
     }
 }
+
+/// Alerts (and checkpoints) waiting for the alert writer. When it is full
+/// the router waits, and so ingest slows down; it also bounds how much a
+/// shutdown has to drain.
+const ALERT_QUEUE: usize = 16_384;
+
+/// How long a shutdown waits for the alert writer to empty its queue.
+const WRITER_STOP_LIMIT: Duration = Duration::from_secs(60);
 
 /// Alert ids the router starts knowing (newest first): after a restart, the
 /// alerts emitted again from the checkpoint on are recognised.
@@ -409,7 +416,15 @@ async fn alert_writer(
     }
 }
 
-/// Stores a batch of alerts and fans out the ones new to the store.
+/// Fans out the alerts of a batch that are new to the store (webhook queue,
+/// the Kafka alerts topic), then stores them, then tells SSE subscribers.
+///
+/// The store write comes last on purpose: a stored alert is one that was
+/// delivered. If the gateway stops between the fan-out and the store write,
+/// the alerts are emitted again after the restart (the checkpoint it resumes
+/// from precedes them), are not yet stored, and go out again: at worst a
+/// duplicate on the Kafka topic (webhook deliveries are deduplicated by
+/// alert id), never a lost alert.
 async fn handle_alerts(
     batch: Vec<StoredAlert>,
     store: &Store,
@@ -419,33 +434,41 @@ async fn handle_alerts(
     dispatcher: &Arc<crate::webhooks::Dispatcher>,
     sink: Option<&crate::kafka::AlertSink>,
 ) {
-    let new = until_ok("storing alerts", || store.put_alerts(&batch)).await;
+    let ids: Vec<String> = batch.iter().map(|a| a.id.clone()).collect();
+    let known = until_ok("reading stored alert ids", || store.alerts_known(&ids)).await;
+    let mut in_batch = HashSet::with_capacity(batch.len());
     let fresh: Vec<StoredAlert> = batch
         .into_iter()
-        .zip(new)
-        .filter_map(|(a, new)| new.then_some(a))
+        .zip(known)
+        .filter_map(|(a, known)| (!known && in_batch.insert(a.id.clone())).then_some(a))
         .collect();
+    if fresh.is_empty() {
+        return;
+    }
     for stored in &fresh {
-        status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
-        // Webhook deliveries are queued in the store before the alert is
-        // considered handled (they survive a restart from here on).
+        // Deliveries are queued in the store (they survive a restart from
+        // here on; the same alert queued twice is one delivery).
         let tags = catalog.rule_tags(&stored.rule);
         until_ok("queueing webhook deliveries", || {
             dispatcher.on_alert(stored, &tags)
         })
         .await;
     }
-    if let Some(sink) = sink
-        && !fresh.is_empty()
-    {
+    if let Some(sink) = sink {
         let records: Vec<(String, String)> = fresh
             .iter()
             .map(|a| (a.key.clone(), a.alert.to_string()))
             .collect();
         until_ok("publishing alerts to Kafka", || sink.send_all(&records)).await;
     }
-    for stored in fresh {
-        let _ = tx.send(Arc::new(stored));
+    let new = until_ok("storing alerts", || store.put_alerts(&fresh)).await;
+    for (stored, new) in fresh.into_iter().zip(new) {
+        // Only another gateway on the same shared store can have stored it
+        // in between; it counts and announces its own copy.
+        if new {
+            status.alert_stored(&stored.rule, stored.mode == Mode::Shadow, stored.at);
+            let _ = tx.send(Arc::new(stored));
+        }
     }
 }
 

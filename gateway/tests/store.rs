@@ -723,6 +723,16 @@ async fn batch_alerts(s: &Store) {
     assert_eq!(s.put_alerts(&[b2]).await.unwrap(), vec![false]);
     assert!(!s.put_alert(&b1).await.unwrap());
     assert_eq!(s.put_alerts(&[]).await.unwrap(), Vec::<bool>::new());
+    // Which ids are stored, in order, without storing anything.
+    let ids = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        s.alerts_known(&ids(&["batch-2", "nope", "batch-1", "batch-2"]))
+            .await
+            .unwrap(),
+        vec![true, false, true, true]
+    );
+    assert_eq!(s.alerts_known(&[]).await.unwrap(), Vec::<bool>::new());
+    assert_eq!(s.alert("nope").await.unwrap(), None);
 }
 
 async fn retention(s: Store) {

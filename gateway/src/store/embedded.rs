@@ -498,6 +498,17 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(crate) async fn alerts_known(&self, ids: &[String]) -> StoreResult<Vec<bool>> {
+        let ids = ids.to_vec();
+        self.read(move |txn| {
+            let alerts = txn.open_table(ALERTS).map_err(be)?;
+            ids.iter()
+                .map(|id| Ok(alerts.get(id.as_str()).map_err(be)?.is_some()))
+                .collect()
+        })
+        .await
+    }
+
     pub(crate) async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
         let id = id.to_string();
         self.read(move |txn| {

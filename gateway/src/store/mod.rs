@@ -248,6 +248,13 @@ impl Store {
         }
     }
 
+    /// For each id, in order: whether an alert with that id is stored. Read
+    /// only: the alert writer asks this first, fans the new alerts out, and
+    /// stores them last, so a stored alert is one that was delivered.
+    pub async fn alerts_known(&self, ids: &[String]) -> StoreResult<Vec<bool>> {
+        dispatch!(self.alerts_known(ids))
+    }
+
     pub async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
         dispatch!(self.alert(id))
     }

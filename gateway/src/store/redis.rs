@@ -740,6 +740,24 @@ impl RedisStore {
         Ok(stored == 1)
     }
 
+    pub(crate) async fn alerts_known(&self, ids: &[String]) -> StoreResult<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let key = self.k("alerts");
+        let (key, ids) = (&key, ids);
+        let found: Vec<Option<String>> = self
+            .run(|mut c| async move {
+                ::redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(ids)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(found.into_iter().map(|f| f.is_some()).collect())
+    }
+
     pub(crate) async fn alert(&self, id: &str) -> StoreResult<Option<StoredAlert>> {
         self.hget(&self.k("alerts"), id)
             .await?
