@@ -136,6 +136,11 @@ async fn produce_end_markers(
     markers
 }
 
+/// `--node-timeout` of the recovery tests: several seconds of silence, as a
+/// real deployment would use, rather than the 2 s that a debug build on two
+/// busy cores can exceed while it is working.
+const NODE_TIMEOUT: &str = "5s";
+
 /// Reads the alert ids on (one-partition) `topic` until `total` have come
 /// (then 2 s more for strays) or 60 s pass.
 ///
@@ -143,7 +148,8 @@ async fn produce_end_markers(
 /// middle of a record batch with the next batch, so a consumer that
 /// continues from there skips the rest of the batch. A gap in the offsets
 /// is re-read from the partition's start (as the gateway's Kafka source does)
-/// instead of being counted as alerts the gateway never sent.
+/// instead of being counted as alerts the gateway never sent; so is a reader
+/// that gets nothing while the broker holds more.
 async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<String, usize> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -157,6 +163,7 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
     consumer.assign(&tpl).expect("assign");
     let mut ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut next = 0i64;
+    let mut progress = std::time::Instant::now();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut quiet_until: Option<std::time::Instant> = None;
     loop {
@@ -164,7 +171,22 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
         if now > deadline || quiet_until.is_some_and(|q| now > q) {
             break;
         }
+        // Stuck inside a batch (the broker answers nothing) while it holds
+        // more: re-read too.
+        if progress.elapsed() >= Duration::from_secs(3) {
+            progress = std::time::Instant::now();
+            let high = consumer
+                .fetch_watermarks(topic, 0, Duration::from_secs(2))
+                .map_or(0, |(_, h)| h);
+            if high > next {
+                eprintln!("alerts topic: stuck at {next} of {high}; re-reading from the start");
+                consumer
+                    .seek(topic, 0, rdkafka::Offset::Beginning, Duration::from_secs(5))
+                    .expect("seek");
+            }
+        }
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            progress = std::time::Instant::now();
             if m.offset() < next {
                 continue; // read again after a rewind
             }
@@ -266,8 +288,10 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
             "vigil-kill",
             "--checkpoint-every",
             "500ms",
+            // Long enough that a node starved of CPU by the other tests is
+            // not taken for dead; the killed one is found all the same.
             "--node-timeout",
-            "2s",
+            NODE_TIMEOUT,
         ],
     );
     let ctx = zmq::Context::new();
@@ -353,6 +377,8 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         "alerts",
         "--checkpoint-every",
         "500ms",
+        "--node-timeout",
+        NODE_TIMEOUT,
     ];
     let mut gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
     let producer = then_the_second_half(&brokers, &ep.http, &events).await;

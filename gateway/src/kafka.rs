@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct KafkaSource {
@@ -66,7 +66,7 @@ pub async fn consume(
     );
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(&src.topic, p, Resume::fetch_from(start.get(&p)))?;
+        tpl.add_partition_offset(&src.topic, p, Positions::fetch_from(start.get(&p)))?;
     }
     consumer.assign(&tpl)?;
     // Every partition is an input of the event-time clock from the start: an
@@ -93,7 +93,8 @@ pub async fn consume(
         src.topic.clone(),
         committed,
     ));
-    let mut resume = Resume::new(&src.topic, &start);
+    let mut positions = Positions::new(&src.topic, &start);
+    let mut last_check = std::time::Instant::now();
     loop {
         // Gather a batch: wait for a message, then take what is ready.
         let mut events = vec![];
@@ -103,7 +104,7 @@ pub async fn consume(
         while events.len() < BATCH {
             match tokio::time::timeout(wait, consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    if !resume.take(&consumer, m.partition(), m.offset()) {
+                    if !positions.take(&consumer, m.partition(), m.offset()) {
                         continue;
                     }
                     events.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
@@ -116,16 +117,20 @@ pub async fn consume(
                     warn!(error = %e, "Kafka receive error");
                     break;
                 }
-                Err(_) if events.is_empty() => {
-                    let c = consumer.clone();
-                    resume = tokio::task::spawn_blocking(move || {
-                        resume.check_silent(&c);
-                        resume
-                    })
-                    .await?;
-                }
                 Err(_) => break,
             }
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            let c = consumer.clone();
+            positions = tokio::task::spawn_blocking(move || {
+                positions.check_stalled(&c);
+                positions
+            })
+            .await?;
+        }
+        if events.is_empty() {
+            continue;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = HttpIngest {
@@ -134,6 +139,7 @@ pub async fn consume(
             offsets: Some(offsets),
             reply: tx,
         };
+        let asked = std::time::Instant::now();
         if ingest.send(req).await.is_err() {
             return Ok(());
         }
@@ -141,35 +147,65 @@ pub async fn consume(
         if rx.await.is_err() {
             return Ok(());
         }
+        if asked.elapsed() >= Duration::from_millis(500) {
+            positions.waited();
+        }
     }
 }
 
-/// Messages before the checkpoint a partition resumes from: the broker may
-/// deliver them (we fetch from a little earlier) and they are dropped here.
+/// Keeps every partition's offsets contiguous, whatever the broker answers.
 ///
-/// Why fetch earlier: Kafka answers a fetch at offset `x` with the record
-/// batch that *contains* `x` (the client skips what precedes it), but some
-/// compatible brokers answer with the first batch that *starts* at or after
-/// `x` (observed with tansu 0.6), which would silently skip the rest of the
-/// batch holding `x`. So each resumed partition is fetched from `x − REWIND`,
-/// and if the first message still comes after `x`, or nothing comes although
-/// the partition holds more, it is re-read from its beginning.
-struct Resume {
+/// Kafka answers a fetch at offset `x` with the record batch that *contains*
+/// `x` (the client skips what precedes it), but some compatible brokers
+/// answer with the first batch that *starts* at or after `x` (observed with
+/// tansu 0.6). A consumer whose fetch lands inside a batch — a resume at a
+/// checkpoint's offset, or the next fetch after a response cut short — then
+/// silently skips the rest of that batch, or gets nothing at all when it was
+/// the last. So for each partition this tracks the next offset due:
+/// - an earlier offset is dropped (covered by the checkpoint, or read again);
+/// - a later one is a gap: the partition is re-read from its start;
+/// - nothing for a while although the partition holds more: the same.
+///
+/// A resumed partition is first fetched from `x − REWIND`, so that the fetch
+/// starts at (or before) a batch boundary rather than inside one.
+struct Positions {
     topic: String,
-    /// Per partition: the checkpoint's offset, and whether a message at or
-    /// before it has been seen since the last (re)positioning.
-    want: BTreeMap<i32, (i64, bool, std::time::Instant)>,
+    parts: BTreeMap<i32, Part>,
+}
+
+struct Part {
+    /// The next offset to route; `None` until the first message of a
+    /// partition that does not resume from a checkpoint.
+    next: Option<i64>,
+    /// Since a re-read started: later offsets are what was fetched before it.
+    rewound: bool,
+    /// When this partition last delivered its next offset (or was re-read).
+    progress: std::time::Instant,
 }
 
 /// How far before a checkpoint's offset a resumed partition is fetched from.
 const REWIND: i64 = 100_000;
 
-impl Resume {
-    fn new(topic: &str, start: &BTreeMap<i32, i64>) -> Resume {
+/// How long a partition that holds more may deliver nothing before it is
+/// re-read.
+const STALL: Duration = Duration::from_secs(5);
+
+impl Positions {
+    fn new(topic: &str, start: &BTreeMap<i32, i64>) -> Positions {
         let now = std::time::Instant::now();
-        Resume {
+        Positions {
             topic: topic.to_string(),
-            want: start.iter().map(|(p, o)| (*p, (*o, false, now))).collect(),
+            parts: start
+                .iter()
+                .map(|(p, o)| {
+                    let part = Part {
+                        next: Some(*o),
+                        rewound: false,
+                        progress: now,
+                    };
+                    (*p, part)
+                })
+                .collect(),
         }
     }
 
@@ -178,55 +214,91 @@ impl Resume {
         start.map_or(Offset::Stored, |o| Offset::Offset((o - REWIND).max(0)))
     }
 
-    /// Whether the message at (`p`, `offset`) is new to the checkpoint.
+    /// Whether the message at (`p`, `offset`) is the next one to route.
     fn take(&mut self, consumer: &StreamConsumer, p: i32, offset: i64) -> bool {
-        let Some((want, seen, at)) = self.want.get_mut(&p) else {
-            return true;
-        };
-        if offset < *want {
-            *seen = true;
-            return false; // covered by the checkpoint
+        let now = std::time::Instant::now();
+        let part = self.parts.entry(p).or_insert(Part {
+            next: None,
+            rewound: false,
+            progress: now,
+        });
+        match part.next {
+            None => {
+                part.next = Some(offset + 1);
+                part.progress = now;
+                true
+            }
+            Some(n) if offset < n => {
+                part.rewound = false; // the re-read has started
+                part.progress = now;
+                false
+            }
+            Some(n) if offset == n => {
+                part.next = Some(n + 1);
+                part.rewound = false;
+                part.progress = now;
+                true
+            }
+            Some(_) if part.rewound => false, // fetched before the re-read
+            Some(n) => {
+                warn!(
+                    partition = p,
+                    want = n,
+                    got = offset,
+                    "the broker skipped offsets; re-reading the partition from its start"
+                );
+                part.rewound = true;
+                part.progress = now;
+                rewind(consumer, &self.topic, p);
+                false
+            }
         }
-        if *seen || offset == *want {
-            // In step: nothing more to check for this partition.
-            self.want.remove(&p);
-            return true;
-        }
-        // The broker skipped past the checkpoint: read from the beginning.
-        warn!(
-            partition = p,
-            want = *want,
-            got = offset,
-            "the broker skipped past the checkpoint's offset; re-reading the partition from its start"
-        );
-        *at = std::time::Instant::now();
-        rewind(consumer, &self.topic, p);
-        false
     }
 
-    /// Nothing arrived for a while: a resumed partition that holds messages
-    /// at or past its checkpoint offset but has delivered none is re-read
-    /// from its start.
-    fn check_silent(&mut self, consumer: &StreamConsumer) {
+    /// The source waited (on the router) rather than read: nobody stalled.
+    fn waited(&mut self) {
         let now = std::time::Instant::now();
-        for (p, (want, seen, at)) in self.want.iter_mut() {
-            if *seen || now.duration_since(*at) < Duration::from_secs(3) {
+        for part in self.parts.values_mut() {
+            part.progress = now;
+        }
+    }
+
+    /// Re-reads each partition that has delivered nothing for [`STALL`]
+    /// although the broker holds messages past its next offset.
+    fn check_stalled(&mut self, consumer: &StreamConsumer) {
+        let now = std::time::Instant::now();
+        for (p, part) in self.parts.iter_mut() {
+            let Some(n) = part.next else { continue };
+            if now.duration_since(part.progress) < STALL {
                 continue;
             }
-            let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(2))
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(2))
             else {
                 continue;
             };
-            if high > *want {
+            part.progress = now;
+            if high <= n {
+                continue; // nothing new: quiet, not stalled
+            }
+            if low > n {
+                error!(
+                    partition = *p,
+                    want = n,
+                    low,
+                    "events were deleted by the topic's retention before they were read"
+                );
+                part.next = None;
+            } else {
                 warn!(
                     partition = *p,
-                    want = *want,
+                    want = n,
                     high,
-                    "no message from a resumed partition that has some; re-reading it from its start"
+                    "no message from a partition that holds more; re-reading it from its start"
                 );
-                *at = now;
-                rewind(consumer, &self.topic, *p);
+                part.rewound = true;
             }
+            rewind(consumer, &self.topic, *p);
         }
     }
 }

@@ -1062,7 +1062,12 @@ impl Router {
                 info!(node = %l.name, name = %w.name, instance = w.instance, credits = w.credits, "node connected");
                 l.instance = Some(w.instance);
                 l.credits = u64::from(w.credits);
-                l.processed_seq = l.sent_seq;
+                if new_process {
+                    // What was in flight died with the old process. The same
+                    // process still works through it and reports it in its
+                    // credits: its lag stays true until then.
+                    l.processed_seq = l.sent_seq;
+                }
                 if checkpoints && (new_process || l.shed) {
                     l.shed = false;
                     // A process new to this gateway holds none of our state:
