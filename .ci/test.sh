@@ -4,18 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Redis: the store tests run against a real redis-server (each test starts its
-# own on a free loopback port).
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "== installing redis-server"
+# Redis (the store tests start their own redis-server on a free loopback
+# port) and headless Chromium with its WebDriver (the console's browser
+# tests, tests/console.rs): Debian packages.
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq redis-server >/dev/null
-  # Debian starts a system instance on 6379; the tests do not use it.
+  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts a system Redis on 6379; the tests do not use it.
 fi
 redis-server --version
+chromium --version 2>/dev/null || true
 
 # A Kafka-compatible broker for the Kafka tests (tests/kafka.rs): tansu from
 # the crates registry, pinned to the version the tests were written against

@@ -141,8 +141,26 @@ async fn produce_end_markers(
 /// busy cores can exceed while it is working.
 const NODE_TIMEOUT: &str = "5s";
 
+/// What [`read_alert_topic`] read: alert id → copies, how many records,
+/// and the partition's high watermark when it stopped.
+struct AlertTopic {
+    ids: BTreeMap<String, usize>,
+    records: i64,
+    high: i64,
+}
+
+impl AlertTopic {
+    /// For a failure message: whether the broker holds what was not read.
+    fn describe(&self) -> String {
+        format!(
+            "alerts topic: {} records read, high watermark {}",
+            self.records, self.high
+        )
+    }
+}
+
 /// Reads the alert ids on (one-partition) `topic` until `total` have come
-/// (then 2 s more for strays) or 60 s pass.
+/// (then 2 s more for strays), or nothing new has come for 60 s.
 ///
 /// The reader checks offsets itself: tansu 0.6 may answer a fetch from the
 /// middle of a record batch with the next batch, so a consumer that
@@ -150,7 +168,7 @@ const NODE_TIMEOUT: &str = "5s";
 /// is re-read from the partition's start (as the gateway's Kafka source does)
 /// instead of being counted as alerts the gateway never sent; so is a reader
 /// that gets nothing while the broker holds more.
-async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<String, usize> {
+async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> AlertTopic {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("alerts-reader-{}", free_port()))
@@ -164,20 +182,22 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
     let mut ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut next = 0i64;
     let mut progress = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last_new = std::time::Instant::now();
     let mut quiet_until: Option<std::time::Instant> = None;
+    let high = |c: &StreamConsumer| {
+        c.fetch_watermarks(topic, 0, Duration::from_secs(2))
+            .map_or(0, |(_, h)| h)
+    };
     loop {
         let now = std::time::Instant::now();
-        if now > deadline || quiet_until.is_some_and(|q| now > q) {
+        if last_new.elapsed() > Duration::from_secs(60) || quiet_until.is_some_and(|q| now > q) {
             break;
         }
         // Stuck inside a batch (the broker answers nothing) while it holds
         // more: re-read too.
         if progress.elapsed() >= Duration::from_secs(3) {
             progress = std::time::Instant::now();
-            let high = consumer
-                .fetch_watermarks(topic, 0, Duration::from_secs(2))
-                .map_or(0, |(_, h)| h);
+            let high = high(&consumer);
             if high > next {
                 eprintln!("alerts topic: stuck at {next} of {high}; re-reading from the start");
                 consumer
@@ -202,6 +222,7 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
                 continue;
             }
             next = m.offset() + 1;
+            last_new = std::time::Instant::now();
             let v: serde_json::Value =
                 serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON");
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
@@ -218,7 +239,12 @@ async fn read_alert_topic(brokers: &str, topic: &str, total: usize) -> BTreeMap<
             quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
         }
     }
-    ids
+    let high = high(&consumer);
+    AlertTopic {
+        ids,
+        records: next,
+        high,
+    }
 }
 
 /// The recovery tests' common start: once the gateway at `http` has processed
@@ -411,12 +437,13 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
     );
     let got = read_alert_topic(&brokers, "alerts", total).await;
     assert_same_alerts(
-        &got,
+        &got.ids,
         &expected,
         "alerts topic across a gateway restart vs replay",
         &format!(
-            "\nmissing (rule key at id):\n{}\nfirst gateway's log:\n{first_log}\nsecond gateway's log:\n{}",
-            describe_missing(&got, &replayed, 20),
+            "\n{}\nmissing (rule key at id):\n{}\nfirst gateway's log:\n{first_log}\nsecond gateway's log:\n{}",
+            got.describe(),
+            describe_missing(&got.ids, &replayed, 20),
             gw.output()
         ),
     );
@@ -480,7 +507,12 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
 
     // The alerts topic has each alert once, keyed by the alert key.
     let from_topic = read_alert_topic(&brokers, "alerts", total).await;
-    assert_same_alerts(&from_topic, &expected, "alerts topic vs replay", "");
+    assert_same_alerts(
+        &from_topic.ids,
+        &expected,
+        "alerts topic vs replay",
+        &from_topic.describe(),
+    );
     // Consumer lag is reported per partition.
     wait_until("lag metric", Duration::from_secs(15), || {
         http_get(&ep.http, "/metrics").is_some_and(|(_, m)| {

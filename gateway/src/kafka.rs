@@ -377,6 +377,10 @@ impl AlertSink {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("message.timeout.ms", "30000")
+            // One produce request in flight: a retried batch can neither
+            // overtake the next one (alerts of a key stay in order) nor race
+            // it inside the broker. Batches still carry many alerts.
+            .set("max.in.flight.requests.per.connection", "1")
             .create()?;
         Ok(AlertSink {
             producer,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backtest;
 pub mod catalog;
 pub mod kafka;
 pub mod router;

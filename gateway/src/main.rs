@@ -259,6 +259,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         api: ApiConfig {
             max_body_bytes: a.max_body_bytes,
+            samples_dir: Some(a.store.data_dir.join("samples")),
         },
         webhooks: WebhookConfig {
             schedule: parse_schedule(&a.webhook_schedule)

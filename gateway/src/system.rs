@@ -169,6 +169,7 @@ impl System {
             config: cfg.api.clone(),
             list_lock: tokio::sync::Mutex::new(()),
             dispatcher: dispatcher.clone(),
+            backtests: Default::default(),
         });
 
         // First start: import the rule files, create the first admin key.

@@ -49,6 +49,7 @@ fn config(rules: PathBuf, store: StoreConfig, publish: Option<String>) -> System
         },
         api: ApiConfig {
             max_body_bytes: 64 * 1024,
+            samples_dir: Some(temp("samples")),
         },
         webhooks: vigil_gateway::webhooks::WebhookConfig {
             allow_loopback: true,
@@ -486,6 +487,55 @@ fn matrix() -> Vec<Case> {
         ),
         ("GET", "/v1/dead-letters", None, String::new(), "admin", 200),
         (
+            "GET",
+            "/v1/rules/spike/versions/1/program",
+            None,
+            String::new(),
+            "viewer",
+            200,
+        ),
+        ("GET", "/v1/samples", None, String::new(), "viewer", 200),
+        (
+            "PUT",
+            "/v1/samples/matrix",
+            Some("application/x-ndjson"),
+            txn("m2", "2026-01-05T10:00:00Z", "c9", 1.0, "shop"),
+            "analyst",
+            201,
+        ),
+        (
+            "POST",
+            "/v1/backtests",
+            Some("application/json"),
+            serde_json::json!({"rule": "spike", "version": 1, "events": txn("m3", "2026-01-05T10:00:00Z", "c9", 1.0, "shop")}).to_string(),
+            "analyst",
+            202,
+        ),
+        (
+            "GET",
+            "/v1/backtests/bt_none",
+            None,
+            String::new(),
+            "viewer",
+            404,
+        ),
+        (
+            "DELETE",
+            "/v1/backtests/bt_none",
+            None,
+            String::new(),
+            "analyst",
+            404,
+        ),
+        (
+            "GET",
+            "/v1/alerts/none/explain",
+            None,
+            String::new(),
+            "viewer",
+            404,
+        ),
+        (
             "POST",
             "/v1/dead-letters/wh_none/msg_none/resend",
             None,
@@ -582,12 +632,15 @@ async fn openapi_document_matches_the_routes() {
             ["", "v1", "rules", _] => "/v1/rules/{name}".into(),
             ["", "v1", "rules", _, "versions"] => "/v1/rules/{name}/versions".into(),
             ["", "v1", "rules", _, "versions", _] => "/v1/rules/{name}/versions/{version}".into(),
-            ["", "v1", "rules", _, "versions", _, "test"] => {
-                "/v1/rules/{name}/versions/{version}/test".into()
+            ["", "v1", "rules", _, "versions", _, act] => {
+                format!("/v1/rules/{{name}}/versions/{{version}}/{act}")
             }
             ["", "v1", "rules", _, act] => format!("/v1/rules/{{name}}/{act}"),
             ["", "v1", "alerts", "stream"] => p.to_string(),
             ["", "v1", "alerts", _] => "/v1/alerts/{id}".into(),
+            ["", "v1", "alerts", _, "explain"] => "/v1/alerts/{id}/explain".into(),
+            ["", "v1", "samples", _] => "/v1/samples/{name}".into(),
+            ["", "v1", "backtests", _] => "/v1/backtests/{id}".into(),
             ["", "v1", "lists", _] => "/v1/lists/{name}".into(),
             ["", "v1", "lists", _, "entries"] => "/v1/lists/{name}/entries".into(),
             ["", "v1", "keys", _] => "/v1/keys/{name}".into(),
@@ -913,6 +966,266 @@ async fn events_in_alerts_out_with_explanation_and_pagination() {
     assert_eq!(r.json["events"]["b"][0]["amount"], 100.0);
     assert_eq!(r.json["events"]["b"][0]["merchant"], "shop");
     assert_eq!(r.json["events"]["b"][0]["type"], "Txn");
+    // Its explanation: per binding the predicate and the fields it reads,
+    // the time the match spans against `within`, the emitted fields.
+    let r = t.get(&format!("/v1/alerts/{id}/explain"), &t.viewer).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let e = &r.json;
+    assert_eq!(
+        (e["rule"].as_str(), e["version"].as_u64()),
+        (Some("spike"), Some(1))
+    );
+    assert_eq!(e["within_ms"], 60_000);
+    assert_eq!(e["span_ms"], 10_000, "a at :0x, b at :1x");
+    assert_eq!(e["bindings"][0]["name"], "a");
+    assert_eq!(e["bindings"][0]["predicate"], serde_json::Value::Null);
+    assert_eq!(e["bindings"][0]["fields"], serde_json::json!(["amount"]));
+    assert_eq!(e["bindings"][1]["name"], "b");
+    assert_eq!(e["bindings"][1]["predicate"], "$.amount > (a.amount * 5.0)");
+    assert_eq!(e["bindings"][1]["fields"], serde_json::json!(["amount"]));
+    assert_eq!(e["bindings"][1]["events"][0]["fields"]["amount"], 100.0);
+    assert_eq!(e["bindings"][1]["events"][0]["type"], "Txn");
+    assert_eq!(e["emitted"]["big"], 100.0);
+    assert!(e["text"].as_str().unwrap_or("").contains("rule spike"));
+    // Today's alerts count in the rules list's hourly chart; these are of
+    // January 2026, outside the last 24 hours.
+    let r = t.get("/v1/rules", &t.viewer).await;
+    let spike = r
+        .json
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "spike"))
+        .cloned();
+    let hours = spike
+        .map(|s| s["alerts_per_hour"].clone())
+        .unwrap_or_default();
+    assert_eq!(hours.as_array().map(Vec::len), Some(24), "{}", r.text);
+    assert_eq!(
+        hours
+            .as_array()
+            .map(|h| h.iter().filter_map(|x| x.as_u64()).sum::<u64>()),
+        Some(0)
+    );
+    let now = chrono::Utc::now();
+    let fresh: Vec<String> = [("n1", 1.0), ("n2", 50.0)]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, amount))| {
+            let ts = (now + chrono::Duration::seconds(i as i64))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            txn(id, &ts, "now-card", *amount, "shop")
+        })
+        .collect();
+    t.events(&fresh).await;
+    t.wait_alerts("rule=spike&key=now-card", 1).await;
+    let r = t.get("/v1/rules", &t.viewer).await;
+    let spike = r
+        .json
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "spike"))
+        .cloned()
+        .unwrap_or_default();
+    let hours: Vec<u64> = spike["alerts_per_hour"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(hours.iter().sum::<u64>(), 1, "{hours:?}");
+    assert!(
+        hours[22] + hours[23] == 1,
+        "in the current (or, at the turn of the hour, previous) hour: {hours:?}"
+    );
+    t.sys.shutdown().await;
+}
+
+/// Polls a backtest until it is no longer running.
+async fn backtest_result(t: &T, id: &str) -> serde_json::Value {
+    for _ in 0..400 {
+        let r = t.get(&format!("/v1/backtests/{id}"), &t.viewer).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.json["state"] != "running" {
+            return r.json;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("backtest {id} still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtests_report_counts_chart_score_and_diff_and_can_be_cancelled() {
+    let t = setup().await;
+    // v2: a stricter spike (x20 instead of x5).
+    let v2 = SPIKE.replace("amount * 5", "amount * 20");
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            &v2,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Cards c0..c9: a charge of 1, then 10 (x10: only v1) or 50 (x50: both).
+    let mut lines = vec![];
+    for c in 0..10 {
+        lines.push(txn(
+            &format!("s{c}"),
+            &format!("2026-01-05T10:0{c}:00Z"),
+            &format!("c{c}"),
+            1.0,
+            "m",
+        ));
+        let big = if c % 2 == 0 { 50.0 } else { 10.0 };
+        lines.push(txn(
+            &format!("b{c}"),
+            &format!("2026-01-05T10:0{c}:30Z"),
+            &format!("c{c}"),
+            big,
+            "m",
+        ));
+    }
+    lines.push("not json".into());
+    let r = t
+        .call(
+            "PUT",
+            "/v1/samples/ten-cards",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            &lines.join("\n"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        (r.json["name"].as_str(), r.json["lines"].as_u64()),
+        (Some("ten-cards"), Some(21))
+    );
+    let r = t.get("/v1/samples", &t.viewer).await;
+    assert_eq!(r.json[0]["name"], "ten-cards", "{}", r.text);
+    // v2 against v1, with labels: b0, b2 are fraud, and card c1.
+    let labels = "{\"event\":\"b0\"}\n{\"event\":\"b2\"}\n{\"key\":\"c1\"}\n";
+    let r = t
+        .post_json(
+            "/v1/backtests",
+            &t.analyst,
+            serde_json::json!({"rule": "spike", "version": 2, "sample": "ten-cards", "against": 1, "labels": labels}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_string();
+    let done = backtest_result(&t, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (done["events_done"].as_u64(), done["events_total"].as_u64()),
+        (Some(21), Some(21))
+    );
+    let rep = &done["report"];
+    assert_eq!(
+        (
+            rep["events"].as_u64(),
+            rep["rejected"].as_u64(),
+            rep["alerts"].as_u64()
+        ),
+        (Some(21), Some(1), Some(5))
+    );
+    assert_eq!(rep["per_rule"]["spike"], 5);
+    // Alerts from 10:00:30 to 10:09:30: one-minute bars, ten of them.
+    assert_eq!(rep["bucket_ms"], 60_000);
+    let bars = rep["over_time"].as_array().expect("bars");
+    assert_eq!(
+        bars.iter().filter_map(|b| b["count"].as_u64()).sum::<u64>(),
+        5
+    );
+    assert_eq!(bars[0]["at"], "2026-01-05T10:00:00.000Z");
+    assert_eq!(rep["sample_alerts"].as_array().map(Vec::len), Some(5));
+    // Five alerts, two on labelled events; c1 (labelled) is found by no
+    // alert: precision 2/5, recall 2/3.
+    assert_eq!(rep["score"]["true_positives"], 2);
+    assert_eq!(rep["score"]["positives"], 3);
+    assert!((rep["score"]["precision"].as_f64().unwrap_or(0.0) - 0.4).abs() < 1e-9);
+    assert!((rep["score"]["recall"].as_f64().unwrap_or(0.0) - 2.0 / 3.0).abs() < 1e-9);
+    // v1 also fires on the five odd cards (x10).
+    let d = &rep["diff"];
+    assert_eq!(
+        (
+            d["against"].as_u64(),
+            d["only_new"].as_u64(),
+            d["only_old"].as_u64(),
+            d["both"].as_u64()
+        ),
+        (Some(1), Some(0), Some(5), Some(5))
+    );
+    assert_eq!(d["only_old_alerts"].as_array().map(Vec::len), Some(5));
+    assert_eq!(d["only_old_alerts"][0]["key"], "c1");
+
+    // Bad requests: both or neither input, unknown sample, bad labels, bad name.
+    for (body, want) in [
+        (
+            serde_json::json!({"rule": "spike", "version": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"rule": "spike", "version": 1, "sample": "nope"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            serde_json::json!({"rule": "spike", "version": 9, "events": ""}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            serde_json::json!({"rule": "spike", "version": 1, "events": "", "labels": "{}"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = t.post_json("/v1/backtests", &t.analyst, body.clone()).await;
+        assert_eq!(r.status, want, "{body}: {}", r.text);
+    }
+    let r = t
+        .call(
+            "PUT",
+            "/v1/samples/..%2Fx",
+            Some(&t.analyst),
+            Some("application/x-ndjson"),
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    // A long one is cancelled: it stops early, in state `cancelled`.
+    let mut big = String::new();
+    for i in 0..400_000 {
+        big.push_str(&txn(
+            &format!("e{i}"),
+            &format!("2026-01-05T10:00:00.{:03}Z", i % 1000),
+            &format!("k{}", i % 5000),
+            1.0,
+            "m",
+        ));
+        big.push('\n');
+    }
+    // Over this test's body limit: placed in the samples directory directly.
+    let dir = t.sys.state.config.samples_dir.clone().expect("samples dir");
+    std::fs::write(dir.join("big.jsonl"), &big).expect("write sample");
+    let r = t
+        .post_json(
+            "/v1/backtests",
+            &t.analyst,
+            serde_json::json!({"rule": "spike", "version": 1, "sample": "big"}),
+        )
+        .await;
+    let id = r.json["id"].as_str().expect("id").to_string();
+    let r = t
+        .call(
+            "DELETE",
+            &format!("/v1/backtests/{id}"),
+            Some(&t.analyst),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let done = backtest_result(&t, &id).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert!(done["events_done"].as_u64() < Some(400_000), "{done}");
+    assert_eq!(done["report"], serde_json::Value::Null);
     t.sys.shutdown().await;
 }
 

@@ -407,55 +407,73 @@ fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
-    let rules = load_rules(&a.rules)?;
-    let text = std::fs::read_to_string(&a.labels)
-        .with_context(|| format!("cannot read {}", a.labels.display()))?;
-    // (rule or "*", kind, id) of positive labels.
-    let mut pos_events: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut pos_keys: HashMap<String, HashSet<String>> = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+/// Positive labels, by rule (`"*"`: every rule): event ids and keys.
+#[derive(Debug, Default)]
+pub struct Labels {
+    events: HashMap<String, HashSet<String>>,
+    keys: HashMap<String, HashSet<String>>,
+}
+
+/// One rule's score against [`Labels`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Score {
+    pub alerts: u64,
+    /// Alerts that matched a labelled event or fired on a labelled key.
+    pub true_positives: u64,
+    /// Labelled events and keys in the rule's scope.
+    pub positives: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+impl Labels {
+    /// JSONL, one label per line: `{"event": id}` or `{"key": k}`, optional
+    /// `"rule"` (default: every rule) and `"label"` (default `true`; `false`
+    /// lines are ignored).
+    pub fn parse(text: &str) -> anyhow::Result<Labels> {
+        let mut labels = Labels::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: Label =
+                serde_json::from_str(line).with_context(|| format!("labels line {}", i + 1))?;
+            if !l.label {
+                continue;
+            }
+            let scope = l.rule.clone().unwrap_or_else(|| "*".into());
+            match (l.event, l.key) {
+                (Some(e), _) => labels
+                    .events
+                    .entry(scope)
+                    .or_default()
+                    .insert(json_text(&e)),
+                (None, Some(k)) => labels.keys.entry(scope).or_default().insert(json_text(&k)),
+                _ => bail!("labels line {}: needs `event` or `key`", i + 1),
+            };
         }
-        let l: Label =
-            serde_json::from_str(line).with_context(|| format!("labels line {}", i + 1))?;
-        if !l.label {
-            continue;
-        }
-        let scope = l.rule.clone().unwrap_or_else(|| "*".into());
-        match (l.event, l.key) {
-            (Some(e), _) => pos_events.entry(scope).or_default().insert(json_text(&e)),
-            (None, Some(k)) => pos_keys.entry(scope).or_default().insert(json_text(&k)),
-            _ => bail!("labels line {}: needs `event` or `key`", i + 1),
-        };
+        Ok(labels)
     }
-    let mut alerts = vec![];
-    replay(rules.clone(), &a.opts, |al| {
-        alerts.push(al);
-        Ok(())
-    })?;
-    let empty = HashSet::new();
-    println!("rule\talerts\ttrue_pos\tprecision\trecall\tf1");
-    for rule in &rules.rules {
-        let name = &rule.name;
-        let ev_pos: HashSet<&String> = pos_events
-            .get(name)
-            .unwrap_or(&empty)
-            .iter()
-            .chain(pos_events.get("*").unwrap_or(&empty))
-            .collect();
-        let key_pos: HashSet<&String> = pos_keys
-            .get(name)
-            .unwrap_or(&empty)
-            .iter()
-            .chain(pos_keys.get("*").unwrap_or(&empty))
-            .collect();
-        let mine: Vec<&Alert> = alerts.iter().filter(|al| al.rule == *name).collect();
-        let mut tp = 0u64;
-        let mut found_ev: HashSet<&str> = HashSet::new();
+
+    /// Scores `alerts` (all of rule `rule`): an alert is a true positive when
+    /// one of its matched events or its key is labelled; recall counts the
+    /// labelled events and keys some alert found.
+    pub fn score<'a>(&self, rule: &str, alerts: impl IntoIterator<Item = &'a Alert>) -> Score {
+        let scoped = |m: &HashMap<String, HashSet<String>>| -> HashSet<String> {
+            m.get(rule)
+                .into_iter()
+                .chain(m.get("*"))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        let (ev_pos, key_pos) = (scoped(&self.events), scoped(&self.keys));
+        let (mut n, mut tp) = (0u64, 0u64);
+        let mut found_ev: HashSet<String> = HashSet::new();
         let mut found_key: HashSet<String> = HashSet::new();
-        for al in &mine {
+        for al in alerts {
+            n += 1;
             let key = json_text(&al.key.to_json());
             let mut hit = false;
             if key_pos.contains(&key) {
@@ -466,39 +484,61 @@ pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
                 for id in ids {
                     if ev_pos.contains(&id.to_string()) {
                         hit = true;
-                        found_ev.insert(id);
+                        found_ev.insert(id.to_string());
                     }
                 }
             }
             tp += u64::from(hit);
         }
-        let positives = ev_pos.len() + key_pos.len();
-        let found = found_ev.len() + found_key.len();
-        let precision = if mine.is_empty() {
-            0.0
-        } else {
-            tp as f64 / mine.len() as f64
-        };
+        let positives = (ev_pos.len() + key_pos.len()) as u64;
+        let found = (found_ev.len() + found_key.len()) as f64;
+        let precision = if n == 0 { 0.0 } else { tp as f64 / n as f64 };
         let recall = if positives == 0 {
             0.0
         } else {
-            found as f64 / positives as f64
+            found / positives as f64
         };
         let f1 = if precision + recall == 0.0 {
             0.0
         } else {
             2.0 * precision * recall / (precision + recall)
         };
+        Score {
+            alerts: n,
+            true_positives: tp,
+            positives,
+            precision,
+            recall,
+            f1,
+        }
+    }
+}
+
+pub fn score(a: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let rules = load_rules(&a.rules)?;
+    let text = std::fs::read_to_string(&a.labels)
+        .with_context(|| format!("cannot read {}", a.labels.display()))?;
+    let labels = Labels::parse(&text)?;
+    let mut alerts = vec![];
+    replay(rules.clone(), &a.opts, |al| {
+        alerts.push(al);
+        Ok(())
+    })?;
+    println!("rule\talerts\ttrue_pos\tprecision\trecall\tf1");
+    for rule in &rules.rules {
+        let name = &rule.name;
+        let s = labels.score(name, alerts.iter().filter(|al| al.rule == *name));
         println!(
-            "{name}\t{}\t{tp}\t{precision:.4}\t{recall:.4}\t{f1:.4}",
-            mine.len()
+            "{name}\t{}\t{}\t{:.4}\t{:.4}\t{:.4}",
+            s.alerts, s.true_positives, s.precision, s.recall, s.f1
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Identity of an alert for diffing: rule, key, at and matched ids.
-fn alert_identity(a: &Alert) -> String {
+/// Identity of an alert for diffing: rule, key, at and matched ids (not
+/// the id, which includes the version).
+pub fn alert_identity(a: &Alert) -> String {
     serde_json::json!([
         a.rule,
         a.key.to_json(),

@@ -425,6 +425,180 @@ pub enum Expr {
 }
 
 // ---------------------------------------------------------------------------
+// Outline: what an alert's explanation needs to know about its rule.
+
+/// One binding of a rule, for explaining a match.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BindingOutline {
+    pub name: String,
+    /// Event type name.
+    pub ty: String,
+    /// The step's predicate in source-like syntax (`$` is the event tested).
+    pub predicate: Option<String>,
+    /// Fields of this binding's events that any expression of the rule reads
+    /// (its predicate, later steps' predicates, `where`, `emit`, `having`).
+    pub fields: Vec<String>,
+}
+
+/// What a rule checks, per binding, and over which time span.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleOutline {
+    /// `within` of a pattern, `over` of an aggregate.
+    pub within_ms: Option<i64>,
+    pub bindings: Vec<BindingOutline>,
+    pub where_: Option<String>,
+    pub having: Option<String>,
+    /// `emit` name → expression text.
+    pub emit: Vec<(String, String)>,
+}
+
+impl RuleSet {
+    /// The outline of one rule (the alert explanation's view of it).
+    pub fn outline(&self, rule: &Rule) -> RuleOutline {
+        let field_name = |ty: TypeId, f: FieldRef| -> String {
+            match f {
+                FieldRef::Slot(s) => self
+                    .schemas
+                    .get(ty as usize)
+                    .and_then(|sc| sc.fields.get(s as usize))
+                    .map(|f| f.name.clone())
+                    .unwrap_or_else(|| format!("#{s}")),
+                FieldRef::Ts => "ts".into(),
+                FieldRef::Id => "id".into(),
+                FieldRef::Type => "type".into(),
+            }
+        };
+        let type_name = |ty: TypeId| {
+            self.schemas
+                .get(ty as usize)
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        };
+        match &rule.kind {
+            RuleKind::Pattern(p) => {
+                let names = Names {
+                    set: self,
+                    pattern: Some(p),
+                    agg: None,
+                    cur: Default::default(),
+                    plain: true,
+                };
+                let mut used: Vec<std::collections::BTreeSet<String>> =
+                    vec![Default::default(); p.bindings.len()];
+                let mut note = |owner: Option<BindingId>, e: &Expr| {
+                    visit_fields(e, &mut |src, f| {
+                        let b = match src {
+                            Src::Current => owner,
+                            Src::Binding(b) | Src::First(b) | Src::Last(b) => Some(b),
+                        };
+                        if let Some(b) = b
+                            && let Some(set) = used.get_mut(b as usize)
+                        {
+                            set.insert(field_name(p.bindings[b as usize].ty, f));
+                        }
+                    });
+                };
+                for s in &p.steps {
+                    if let Some(e) = &s.pred {
+                        note(s.binding, e);
+                    }
+                }
+                for e in p.where_.iter().chain(rule.emit.iter().map(|(_, e)| e)) {
+                    note(None, e);
+                }
+                let bindings = p
+                    .bindings
+                    .iter()
+                    .zip(used)
+                    .map(|(b, fields)| {
+                        let pred = p.steps.get(b.step as usize).and_then(|s| s.pred.as_ref());
+                        names.cur.set(b.ty);
+                        BindingOutline {
+                            name: b.name.clone(),
+                            ty: type_name(b.ty),
+                            predicate: pred.map(|e| names.expr(e)),
+                            fields: fields.into_iter().collect(),
+                        }
+                    })
+                    .collect();
+                RuleOutline {
+                    within_ms: Some(p.within_ms),
+                    bindings,
+                    where_: p.where_.as_ref().map(|e| names.expr(e)),
+                    having: None,
+                    emit: rule
+                        .emit
+                        .iter()
+                        .map(|(n, e)| (n.clone(), names.expr(e)))
+                        .collect(),
+                }
+            }
+            RuleKind::Aggregate(a) => {
+                let names = Names {
+                    set: self,
+                    pattern: None,
+                    agg: Some(a),
+                    cur: std::cell::Cell::new(a.ty),
+                    plain: true,
+                };
+                let mut fields = std::collections::BTreeSet::new();
+                for e in a
+                    .pred
+                    .iter()
+                    .chain(std::iter::once(&a.having))
+                    .chain(rule.emit.iter().map(|(_, e)| e))
+                {
+                    visit_fields(e, &mut |_, f| {
+                        fields.insert(field_name(a.ty, f));
+                    });
+                }
+                RuleOutline {
+                    within_ms: Some(a.over_ms),
+                    bindings: vec![BindingOutline {
+                        name: a.binding.clone(),
+                        ty: type_name(a.ty),
+                        predicate: a.pred.as_ref().map(|e| names.expr(e)),
+                        fields: fields.into_iter().collect(),
+                    }],
+                    where_: None,
+                    having: Some(names.expr(&a.having)),
+                    emit: rule
+                        .emit
+                        .iter()
+                        .map(|(n, e)| (n.clone(), names.expr(e)))
+                        .collect(),
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f` with every field an expression reads (aggregates over a
+/// binding's field count as reading that binding's field).
+fn visit_fields(e: &Expr, f: &mut impl FnMut(Src, FieldRef)) {
+    match e {
+        Expr::Lit(_) => {}
+        Expr::Field { src, field } => f(*src, *field),
+        Expr::Agg { binding, field, .. } => {
+            if let Some(fr) = field {
+                f(Src::Binding(*binding), *fr);
+            }
+        }
+        Expr::Not(a) | Expr::Neg(_, a) | Expr::ToFloat(a) => visit_fields(a, f),
+        Expr::InSet(_, a, _) | Expr::InList(a, _) | Expr::Regex(a, _) => visit_fields(a, f),
+        Expr::And(a, b) | Expr::Or(a, b) | Expr::Cmp(_, _, a, b) | Expr::Arith(_, _, a, b) => {
+            visit_fields(a, f);
+            visit_fields(b, f);
+        }
+        Expr::Call(_, args) => {
+            for a in args {
+                visit_fields(a, f);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Readable dump: one point per line, expressions in source-like syntax.
 
 impl RuleSet {
@@ -456,6 +630,7 @@ impl RuleSet {
                     pattern: Some(p),
                     agg: None,
                     cur: Default::default(),
+                    plain: false,
                 };
                 writeln!(out, "  within {}", fmt_ms(p.within_ms))?;
                 writeln!(out, "  after match {:?}", p.after_match)?;
@@ -517,6 +692,7 @@ impl RuleSet {
                     pattern: None,
                     agg: Some(a),
                     cur: std::cell::Cell::new(a.ty),
+                    plain: false,
                 };
                 write!(
                     out,
@@ -614,6 +790,8 @@ struct Names<'a> {
     agg: Option<&'a Aggregate>,
     /// The type of `$` (the event being tested) in the expression being printed.
     cur: std::cell::Cell<TypeId>,
+    /// Source-like text for people: no `:kind` marks on operators.
+    plain: bool,
 }
 
 impl Names<'_> {
@@ -709,7 +887,11 @@ impl Names<'_> {
                     CmpOp::Gt => ">",
                     CmpOp::Ge => ">=",
                 };
-                format!("{} {s}:{} {}", self.expr(a), kind(*k), self.expr(b))
+                if self.plain {
+                    format!("{} {s} {}", self.expr(a), self.expr(b))
+                } else {
+                    format!("{} {s}:{} {}", self.expr(a), kind(*k), self.expr(b))
+                }
             }
             Expr::Arith(op, k, a, b) => {
                 let s = match op {
@@ -719,8 +901,13 @@ impl Names<'_> {
                     ArithOp::Div => "/",
                     ArithOp::Rem => "%",
                 };
-                format!("({} {s}:{} {})", self.expr(a), kind(*k), self.expr(b))
+                if self.plain {
+                    format!("({} {s} {})", self.expr(a), self.expr(b))
+                } else {
+                    format!("({} {s}:{} {})", self.expr(a), kind(*k), self.expr(b))
+                }
             }
+            Expr::ToFloat(e) if self.plain => self.expr(e),
             Expr::ToFloat(e) => format!("float({})", self.expr(e)),
             Expr::InSet(_, e, set) => format!(
                 "{} in [{}]",

@@ -168,6 +168,104 @@ pub async fn get_alert(
     ))
 }
 
+/// Why an alert fired: per binding the predicate, the fields it read and the
+/// matched events; the time the match spans against the rule's `within`;
+/// the emitted fields; the rule text of the alert's version.
+#[utoipa::path(get, path = "/v1/alerts/{id}/explain", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "Alert id")),
+    responses((status = 200, description = "`{alert, rule, version, text, within_ms, span_ms, first_at, last_at, bindings: [{name, type, predicate, fields, events}], where, having, emitted}`"),
+        (status = 404, description = "Unknown id")))]
+pub async fn explain_alert(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let a = st
+        .store
+        .alert(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert with id `{id}`")))?;
+    let version = a.alert["version"].as_u64().unwrap_or(0) as u32;
+    let text = st.store.version(&a.rule, version).await?.map(|v| v.text);
+    let schema = st.catalog.schema().await?;
+    // The rule as it was when it fired (None if that version is gone or no
+    // longer compiles: the events are still shown).
+    let outline = text.as_deref().and_then(|t| {
+        let (check, set) = crate::catalog::validate_against(&schema, t);
+        let set = set.filter(|_| check.ok)?;
+        let rule = set.rules.iter().find(|r| r.name == a.rule)?;
+        Some(set.outline(rule))
+    });
+    let mut times = vec![];
+    let mut bindings = vec![];
+    let events = a.events.as_object().cloned().unwrap_or_default();
+    let mut names: Vec<String> = outline
+        .as_ref()
+        .map(|o| o.bindings.iter().map(|b| b.name.clone()).collect())
+        .unwrap_or_default();
+    names.extend(
+        events
+            .keys()
+            .filter(|k| !names.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    for name in names {
+        let list = events
+            .get(&name)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let evs: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|e| {
+                if let Some(ms) = e["ts"]
+                    .as_str()
+                    .and_then(cep_engine::time::parse_rfc3339_ms)
+                {
+                    times.push(ms);
+                }
+                let mut fields = e.as_object().cloned().unwrap_or_default();
+                let (id, ty, ts) = (
+                    fields.remove("id"),
+                    fields.remove("type"),
+                    fields.remove("ts"),
+                );
+                serde_json::json!({"id": id, "type": ty, "ts": ts, "fields": fields})
+            })
+            .collect();
+        let b = outline
+            .as_ref()
+            .and_then(|o| o.bindings.iter().find(|b| b.name == name));
+        bindings.push(serde_json::json!({
+            "name": name,
+            "type": b.map(|b| b.ty.clone()),
+            "predicate": b.and_then(|b| b.predicate.clone()),
+            "fields": b.map(|b| b.fields.clone()).unwrap_or_default(),
+            "events": evs,
+        }));
+    }
+    let (first, last) = (times.iter().min().copied(), times.iter().max().copied());
+    let fmt = |t: Option<i64>| t.map(cep_engine::time::format_ms);
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({
+            "alert": a.alert,
+            "rule": a.rule,
+            "version": version,
+            "text": text,
+            "within_ms": outline.as_ref().and_then(|o| o.within_ms),
+            "span_ms": first.zip(last).map(|(f, l)| l - f),
+            "first_at": fmt(first),
+            "last_at": fmt(last),
+            "bindings": bindings,
+            "where": outline.as_ref().and_then(|o| o.where_.clone()),
+            "having": outline.as_ref().and_then(|o| o.having.clone()),
+            "emitted": a.alert["fields"],
+        }),
+    ))
+}
+
 /// Live alerts as Server-Sent Events (`event: alert`, `id`, `data` = alert JSON).
 /// Shadow alerts only with `shadow=true` (or `mode=shadow`).
 #[utoipa::path(get, path = "/v1/alerts/stream", tag = "alerts", security(("api_key" = [])),

@@ -26,8 +26,19 @@ const ASSETS: &[(&str, &str, &str)] = &[
 /// origin.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
-fn page(content_type: &'static str, body: &'static str) -> Response {
-    let mut r = body.into_response();
+/// For console development only: with `VIGIL_CONSOLE_DIR` set, files are read
+/// from that directory on every request (edit, reload, no rebuild); unset, the
+/// compiled-in copies are served.
+fn from_dev_dir(file: &str) -> Option<String> {
+    let dir = std::env::var_os("VIGIL_CONSOLE_DIR")?;
+    std::fs::read_to_string(std::path::Path::new(&dir).join(file)).ok()
+}
+
+fn page(content_type: &'static str, file: &str, body: &'static str) -> Response {
+    let mut r = match from_dev_dir(file) {
+        Some(text) => text.into_response(),
+        None => body.into_response(),
+    };
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -44,13 +55,13 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 
 /// `GET /`: the console.
 pub async fn index() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+    page("text/html; charset=utf-8", "index.html", INDEX)
 }
 
 /// `GET /console/{file}`: its script and style sheet.
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, ct, body)) => page(ct, body),
+        Some((name, ct, body)) => page(ct, name, body),
         None => ApiError::not_found(format!("no console file `{file}`")).into_response(),
     }
 }

@@ -7,6 +7,7 @@
 //! (plus `"diagnostics"` for rule text that does not compile).
 
 mod alerts;
+mod backtests;
 mod console;
 mod keys;
 mod lists;
@@ -37,12 +38,15 @@ use utoipa_axum::routes;
 pub struct ApiConfig {
     /// Largest request body, bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Where event samples for backtests are kept; `None`: no samples.
+    pub samples_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 8 << 20,
+            samples_dir: None,
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct Inner {
     /// Orders list publications (see [`lists::publish`]).
     pub list_lock: tokio::sync::Mutex<()>,
     pub dispatcher: Arc<crate::webhooks::Dispatcher>,
+    pub backtests: crate::backtest::Backtests,
 }
 
 pub type AppState = Arc<Inner>;
@@ -386,6 +391,11 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(rules::list_versions))
         .routes(routes!(rules::get_version))
         .routes(routes!(rules::test_version))
+        .routes(routes!(rules::get_program))
+        .routes(routes!(backtests::list_samples))
+        .routes(routes!(backtests::put_sample))
+        .routes(routes!(backtests::start_backtest))
+        .routes(routes!(backtests::get_backtest, backtests::cancel_backtest))
         .routes(routes!(rules::deploy))
         .routes(routes!(rules::pause))
         .routes(routes!(rules::resume))
@@ -396,6 +406,7 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(alerts::stream_alerts))
         .routes(routes!(alerts::get_alert))
+        .routes(routes!(alerts::explain_alert))
         .routes(routes!(lists::list_lists, lists::create_list))
         .routes(routes!(
             lists::get_list,

@@ -23,6 +23,44 @@ struct RuleSummary {
     latest_version: u32,
     owner: String,
     updated_at: String,
+    /// Alerts per hour of event time over the last 24 hours, oldest first;
+    /// the last is the current hour. Counted from the store, at most
+    /// [`HOURLY_CAP`] alerts a rule.
+    alerts_per_hour: Vec<u64>,
+}
+
+/// Alerts read per rule for the hourly chart of the rules list.
+pub const HOURLY_CAP: usize = 20_000;
+
+/// Alerts of `rule` per hour over the last 24 hours (both modes).
+async fn alerts_per_hour(st: &AppState, rule: &str) -> ApiResult<Vec<u64>> {
+    const HOUR: i64 = 3_600_000;
+    let current = catalog::now_ms().div_euclid(HOUR) * HOUR;
+    let from = current - 23 * HOUR;
+    let filter = crate::store::AlertFilter {
+        rule: Some(rule.to_string()),
+        from: Some(from),
+        ..Default::default()
+    };
+    let mut hours = vec![0u64; 24];
+    let (mut cursor, mut seen) = (None::<String>, 0usize);
+    loop {
+        let page = st
+            .store
+            .query_alerts(&filter, cursor.as_deref(), 1000)
+            .await?;
+        for a in &page.alerts {
+            if let Some(h) = hours.get_mut(((a.at - from) / HOUR) as usize) {
+                *h += 1;
+            }
+        }
+        seen += page.alerts.len();
+        match page.next {
+            Some(n) if seen < HOURLY_CAP => cursor = Some(n),
+            _ => break,
+        }
+    }
+    Ok(hours)
 }
 
 fn status_of(s: &RuleState) -> &'static str {
@@ -47,6 +85,7 @@ async fn summary(st: &AppState, s: RuleState) -> ApiResult<RuleSummary> {
         .last()
         .map_or(0, |v| v.version);
     Ok(RuleSummary {
+        alerts_per_hour: alerts_per_hour(st, &s.name).await?,
         status: status_of(&s),
         deployed_version: s.deployed.map(|d| d.0),
         mode: s.deployed.map(|d| d.1),
@@ -59,7 +98,7 @@ async fn summary(st: &AppState, s: RuleState) -> ApiResult<RuleSummary> {
 
 /// List every rule with its deployed version and mode.
 #[utoipa::path(get, path = "/v1/rules", tag = "rules", security(("api_key" = [])),
-    responses((status = 200, description = "`[{name, status, deployed_version, mode, latest_version, owner, updated_at}]`")))]
+    responses((status = 200, description = "`[{name, status, deployed_version, mode, latest_version, owner, updated_at, alerts_per_hour: [24 counts, oldest first]}]`")))]
 pub async fn list_rules(State(st): State<AppState>, _c: Caller) -> ApiResult<Response> {
     let mut out = vec![];
     for s in st.store.rule_states().await? {
@@ -489,4 +528,28 @@ pub async fn put_schema(State(st): State<AppState>, c: Caller, body: Body) -> Ap
         .audit(&c.name, "schema.update", "schema", old.into(), text.into())
         .await?;
     Ok(reply(StatusCode::OK, serde_json::json!({"ok": true})))
+}
+
+/// The compiled program of a version (the NFA, one point per line), as
+/// `vigil-replay explain` prints it.
+#[utoipa::path(get, path = "/v1/rules/{name}/versions/{version}/program", tag = "rules", security(("api_key" = [])),
+    params(("name" = String, Path, description = "Rule name"), ("version" = u32, Path, description = "Version number")),
+    responses((status = 200, description = "`{rule, version, dump}`"), (status = 404, description = "Unknown rule or version"),
+        (status = 422, description = "The version no longer compiles against the schema")))]
+pub async fn get_program(
+    State(st): State<AppState>,
+    _c: Caller,
+    Path((name, v)): Path<(String, u32)>,
+) -> ApiResult<Response> {
+    let ver = version_of(&st, &name, v).await?;
+    let schema = st.catalog.schema().await?;
+    let (check, set) = validate_against(&schema, &ver.text);
+    let Some(set) = set.filter(|_| check.ok) else {
+        return Err(crate::catalog::CatalogError::Invalid(check.diagnostics).into());
+    };
+    let dump: String = set.rules.iter().map(|r| set.dump_rule(r)).collect();
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"rule": name, "version": v, "dump": dump}),
+    ))
 }

@@ -9,6 +9,7 @@ mod common;
 mod constructs;
 mod diagnostics;
 mod five_mistakes;
+mod outline;
 mod parsing;
 mod robustness;
 mod rule_library;
