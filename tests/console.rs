@@ -350,13 +350,35 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
     let why = b.text("#promote-why").await;
     assert!(why.contains("admin"), "the reason is shown: {why:?}");
 
-    // Backtest on a sample: three of four cards go big.
+    // Backtest on a JSONL sample uploaded from a file: three of four cards
+    // go big; cards c1 and c2 are labelled fraud.
     let sample = txns(
         "bt",
         &[("c1", true), ("c2", false), ("c3", true), ("c4", true)],
         chrono::Utc::now() - chrono::Duration::hours(2),
     );
-    b.type_into("#bt-events", &sample.join("\n")).await;
+    let sample_file = fresh_dir("console-sample").join("cards.jsonl");
+    std::fs::write(&sample_file, sample.join("\n")).expect("sample file");
+    b.find("#bt-file")
+        .await
+        .send_keys(&sample_file.display().to_string())
+        .await
+        .expect("choose the file");
+    b.wait_text("#bt-sample-note", "the upload", |t| t.contains("Uploaded"))
+        .await;
+    let picked = b
+        .find("#bt-sample")
+        .await
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(
+        picked.as_deref(),
+        Some("cards"),
+        "the uploaded sample is picked"
+    );
+    b.type_into("#bt-labels", "{\"key\": \"c1\"}\n{\"key\": \"c2\"}\n")
+        .await;
     b.click("#run-backtest").await;
     let n = b
         .wait_text("#bt-alerts", "the backtest's alert count", |t| {
@@ -364,6 +386,10 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
         })
         .await;
     assert_eq!(n.trim(), "3", "three alerts in the backtest");
+    // One of the three is on a labelled card (precision 1/3); one of the
+    // two labelled cards is found (recall 1/2).
+    assert_eq!(b.text("#bt-precision").await, "33.3%");
+    assert_eq!(b.text("#bt-recall").await, "50.0%");
     b.find("#bt-results svg").await;
     b.shot_at("#bt-results", "backtest").await;
 
@@ -443,6 +469,55 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
     wait_until("promoted to active", Duration::from_secs(20), || {
         rule_status(&http, &key) == "active"
     });
+
+    // A stricter v2, backtested against the deployed v1: the diff shows the
+    // alerts only v1 raises.
+    b.type_into("#text", &RULE.replace("a.amount * 5", "a.amount * 8"))
+        .await;
+    b.wait_text("#diags", "v2 compiling", |t| t.contains("compiles"))
+        .await;
+    b.click("#save").await;
+    let http = ep.http.clone();
+    let key = admin.clone();
+    wait_until("v2 saved", Duration::from_secs(20), || {
+        get(&http, "/v1/rules/big_after_small/versions", &key)
+            .as_array()
+            .is_some_and(|v| v.len() == 2)
+    });
+    b.wait_text("#bt-target", "the backtest target v2", |t| t.contains("v2"))
+        .await;
+    // Two cards at x6 (only v1 fires), one at x9 (both fire: v2 wants over x8).
+    let diff_sample: Vec<String> = txns(
+        "df",
+        &[("e1", true), ("e2", true)],
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    )
+    .into_iter()
+    .map(|l| l.replace("\"amount\":90", "\"amount\":60"))
+    .chain(txns(
+        "dg",
+        &[("e3", true)],
+        chrono::Utc::now() - chrono::Duration::minutes(50),
+    ))
+    .collect();
+    b.find("#bt-sample")
+        .await
+        .select_by_value("")
+        .await
+        .expect("no sample");
+    b.type_into("#bt-labels", "").await;
+    b.type_into("#bt-events", &diff_sample.join("\n")).await;
+    b.click("#run-backtest").await;
+    b.wait_text("#bt-alerts", "the v2 backtest", |t| t.trim() == "1")
+        .await;
+    assert_eq!(
+        b.text("#bt-only-old").await,
+        "2",
+        "x6 charges: only v1 fires"
+    );
+    assert_eq!(b.text("#bt-both").await, "1");
+    assert_eq!(b.text("#bt-only-new").await, "0");
+    b.shot_at("#bt-diff", "backtest-diff").await;
 
     // An alert's explanation: bindings with their events and the fields the
     // predicates read, the time span against `within`, the emitted fields.

@@ -209,7 +209,7 @@ function barChart(values, labels, { width = 1000, height = 160, label = "", cls 
   const left = 36, bottom = 22, top = 8;
   const plotW = width - left - 6, plotH = height - top - bottom;
   const step = plotW / Math.max(1, values.length);
-  const bw = Math.max(1, step * 0.8);
+  const bw = Math.max(1, Math.min(step * 0.8, 48)); // a lone bar stays a bar, not a block
   const g = svg("svg", { class: cls, viewBox: `0 0 ${width} ${height}`, width: "100%",
     role: "img", "aria-label": label, preserveAspectRatio: "xMinYMin meet" }, svg("title", {}, label));
   g.append(svg("line", { class: "axis", x1: left, y1: top + plotH + 0.5, x2: width - 6, y2: top + plotH + 0.5 }));
@@ -698,7 +698,9 @@ function backtestPanel(name, info, currentVersion, targets) {
   file.addEventListener("change", async () => {
     const f = file.files && file.files[0];
     if (!f) return;
-    const sname = f.name.replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 100) || "sample.jsonl";
+    // The sample's name: the file name without its extension, made safe.
+    const sname = f.name.replace(/\.(jsonl|ndjson|json|txt)$/i, "").replace(/[^A-Za-z0-9._-]+/g, "_")
+      .replace(/^\.+/, "").slice(0, 64) || "sample";
     sampleNote.textContent = `Uploading ${sname}…`;
     const r = await api("PUT", `/v1/samples/${enc(sname)}`, await f.text(), "application/x-ndjson");
     if (r.status === 201 || r.status === 200) {
