@@ -151,11 +151,32 @@ impl Browser {
         self.shot(name).await;
     }
 
+    /// A screenshot of the view; every view shot is also checked for form
+    /// controls without a label (screen readers would announce nothing).
     async fn shot(&self, name: &str) {
         let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let png = self.c.screenshot().await.expect("screenshot");
         let path = self.shots.join(format!("{n:02}-{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
+        if name != "failure" {
+            let unlabelled = self
+                .c
+                .execute(
+                    r#"return [...document.querySelectorAll("input, select, textarea, button")]
+                        .filter((e) => e.type !== "hidden" && e.offsetParent !== null)
+                        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label")
+                            && !e.getAttribute("aria-labelledby") && !e.textContent.trim())
+                        .map((e) => e.outerHTML.slice(0, 120));"#,
+                    vec![],
+                )
+                .await
+                .expect("label check");
+            assert_eq!(
+                unlabelled,
+                serde_json::json!([]),
+                "unlabelled controls in {name}"
+            );
+        }
     }
 
     /// Errors the page reported (uncaught exceptions, console.error, CSP
@@ -187,10 +208,11 @@ impl Browser {
             .expect("install error hook");
     }
 
+    /// Logs in with the keyboard: the key, then Enter.
     async fn login(&self, key: &str) {
         self.go("#/login").await;
-        self.type_into("#key", key).await;
-        self.click("form button[type=submit]").await;
+        let enter = char::from(fantoccini::key::Key::Enter);
+        self.type_into("#key", &format!("{key}{enter}")).await;
         self.find("#logout").await;
         self.wait_text("#who", "the logged-in name", |t| !t.is_empty())
             .await;
