@@ -9,22 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use vigil_tests::*;
 
-fn replay_alerts(rules: &Path, events: &Path) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(bin("vigil-replay", "vigil-replay"))
-        .args(["run", "--rules"])
-        .arg(rules)
-        .arg("--events")
-        .arg(events)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .expect("vigil-replay run");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("alert JSON"))
-        .collect()
-}
-
 /// Streams `events` through a fresh gateway on `nodes`; returns the alerts.
 fn stream_case(rules: &Path, events: &[String], nodes: &[String]) -> Vec<serde_json::Value> {
     let ep = Endpoints::fresh();
@@ -153,10 +137,9 @@ fn workload_spreads_over_every_node_and_key_field() {
 #[test]
 fn deploying_one_changed_rule_keeps_the_partial_matches_of_the_others() {
     let (_nodes, eps) = start_nodes(3);
-    let dir = workload_rules_dir("deploy");
-    let events = workload(20_000, 600, 20);
-    let ev_path = write_events("deploy", &events);
-    let expected = replay_alerts(&dir, &ev_path);
+    let s = Scenario::new("deploy", 20_000, 600);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = &s.replayed;
     let half = events.len() / 2;
     let idx = |id: &str| id.trim_start_matches('e').parse::<usize>().unwrap_or(0);
     // The test only means something if some alert of an unchanged rule
@@ -178,7 +161,7 @@ fn deploying_one_changed_rule_keeps_the_partial_matches_of_the_others() {
     assert!(spanning > 0, "no alert spans the deploy point");
 
     let ep = Endpoints::fresh();
-    let gw = start_gateway(&dir, &eps, &ep, &["--idle", "0s"]);
+    let gw = start_gateway(dir, &eps, &ep, &["--idle", "0s"]);
     let ctx = zmq::Context::new();
     let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
     push_events(&ctx, &ep.pull, &events[..half], 100);
@@ -213,7 +196,7 @@ fn deploying_one_changed_rule_keeps_the_partial_matches_of_the_others() {
     };
     assert_eq!(
         others(&got),
-        others(&expected),
+        others(expected),
         "unchanged rules must give exactly replay's alerts across the deploy"
     );
     let split_ts = cep_engine::time::format_ms(1_767_571_200_000 + half as i64 * 20);
@@ -226,8 +209,6 @@ fn deploying_one_changed_rule_keeps_the_partial_matches_of_the_others() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }
 
 /// Node that owns `key` when 1024 shards are split over `n` nodes in ranges.
@@ -238,13 +219,12 @@ fn owner(key: &str, n: usize) -> usize {
 #[test]
 fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
     let (mut nodes, eps) = start_nodes(3);
-    let dir = workload_rules_dir("kill");
-    let events = workload(16_000, 600, 20);
-    let ev_path = write_events("kill", &events);
-    let expected = replay_alerts(&dir, &ev_path);
+    let s = Scenario::new("kill", 16_000, 600);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = &s.replayed;
     let ep = Endpoints::fresh();
     let gw = start_gateway(
-        &dir,
+        dir,
         &eps,
         &ep,
         &[
@@ -328,8 +308,6 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
     wait_until("node-1 up again", Duration::from_secs(20), || {
         http_get(&ep.http, "/readyz").is_some_and(|(s, _)| s == 200)
     });
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }
 
 fn metric(http: &str, name: &str) -> u64 {
@@ -345,13 +323,12 @@ fn metric(http: &str, name: &str) -> u64 {
 #[test]
 fn a_killed_node_fails_over_and_every_alert_arrives_once() {
     let (mut nodes, eps) = start_nodes(3);
-    let dir = workload_rules_dir("failover");
-    let events = workload(30_000, 600, 20);
-    let ev_path = write_events("failover", &events);
-    let expected = replay_ids(&dir, &ev_path, &[]);
+    let s = Scenario::new("failover", 30_000, 600);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = s.expected();
     let ep = Endpoints::fresh();
     let _gw = start_gateway(
-        &dir,
+        dir,
         &eps,
         &ep,
         &[
@@ -435,8 +412,6 @@ fn a_killed_node_fails_over_and_every_alert_arrives_once() {
     assert!(metric(&ep.http, "vigil_shards_moved_total") >= 2 * 341);
     assert!(metric(&ep.http, "vigil_shards_restored_total") >= 2 * 341);
     assert!(metric(&ep.http, "vigil_checkpoints_total") >= 2);
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }
 
 #[test]
@@ -447,13 +422,12 @@ fn every_node_silent_at_once_then_back_loses_and_repeats_nothing() {
     // and when both return their shards are rebuilt from the checkpoint and
     // the replay log.
     let (nodes, eps) = start_nodes(2);
-    let dir = workload_rules_dir("silent");
-    let events = workload(24_000, 500, 20);
-    let ev_path = write_events("silent", &events);
-    let expected = replay_ids(&dir, &ev_path, &[]);
+    let s = Scenario::new("silent", 24_000, 500);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = s.expected();
     let ep = Endpoints::fresh();
     let _gw = start_gateway(
-        &dir,
+        dir,
         &eps,
         &ep,
         &[
@@ -518,8 +492,6 @@ fn every_node_silent_at_once_then_back_loses_and_repeats_nothing() {
         "after both nodes went silent and came back",
         &format!("cluster {}", cluster(&ep.http).unwrap_or_default()),
     );
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }
 
 #[test]
@@ -673,14 +645,13 @@ fn a_peer_speaking_another_protocol_version_gets_a_clear_error() {
 fn a_stalled_node_slows_ingest_and_loses_nothing() {
     // A small credit window, so the stalled node's credits run out quickly.
     let (nodes, eps) = start_nodes_with(2, &["--credit-window", "2048"]);
-    let dir = workload_rules_dir("stall");
-    let events = workload(12_000, 400, 20);
-    let ev_path = write_events("stall", &events);
-    let expected = replay_ids(&dir, &ev_path, &[]);
+    let s = Scenario::new("stall", 12_000, 400);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = s.expected();
     let ep = Endpoints::fresh();
     // A long node timeout: the stalled node counts as slow, not dead.
     let _gw = start_gateway(
-        &dir,
+        dir,
         &eps,
         &ep,
         &[
@@ -737,6 +708,4 @@ fn a_stalled_node_slows_ingest_and_loses_nothing() {
         expected,
         "after the stall: exactly replay's alerts"
     );
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }

@@ -289,18 +289,16 @@ const RECOVERY_EVENTS: usize = 120_000;
 async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     let (_broker, brokers) = start_broker();
     create_topic(&brokers, "events", 4).await;
-    let dir = workload_rules_dir("kafka-kill");
-    let events = workload(RECOVERY_EVENTS, 500, 20);
-    let ev_path = write_events("kafka-kill", &events);
-    let replayed = replay_alerts(&dir, &ev_path, &[]);
-    let expected = id_counts(replayed.iter());
+    let s = Scenario::new("kafka-kill", RECOVERY_EVENTS, 500);
+    let (dir, events) = (&s.rules, &s.events);
+    let (replayed, expected) = (&s.replayed, s.expected());
     let half = RECOVERY_EVENTS / 2;
     produce(&brokers, "events", &events[..half]).await;
 
     let (mut nodes, eps) = start_nodes(2);
     let ep = Endpoints::fresh();
     let gw = start_gateway(
-        &dir,
+        dir,
         &eps,
         &ep,
         &[
@@ -323,7 +321,7 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
     let ctx = zmq::Context::new();
     let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
     // The second half is produced while node 1 is killed.
-    let producer = then_the_second_half(&brokers, &ep.http, &events).await;
+    let producer = then_the_second_half(&brokers, &ep.http, events).await;
     nodes[1].kill();
     let c = cluster(&ep.http).expect("cluster");
     assert!(
@@ -362,15 +360,13 @@ async fn a_node_killed_mid_stream_loses_and_repeats_no_alert() {
         "Kafka cluster with a node killed vs replay",
         &format!(
             "\nmissing (rule key at id):\n{}\ngateway log:\n{}",
-            describe_missing(&got, &replayed, 20),
+            describe_missing(&got, replayed, 20),
             gw.output()
         ),
     );
     let c = cluster(&ep.http).expect("cluster");
     assert!(c["checkpoint"]["id"].as_u64() >= Some(2), "{c}");
     assert!(c["checkpoint"]["bytes"].as_u64() > Some(0), "{c}");
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,11 +374,9 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
     let (_broker, brokers) = start_broker();
     create_topic(&brokers, "events", 4).await;
     create_topic(&brokers, "alerts", 1).await;
-    let dir = workload_rules_dir("kafka-restart");
-    let events = workload(RECOVERY_EVENTS, 500, 20);
-    let ev_path = write_events("kafka-restart", &events);
-    let replayed = replay_alerts(&dir, &ev_path, &[]);
-    let expected = id_counts(replayed.iter());
+    let s = Scenario::new("kafka-restart", RECOVERY_EVENTS, 500);
+    let (dir, events) = (&s.rules, &s.events);
+    let (replayed, expected) = (&s.replayed, s.expected());
     let total: usize = expected.values().sum();
     let half = RECOVERY_EVENTS / 2;
     produce(&brokers, "events", &events[..half]).await;
@@ -406,8 +400,8 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         "--node-timeout",
         NODE_TIMEOUT,
     ];
-    let mut gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
-    let producer = then_the_second_half(&brokers, &ep.http, &events).await;
+    let mut gw = start_gateway_in(&data, dir, &eps, &ep, &args);
+    let producer = then_the_second_half(&brokers, &ep.http, events).await;
     // A restart (SIGTERM: drain, a last checkpoint, exit), mid-stream.
     let before = cluster(&ep.http).and_then(|c| c["events_accepted"].as_u64());
     gw.signal("TERM");
@@ -428,7 +422,7 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
     );
     let first_log = exited.output();
     drop(exited);
-    let gw = start_gateway_in(&data, &dir, &eps, &ep, &args);
+    let gw = start_gateway_in(&data, dir, &eps, &ep, &args);
     let markers = producer.await.expect("producer");
     assert!(
         gw.output().contains("resuming from checkpoint"),
@@ -443,7 +437,7 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         &format!(
             "\n{}\nmissing (rule key at id):\n{}\nfirst gateway's log:\n{first_log}\nsecond gateway's log:\n{}",
             got.describe(),
-            describe_missing(&got.ids, &replayed, 20),
+            describe_missing(&got.ids, replayed, 20),
             gw.output()
         ),
     );
@@ -454,8 +448,6 @@ async fn a_gateway_restarted_mid_stream_resumes_from_its_checkpoint() {
         resumed < RECOVERY_EVENTS as u64 + markers,
         "resumed from the checkpoint's offsets, not the start: {c}"
     );
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
     let _ = std::fs::remove_dir_all(data);
 }
 
@@ -465,19 +457,18 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
     // Four partitions, each its own input with its own watermark.
     create_topic(&brokers, "events", 4).await;
     create_topic(&brokers, "alerts", 1).await;
-    let dir = workload_rules_dir("kafka");
-    let events = workload(5_000, 200, 20);
-    let ev_path = write_events("kafka", &events);
-    let expected = replay_ids(&dir, &ev_path, &[]);
+    let s = Scenario::new("kafka", 5_000, 200);
+    let (dir, events) = (&s.rules, &s.events);
+    let expected = s.expected();
     assert!(!expected.is_empty());
 
-    produce(&brokers, "events", &events).await;
-    let markers = produce_end_markers(&brokers, "events", &events, 4).await;
+    produce(&brokers, "events", events).await;
+    let markers = produce_end_markers(&brokers, "events", events, 4).await;
 
     let ep = Endpoints::fresh();
     let ctx = zmq::Context::new();
     let gw = start_gateway(
-        &dir,
+        dir,
         &[],
         &ep,
         &[
@@ -523,6 +514,4 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
             })
         })
     });
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(ev_path);
 }

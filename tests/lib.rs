@@ -467,6 +467,47 @@ pub fn wait_processed(http: &str, accepted: u64) {
     panic!("timed out waiting for {accepted} events to be processed; cluster: {last}");
 }
 
+/// The start of a workload test: the workload rules in a fresh directory,
+/// `n` workload events over `cards` cards (in memory and in a file), and the
+/// alerts `vigil-replay run` raises over them, which the system under test
+/// must reproduce. The files are removed on drop unless the test failed
+/// (they are then left for a look).
+pub struct Scenario {
+    pub rules: PathBuf,
+    pub events: Vec<String>,
+    pub events_path: PathBuf,
+    pub replayed: Vec<serde_json::Value>,
+}
+
+impl Scenario {
+    pub fn new(tag: &str, n: usize, cards: u64) -> Scenario {
+        let rules = workload_rules_dir(tag);
+        let events = workload(n, cards, 20);
+        let events_path = write_events(tag, &events);
+        let replayed = replay_alerts(&rules, &events_path, &[]);
+        Scenario {
+            rules,
+            events,
+            events_path,
+            replayed,
+        }
+    }
+
+    /// Replay's alerts as id → copies.
+    pub fn expected(&self) -> BTreeMap<String, usize> {
+        id_counts(self.replayed.iter())
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.rules);
+            let _ = std::fs::remove_file(&self.events_path);
+        }
+    }
+}
+
 /// A deterministic mixed workload: card payments (keyed by card and by
 /// account), and device heartbeats, `n` events, event time +`step_ms` each.
 pub fn workload(n: usize, cards: u64, step_ms: i64) -> Vec<String> {
