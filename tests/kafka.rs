@@ -489,11 +489,15 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
     wait_processed(&ep.http, events.len() as u64 + markers);
     let total: usize = expected.values().sum();
     let got = sink.all_published(&ep.http);
+    let got = id_counts(got.iter());
     assert_same_alerts(
-        &id_counts(got.iter()),
+        &got,
         &expected,
         "Kafka-fed cluster vs replay",
-        "",
+        &format!(
+            "\nmissing (rule key at id):\n{}",
+            describe_missing(&got, &s.replayed, 10)
+        ),
     );
 
     // The alerts topic has each alert once, keyed by the alert key.
@@ -502,7 +506,11 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
         &from_topic.ids,
         &expected,
         "alerts topic vs replay",
-        &from_topic.describe(),
+        &format!(
+            "{}\nmissing (rule key at id):\n{}",
+            from_topic.describe(),
+            describe_missing(&from_topic.ids, &s.replayed, 10)
+        ),
     );
     // Consumer lag is reported per partition.
     wait_until("lag metric", Duration::from_secs(15), || {
