@@ -446,11 +446,18 @@ pub fn id_counts<'a>(
 /// has processed all it was sent (a node that is down or catching up, e.g.
 /// after a false alarm on a loaded machine, means not done yet).
 pub fn wait_processed(http: &str, accepted: u64) {
+    // Processed: every copy acknowledged, and every node's shards advanced
+    // to the gateway's clock (an idle node learns the last clock after the
+    // last event; absence timers fire then).
     let done = |c: &serde_json::Value| {
         c["events_accepted"].as_u64() == Some(accepted)
             && c["nodes"].as_array().is_some_and(|ns| {
-                ns.iter()
-                    .all(|n| n["state"] == "up" && n["lag_events"] == 0 && n["queued_copies"] == 0)
+                ns.iter().all(|n| {
+                    n["state"] == "up"
+                        && n["lag_events"] == 0
+                        && n["queued_copies"] == 0
+                        && n["clock_ms"] == c["clock_ms"]
+                })
             })
     };
     let start = Instant::now();

@@ -643,6 +643,7 @@ impl Node {
             alerts: self.alerts_total,
             shards_active: self.engines.len() as u32,
             rejected_batches: self.rejected_batches,
+            clock: self.advanced_to,
             ..Stats::default()
         };
         for e in self.engines.values() {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub const MAGIC: [u8; 2] = *b"VG";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Kind byte of the version-independent error frame.
 pub const KIND_ERROR: u8 = 0xFF;
 
@@ -126,6 +126,10 @@ pub struct Stats {
     pub buffered: u64,
     pub shards_active: u32,
     pub rejected_batches: u64,
+    /// The gateway clock every shard of the node has been advanced to (its
+    /// timers fired, their alerts sent before this message); `i64::MIN`
+    /// before any.
+    pub clock: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +342,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             ] {
                 w.u64(v);
             }
+            w.i64(s.clock);
         }
         Msg::Bye { reason } => w.str(reason),
         Msg::SetList { name, entries } => {
@@ -610,6 +615,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
             buffered: r.u64()?,
             shards_active: r.u32()?,
             rejected_batches: r.u64()?,
+            clock: r.i64()?,
         }),
         11 => Msg::Bye {
             reason: r.string()?,
@@ -914,6 +920,7 @@ mod tests {
                 buffered: 9,
                 shards_active: 10,
                 rejected_batches: 11,
+                clock: -12,
             }),
             Msg::Bye {
                 reason: "shutdown".into(),
@@ -969,12 +976,12 @@ mod tests {
     #[test]
     fn another_version_is_refused_with_a_clear_error() {
         let mut bytes = encode(&Msg::Ping { nonce: 1 });
-        bytes[2] = 2;
-        let err = decode(&bytes).expect_err("version 2");
-        assert_eq!(err, WireError::Version { got: 2 });
+        bytes[2] = 1;
+        let err = decode(&bytes).expect_err("version 1");
+        assert_eq!(err, WireError::Version { got: 1 });
         assert_eq!(
             err.to_string(),
-            "peer speaks Vigil wire protocol version 2; this build speaks version 1"
+            "peer speaks Vigil wire protocol version 1; this build speaks version 2"
         );
         // The error frame reads the same in every version.
         let mut e = encode(&Msg::Error { text: "why".into() });
@@ -986,7 +993,7 @@ mod tests {
     fn garbage_is_refused() {
         assert_eq!(decode(b"GET / HTTP/1.1"), Err(WireError::BadMagic));
         assert_eq!(decode(b"VG"), Err(WireError::Truncated));
-        assert_eq!(decode(b"VG\x01\x63"), Err(WireError::UnknownKind(0x63)));
+        assert_eq!(decode(b"VG\x02\x63"), Err(WireError::UnknownKind(0x63)));
         let mut extra = encode(&Msg::Ping { nonce: 1 });
         extra.push(0);
         assert_eq!(decode(&extra), Err(WireError::TrailingBytes(1)));

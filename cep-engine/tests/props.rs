@@ -422,8 +422,8 @@ proptest! {
     /// The same property as `fuzz/fuzz_targets/wire_decode.rs`, run in CI.
     #[test]
     fn wire_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        use cep_engine::wire::{decode, encode};
-        let mut framed = b"VG\x01".to_vec();
+        use cep_engine::wire::{VERSION, decode, encode};
+        let mut framed = vec![b'V', b'G', VERSION];
         framed.extend_from_slice(&bytes);
         for input in [&bytes[..], &framed[..]] {
             if let Ok(msg) = decode(input) {

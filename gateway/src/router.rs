@@ -1820,6 +1820,8 @@ impl Router {
                 buffered: l.stats.buffered,
                 shards_active: l.stats.shards_active,
                 rejected_batches: l.stats.rejected_batches,
+                clock_ms: (l.stats.clock != i64::MIN && l.stats.clock != 0)
+                    .then_some(l.stats.clock),
             })
             .collect();
         if let Ok(mut n) = self.status.nodes.lock() {

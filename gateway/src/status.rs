@@ -85,6 +85,10 @@ pub struct NodeView {
     pub buffered: u64,
     pub shards_active: u32,
     pub rejected_batches: u64,
+    /// The gateway clock all of the node's shards have reached (timers
+    /// fired), epoch ms; `None` before any. Equal to the gateway's
+    /// `clock_ms` once the node has caught up with event time.
+    pub clock_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
