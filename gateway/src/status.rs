@@ -176,6 +176,17 @@ impl Status {
     }
 
     /// An alert reached the store for the first time.
+    /// Alerts this gateway stored for `rule`, both modes (a cheap "has
+    /// anything changed" for caches of per-rule figures).
+    pub fn rule_alert_count(&self, rule: &str) -> u64 {
+        self.rule_alerts.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|((r, _), _)| r == rule)
+                .map(|(_, n)| *n)
+                .sum()
+        })
+    }
+
     pub fn alert_stored(&self, rule: &str, shadow: bool, at_ms: i64) {
         let mode = if shadow { "shadow" } else { "active" };
         if let Ok(mut m) = self.rule_alerts.lock() {

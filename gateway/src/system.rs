@@ -170,6 +170,7 @@ impl System {
             list_lock: tokio::sync::Mutex::new(()),
             dispatcher: dispatcher.clone(),
             backtests: Default::default(),
+            hourly: Default::default(),
         });
 
         // First start: import the rule files, create the first admin key.

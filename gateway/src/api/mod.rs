@@ -11,7 +11,7 @@ mod backtests;
 mod console;
 mod keys;
 mod lists;
-mod rules;
+pub(crate) mod rules;
 mod webhooks;
 
 pub use lists::publish as publish_list;
@@ -64,6 +64,9 @@ pub struct Inner {
     pub list_lock: tokio::sync::Mutex<()>,
     pub dispatcher: Arc<crate::webhooks::Dispatcher>,
     pub backtests: crate::backtest::Backtests,
+    /// `alerts_per_hour` of `GET /v1/rules`, per rule: (current hour, this
+    /// gateway's stored-alert count for the rule, when read, the counts).
+    pub hourly: std::sync::Mutex<std::collections::HashMap<String, rules::HourlyEntry>>,
 }
 
 pub type AppState = Arc<Inner>;

@@ -32,10 +32,33 @@ struct RuleSummary {
 /// Alerts read per rule for the hourly chart of the rules list.
 pub const HOURLY_CAP: usize = 20_000;
 
-/// Alerts of `rule` per hour over the last 24 hours (both modes).
+/// A rule's hourly counts as last read from the store.
+pub struct HourlyEntry {
+    hour: i64,
+    stored: u64,
+    read_at: std::time::Instant,
+    counts: Vec<u64>,
+}
+
+/// Reused while the hour is the same and nothing was stored for the rule
+/// since, or for this long regardless (alerts stored by other gateways on a
+/// shared store show up within it).
+const HOURLY_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Alerts of `rule` per hour over the last 24 hours (both modes): read from
+/// the store, cached (the console asks often; see [`HourlyEntry`]).
 async fn alerts_per_hour(st: &AppState, rule: &str) -> ApiResult<Vec<u64>> {
     const HOUR: i64 = 3_600_000;
     let current = catalog::now_ms().div_euclid(HOUR) * HOUR;
+    let stored = st.status.rule_alert_count(rule);
+    if let Ok(cache) = st.hourly.lock()
+        && let Some(e) = cache.get(rule)
+        && e.hour == current
+        && e.stored == stored
+        && e.read_at.elapsed() < HOURLY_FRESH
+    {
+        return Ok(e.counts.clone());
+    }
     let from = current - 23 * HOUR;
     let filter = crate::store::AlertFilter {
         rule: Some(rule.to_string()),
@@ -59,6 +82,18 @@ async fn alerts_per_hour(st: &AppState, rule: &str) -> ApiResult<Vec<u64>> {
             Some(n) if seen < HOURLY_CAP => cursor = Some(n),
             _ => break,
         }
+    }
+    if let Ok(mut cache) = st.hourly.lock() {
+        // Bounded by the number of rules; archived ones are few.
+        cache.insert(
+            rule.to_string(),
+            HourlyEntry {
+                hour: current,
+                stored,
+                read_at: std::time::Instant::now(),
+                counts: hours.clone(),
+            },
+        );
     }
     Ok(hours)
 }
