@@ -402,6 +402,14 @@ pub fn validate_against(schema: &str, text: &str) -> (Validation, Option<RuleSet
     )
 }
 
+/// Compiles one rule text against a schema text, for running it: the
+/// program, or the diagnostics as [`CatalogError::Invalid`].
+pub fn compile(schema: &str, text: &str) -> Result<RuleSet, CatalogError> {
+    let (check, set) = validate_against(schema, text);
+    set.filter(|_| check.ok)
+        .ok_or(CatalogError::Invalid(check.diagnostics))
+}
+
 /// Splits source files into the schema text (every event declaration, in
 /// order) and one text per rule (its declaration with the comment lines just
 /// above it).

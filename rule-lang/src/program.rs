@@ -455,19 +455,6 @@ pub struct RuleOutline {
 impl RuleSet {
     /// The outline of one rule (the alert explanation's view of it).
     pub fn outline(&self, rule: &Rule) -> RuleOutline {
-        let field_name = |ty: TypeId, f: FieldRef| -> String {
-            match f {
-                FieldRef::Slot(s) => self
-                    .schemas
-                    .get(ty as usize)
-                    .and_then(|sc| sc.fields.get(s as usize))
-                    .map(|f| f.name.clone())
-                    .unwrap_or_else(|| format!("#{s}")),
-                FieldRef::Ts => "ts".into(),
-                FieldRef::Id => "id".into(),
-                FieldRef::Type => "type".into(),
-            }
-        };
         let type_name = |ty: TypeId| {
             self.schemas
                 .get(ty as usize)
@@ -494,7 +481,7 @@ impl RuleSet {
                         if let Some(b) = b
                             && let Some(set) = used.get_mut(b as usize)
                         {
-                            set.insert(field_name(p.bindings[b as usize].ty, f));
+                            set.insert(names.field(p.bindings[b as usize].ty, f));
                         }
                     });
                 };
@@ -549,7 +536,7 @@ impl RuleSet {
                     .chain(rule.emit.iter().map(|(_, e)| e))
                 {
                     visit_fields(e, &mut |_, f| {
-                        fields.insert(field_name(a.ty, f));
+                        fields.insert(names.field(a.ty, f));
                     });
                 }
                 RuleOutline {

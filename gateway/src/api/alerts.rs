@@ -148,6 +148,14 @@ pub async fn list_alerts(
     ))
 }
 
+/// The stored alert `id`, or 404.
+async fn stored(st: &AppState, id: &str) -> ApiResult<StoredAlert> {
+    st.store
+        .alert(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert with id `{id}`")))
+}
+
 /// One alert with the events it matched (the explanation).
 #[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts", security(("api_key" = [])),
     params(("id" = String, Path, description = "Alert id")),
@@ -157,11 +165,7 @@ pub async fn get_alert(
     _c: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let a = st
-        .store
-        .alert(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no alert with id `{id}`")))?;
+    let a = stored(&st, &id).await?;
     Ok(reply(
         StatusCode::OK,
         serde_json::json!({"alert": a.alert, "events": a.events}),
@@ -180,19 +184,14 @@ pub async fn explain_alert(
     _c: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let a = st
-        .store
-        .alert(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no alert with id `{id}`")))?;
+    let a = stored(&st, &id).await?;
     let version = a.alert["version"].as_u64().unwrap_or(0) as u32;
     let text = st.store.version(&a.rule, version).await?.map(|v| v.text);
     let schema = st.catalog.schema().await?;
     // The rule as it was when it fired (None if that version is gone or no
     // longer compiles: the events are still shown).
     let outline = text.as_deref().and_then(|t| {
-        let (check, set) = crate::catalog::validate_against(&schema, t);
-        let set = set.filter(|_| check.ok)?;
+        let set = crate::catalog::compile(&schema, t).ok()?;
         let rule = set.rules.iter().find(|r| r.name == a.rule)?;
         Some(set.outline(rule))
     });

@@ -2,7 +2,6 @@
 
 use super::{ApiError, ApiResult, AppState, Body, Caller, reply, unsupported};
 use crate::backtest::{Events, Spec, StartError};
-use crate::catalog::validate_against;
 use crate::store::Role;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -129,16 +128,8 @@ struct BacktestBody {
 }
 
 async fn compiled(st: &AppState, schema: &str, rule: &str, v: u32) -> ApiResult<Arc<RuleSet>> {
-    let ver = st
-        .store
-        .version(rule, v)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("rule `{rule}` has no version {v}")))?;
-    let (check, set) = validate_against(schema, &ver.text);
-    match set.filter(|_| check.ok) {
-        Some(set) => Ok(Arc::new(set)),
-        None => Err(crate::catalog::CatalogError::Invalid(check.diagnostics).into()),
-    }
+    let ver = super::rules::version_of(st, rule, v).await?;
+    Ok(Arc::new(crate::catalog::compile(schema, &ver.text)?))
 }
 
 /// Start a backtest of a rule version over a sample or inline events
@@ -204,6 +195,12 @@ pub async fn start_backtest(
     Ok(reply(StatusCode::ACCEPTED, job.view()))
 }
 
+fn job(st: &AppState, id: &str) -> ApiResult<Arc<crate::backtest::Job>> {
+    st.backtests
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no backtest `{id}`")))
+}
+
 /// A backtest: state, progress, and its report once done.
 #[utoipa::path(get, path = "/v1/backtests/{id}", tag = "backtests", security(("api_key" = [])),
     params(("id" = String, Path, description = "Backtest id")),
@@ -214,10 +211,7 @@ pub async fn get_backtest(
     _c: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let job = st
-        .backtests
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no backtest `{id}`")))?;
+    let job = job(&st, &id)?;
     Ok(reply(StatusCode::OK, job.view()))
 }
 
@@ -231,10 +225,7 @@ pub async fn cancel_backtest(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require(Role::Analyst, "cancelling a backtest")?;
-    let job = st
-        .backtests
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no backtest `{id}`")))?;
+    let job = job(&st, &id)?;
     job.cancel();
     Ok(reply(StatusCode::ACCEPTED, job.view()))
 }

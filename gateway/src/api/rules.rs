@@ -1,7 +1,7 @@
 //! Rules: versions, validation, tests, deploys, lifecycle, diffs, the schema.
 
 use super::{ApiError, ApiResult, AppState, Body, Caller, reply, unsupported};
-use crate::catalog::{self, validate_against};
+use crate::catalog;
 use crate::router::Command;
 use crate::store::{Mode, Role, RuleState};
 use axum::extract::{Path, Query, State};
@@ -245,7 +245,11 @@ pub async fn list_versions(
     Ok(reply(StatusCode::OK, st.store.versions(&name).await?))
 }
 
-async fn version_of(st: &AppState, name: &str, v: u32) -> ApiResult<crate::store::RuleVersion> {
+pub(super) async fn version_of(
+    st: &AppState,
+    name: &str,
+    v: u32,
+) -> ApiResult<crate::store::RuleVersion> {
     state_of(st, name).await?;
     st.store
         .version(name, v)
@@ -314,11 +318,7 @@ fn run_text(
     text: &str,
     events: &[(usize, Vec<u8>)],
 ) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
-    let (v, set) = validate_against(schema, text);
-    let Some(set) = set.filter(|_| v.ok) else {
-        return Err(crate::catalog::CatalogError::Invalid(v.diagnostics).into());
-    };
-    let set = Arc::new(set);
+    let set = Arc::new(catalog::compile(schema, text)?);
     let decoder = Decoder::new(&set);
     let mut engine = Engine::new(set.clone(), EngineConfig::default());
     engine.set_wall_clock(catalog::now_ms());
@@ -578,10 +578,7 @@ pub async fn get_program(
 ) -> ApiResult<Response> {
     let ver = version_of(&st, &name, v).await?;
     let schema = st.catalog.schema().await?;
-    let (check, set) = validate_against(&schema, &ver.text);
-    let Some(set) = set.filter(|_| check.ok) else {
-        return Err(crate::catalog::CatalogError::Invalid(check.diagnostics).into());
-    };
+    let set = catalog::compile(&schema, &ver.text)?;
     let dump: String = set.rules.iter().map(|r| set.dump_rule(r)).collect();
     Ok(reply(
         StatusCode::OK,
