@@ -87,12 +87,7 @@ impl Browser {
     /// Clicks like a user who scrolled it into the middle of the window
     /// (the header sticks to the top and would take a click at the edge).
     async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        let arg = serde_json::to_value(&e).expect("element reference");
-        self.c
-            .execute("arguments[0].scrollIntoView({block: 'center'});", vec![arg])
-            .await
-            .expect("scroll into view");
+        let e = self.scroll_to(css).await;
         e.click()
             .await
             .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
@@ -142,13 +137,41 @@ impl Browser {
 
     /// A screenshot with `css` scrolled into the middle of the window.
     async fn shot_at(&self, css: &str, name: &str) {
+        self.scroll_to(css).await;
+        self.shot(name).await;
+    }
+
+    /// Finds `css` and scrolls it into the middle of the window.
+    async fn scroll_to(&self, css: &str) -> fantoccini::elements::Element {
         let e = self.find(css).await;
         let arg = serde_json::to_value(&e).expect("element reference");
         self.c
             .execute("arguments[0].scrollIntoView({block: 'center'});", vec![arg])
             .await
             .expect("scroll into view");
-        self.shot(name).await;
+        e
+    }
+
+    /// The alerts view, watching shadow alerts.
+    async fn watch_shadow_alerts(&self) {
+        self.go("#/alerts").await;
+        self.find("#f-mode")
+            .await
+            .select_by_value("shadow")
+            .await
+            .expect("select shadow");
+        self.click("form[aria-label='Alert filters'] button[type=submit]")
+            .await;
+    }
+
+    /// Polls until at least `n` elements match `css` or `timeout` passes;
+    /// returns how many match then.
+    async fn wait_count(&self, css: &str, n: usize, timeout: Duration) -> usize {
+        let start = Instant::now();
+        while self.count(css).await < n && start.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.count(css).await
     }
 
     /// A screenshot of the view; every view shot is also checked for form
@@ -427,14 +450,7 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
     });
 
     // Watch the shadow stream, then send events: the alerts arrive live.
-    b.go("#/alerts").await;
-    b.find("#f-mode")
-        .await
-        .select_by_value("shadow")
-        .await
-        .expect("select shadow");
-    b.click("form[aria-label='Alert filters'] button[type=submit]")
-        .await;
+    b.watch_shadow_alerts().await;
     b.wait_text("#live", "the live stream", |t| t.contains("live"))
         .await;
     let live = txns(
@@ -451,12 +467,9 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
         &live.join("\n"),
     );
     assert_eq!((s, v["accepted"].as_u64()), (200, Some(6)), "{v}");
-    let start = Instant::now();
-    while b.count("#alerts-body a.mono").await < 2 && start.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        b.count("#alerts-body a.mono").await,
+        b.wait_count("#alerts-body a.mono", 2, Duration::from_secs(30))
+            .await,
         2,
         "two shadow alerts in the stream"
     );
@@ -543,18 +556,9 @@ async fn an_analyst_writes_backtests_shadows_and_an_admin_promotes_in_the_browse
 
     // An alert's explanation: bindings with their events and the fields the
     // predicates read, the time span against `within`, the emitted fields.
-    b.go("#/alerts").await;
-    b.find("#f-mode")
-        .await
-        .select_by_value("shadow")
-        .await
-        .expect("select shadow");
-    b.click("form[aria-label='Alert filters'] button[type=submit]")
+    b.watch_shadow_alerts().await;
+    b.wait_count("#alerts-body a.mono", 2, Duration::from_secs(20))
         .await;
-    let start = Instant::now();
-    while b.count("#alerts-body a.mono").await < 2 && start.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     b.click("#alerts-body a.mono").await;
     let span = b
         .wait_text("#time-span", "the time span", |t| !t.is_empty())
