@@ -31,8 +31,11 @@ const TIME_BUCKETS: i64 = 48;
 pub enum Events {
     /// NDJSON text sent with the request.
     Inline(Vec<u8>),
-    /// A stored sample file.
-    File(std::path::PathBuf),
+    /// A stored sample file, with its number of events when known.
+    File {
+        path: std::path::PathBuf,
+        lines: Option<u64>,
+    },
 }
 
 /// What a backtest runs.
@@ -240,15 +243,15 @@ impl Lane {
 fn run(job: &Job, spec: Spec) -> anyhow::Result<Option<Report>> {
     let start = std::time::Instant::now();
     let (total, reader): (u64, Box<dyn BufRead>) = match spec.events {
-        Events::Inline(bytes) => {
-            let n = bytes.split(|&b| b == b'\n').filter(|l| !blank(l)).count() as u64;
-            (n, Box::new(std::io::Cursor::new(bytes)))
-        }
-        Events::File(path) => {
-            let count = std::io::BufReader::new(std::fs::File::open(&path)?)
-                .split(b'\n')
-                .filter(|l| l.as_ref().is_ok_and(|l| !blank(l)))
-                .count() as u64;
+        Events::Inline(bytes) => (count_lines(&bytes), Box::new(std::io::Cursor::new(bytes))),
+        Events::File { path, lines } => {
+            let count = match lines {
+                Some(n) => n,
+                None => std::io::BufReader::new(std::fs::File::open(&path)?)
+                    .split(b'\n')
+                    .filter(|l| l.as_ref().is_ok_and(|l| !blank(l)))
+                    .count() as u64,
+            };
             let f = std::fs::File::open(&path)?;
             (
                 count,
@@ -308,6 +311,11 @@ fn run(job: &Job, spec: Spec) -> anyhow::Result<Option<Report>> {
 
 fn blank(l: &[u8]) -> bool {
     l.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Events in NDJSON text: its non-blank lines.
+pub fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.split(|&b| b == b'\n').filter(|l| !blank(l)).count() as u64
 }
 
 /// What the run gathers; bounded except for the per-alert time stamps and

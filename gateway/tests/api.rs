@@ -1100,6 +1100,9 @@ async fn backtests_report_counts_chart_score_and_diff_and_can_be_cancelled() {
     );
     let r = t.get("/v1/samples", &t.viewer).await;
     assert_eq!(r.json[0]["name"], "ten-cards", "{}", r.text);
+    // One sample, with the count stored beside it (not listed itself).
+    assert_eq!(r.json.as_array().map(Vec::len), Some(1), "{}", r.text);
+    assert_eq!(r.json[0]["lines"], 21);
     // v2 against v1, with labels: b0, b2 are fraud, and card c1.
     let labels = "{\"event\":\"b0\"}\n{\"event\":\"b2\"}\n{\"key\":\"c1\"}\n";
     let r = t

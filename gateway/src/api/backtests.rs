@@ -40,14 +40,30 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// A sample's event count, kept beside it (`<name>.lines`) when it is
+/// stored so that listing samples and sizing a backtest read no events.
+fn lines_file(data: &std::path::Path) -> std::path::PathBuf {
+    data.with_extension("lines")
+}
+
+fn stored_lines(data: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(lines_file(data))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `{name, bytes, lines}` of a sample file (counted when it was placed
+/// without its count, e.g. copied in by hand).
 fn sample_info(path: &std::path::Path) -> Option<serde_json::Value> {
     let name = path.file_name()?.to_str()?.strip_suffix(".jsonl")?;
-    let bytes = std::fs::read(path).ok()?;
-    let lines = bytes
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .count();
-    Some(serde_json::json!({"name": name, "bytes": bytes.len(), "lines": lines}))
+    let bytes = std::fs::metadata(path).ok()?.len();
+    let lines = match stored_lines(path) {
+        Some(n) => n,
+        None => crate::backtest::count_lines(&std::fs::read(path).ok()?),
+    };
+    Some(serde_json::json!({"name": name, "bytes": bytes, "lines": lines}))
 }
 
 /// Stored event samples.
@@ -96,7 +112,11 @@ pub async fn put_sample(
     let info = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let path = dir.join(format!("{name}.jsonl"));
-        let count = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+        let count = std::fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+                .count()
+        });
         if !path.exists() && count >= MAX_SAMPLES {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -105,11 +125,16 @@ pub async fn put_sample(
             ));
         }
         // Written aside, then renamed: a reader never sees half a file.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        sample_info(&path).ok_or_else(|| ApiError::internal("sample not readable"))
+        let lines = crate::backtest::count_lines(&bytes);
+        let put = |to: &std::path::Path, what: &[u8]| {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, what)
+                .and_then(|()| std::fs::rename(&tmp, to))
+                .map_err(|e| ApiError::internal(e.to_string()))
+        };
+        put(&path, &bytes)?;
+        put(&lines_file(&path), lines.to_string().as_bytes())?;
+        Ok(serde_json::json!({"name": name, "bytes": bytes.len(), "lines": lines}))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -158,7 +183,10 @@ pub async fn start_backtest(
             if !path.exists() {
                 return Err(ApiError::not_found(format!("no sample `{name}`")));
             }
-            Events::File(path)
+            Events::File {
+                lines: stored_lines(&path),
+                path,
+            }
         }
         (None, Some(text)) => Events::Inline(text.into_bytes()),
         _ => {
