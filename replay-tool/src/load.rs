@@ -41,6 +41,17 @@ pub struct LoadArgs {
     /// Gateway HTTP address (to learn when the cluster has processed everything).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub http: String,
+    /// With no --events: event time of the first generated event, epoch ms
+    /// (default: just after the gateway's clock, or now). `vigil-replay gen
+    /// --base-ms` with the same value writes the same events.
+    #[arg(long)]
+    pub base_ms: Option<i64>,
+    /// Also write every alert received (JSON, one per line) to this file.
+    #[arg(long)]
+    pub alerts_out: Option<PathBuf>,
+    /// API key sent with the gateway status requests (`Authorization: Bearer`).
+    #[arg(long, env = "VIGIL_API_KEY")]
+    pub api_key: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -62,32 +73,77 @@ pub struct LoadReport {
     pub latency_us_max: u64,
 }
 
-pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
-    let lines: Vec<String> = match &a.events {
-        Some(p) => std::io::BufReader::new(
-            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-        )
-        .lines()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|l| !l.trim().is_empty())
-        .collect(),
-        None => crate::replay::generate(
-            a.generate,
-            a.cards,
-            42,
-            // After anything the gateway has seen, or every event is late.
-            cluster(&a.http)
-                .and_then(|c| c["clock_ms"].as_i64())
-                .map_or(0, |c| c + 1)
-                .max(chrono::Utc::now().timestamp_millis()),
-        ),
-    };
-    if lines.is_empty() {
-        bail!("no events to send");
+/// The events a load run sends, in order.
+enum Source {
+    /// A JSONL file, in memory; ids map to positions for the latency.
+    File {
+        lines: Vec<String>,
+        index: HashMap<String, usize>,
+    },
+    /// The `gen` workload, generated a batch at a time (a soak of tens of
+    /// millions of events never holds them all); event `i` has id `e<i>`.
+    Generated {
+        events: u64,
+        cards: u64,
+        base_ms: i64,
+    },
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::File { lines, .. } => lines.len(),
+            Source::Generated { events, .. } => *events as usize,
+        }
     }
-    // Event id → position, so an alert's matched ids give the send time.
-    let index: HashMap<String, usize> = lines
+
+    /// Events `from .. from + n`.
+    fn batch(&self, from: usize, n: usize) -> Vec<String> {
+        match self {
+            Source::File { lines, .. } => {
+                lines[from.min(lines.len())..(from + n).min(lines.len())].to_vec()
+            }
+            Source::Generated { cards, base_ms, .. } => {
+                crate::replay::generate_range(from as u64, n as u64, *cards, 42, *base_ms)
+            }
+        }
+    }
+
+    /// The position of the event with this id.
+    fn position(&self, id: &str) -> Option<usize> {
+        match self {
+            Source::File { index, .. } => index.get(id).copied(),
+            Source::Generated { events, .. } => id
+                .strip_prefix('e')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&i| i < *events as usize),
+        }
+    }
+}
+
+fn source(a: &LoadArgs) -> anyhow::Result<Source> {
+    let Some(p) = &a.events else {
+        return Ok(Source::Generated {
+            events: a.generate,
+            cards: a.cards,
+            base_ms: a.base_ms.unwrap_or_else(|| {
+                // After anything the gateway has seen, or every event is late.
+                cluster(&a.http, a.api_key.as_deref())
+                    .and_then(|c| c["clock_ms"].as_i64())
+                    .map_or(0, |c| c + 1)
+                    .max(chrono::Utc::now().timestamp_millis())
+            }),
+        });
+    };
+    let lines: Vec<String> = std::io::BufReader::new(
+        std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+    )
+    .lines()
+    .collect::<Result<Vec<_>, _>>()?
+    .into_iter()
+    .filter(|l| !l.trim().is_empty())
+    .collect();
+    let index = lines
         .iter()
         .enumerate()
         .filter_map(|(i, l)| {
@@ -100,8 +156,19 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
             Some((id, i))
         })
         .collect();
-    let n = lines.len();
-    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    Ok(Source::File { lines, index })
+}
+
+pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
+    let src = Arc::new(source(&a)?);
+    let n = src.len();
+    if n == 0 {
+        bail!("no events to send");
+    }
+    let batch = a.batch.max(1);
+    // When each batch was handed to ZeroMQ (ns since start; 0: not yet).
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..n.div_ceil(batch)).map(|_| AtomicU64::new(0)).collect());
     let start = Instant::now();
     let ctx = zmq::Context::new();
 
@@ -111,11 +178,18 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     sub.set_subscribe(b"alert.")?;
     sub.set_rcvtimeo(100)?;
     sub.set_rcvhwm(1_000_000)?;
+    let mut alerts_out = match &a.alerts_out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let alerts = Arc::new(AtomicU64::new(0));
     let listener = {
-        let (stop, alerts, sent_at) = (stop.clone(), alerts.clone(), sent_at.clone());
-        std::thread::spawn(move || -> Histogram<u64> {
+        let (stop, alerts, sent_at, src) =
+            (stop.clone(), alerts.clone(), sent_at.clone(), src.clone());
+        std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
             while !stop.load(Ordering::Relaxed) {
@@ -125,6 +199,10 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
                 let now = start.elapsed().as_nanos() as u64;
                 let Some(body) = frames.get(1) else { continue };
                 alerts.fetch_add(1, Ordering::Relaxed);
+                if let Some(out) = alerts_out.as_mut() {
+                    out.write_all(body)?;
+                    out.write_all(b"\n")?;
+                }
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
                     continue;
                 };
@@ -134,28 +212,31 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
                     .into_iter()
                     .flat_map(|m| m.values())
                     .flat_map(|ids| ids.as_array().cloned().unwrap_or_default())
-                    .filter_map(|id| id.as_str().and_then(|s| index.get(s)).copied())
+                    .filter_map(|id| id.as_str().and_then(|s| src.position(s)))
                     .max();
                 if let Some(i) = newest {
-                    let t = sent_at[i].load(Ordering::Relaxed);
+                    let t = sent_at[i / batch].load(Ordering::Relaxed);
                     if t > 0 && now > t {
                         let _ = h.record(((now - t) / 1_000).max(1));
                     }
                 }
             }
-            h
+            if let Some(out) = alerts_out.as_mut() {
+                out.flush()?;
+            }
+            Ok(h)
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let base = accepted(&a.http).unwrap_or(0);
+    let base = accepted(&a.http, a.api_key.as_deref()).unwrap_or(0);
 
     let push = ctx.socket(zmq::PUSH)?;
     push.set_sndhwm(10_000)?;
     push.set_linger(10_000)?;
     push.connect(&a.push)?;
     let t0 = Instant::now();
-    let batch = a.batch.max(1);
-    for (b, chunk) in lines.chunks(batch).enumerate() {
+    for b in 0..n.div_ceil(batch) {
+        let chunk = src.batch(b * batch, batch);
         if a.rate > 0 {
             let due = Duration::from_secs_f64((b * batch) as f64 / a.rate as f64);
             let el = t0.elapsed();
@@ -163,10 +244,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
                 std::thread::sleep(due - el);
             }
         }
-        let now = start.elapsed().as_nanos() as u64;
-        for i in b * batch..b * batch + chunk.len() {
-            sent_at[i].store(now, Ordering::Relaxed);
-        }
+        sent_at[b].store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         push.send_multipart(chunk.iter().map(String::as_bytes), 0)?;
     }
     let send_secs = t0.elapsed().as_secs_f64();
@@ -174,7 +252,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut done = None;
     while Instant::now() < deadline {
-        if let Some(c) = cluster(&a.http) {
+        if let Some(c) = cluster(&a.http, a.api_key.as_deref()) {
             let acc = c["events_accepted"].as_u64().unwrap_or(0);
             let rej: u64 = c["events_rejected"]
                 .as_object()
@@ -201,7 +279,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     let h = listener
         .join()
-        .map_err(|_| anyhow::anyhow!("alert listener panicked"))?;
+        .map_err(|_| anyhow::anyhow!("alert listener panicked"))??;
     let r = LoadReport {
         events: n as u64,
         send_secs,
@@ -233,18 +311,19 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cluster(http: &str) -> Option<serde_json::Value> {
+fn cluster(http: &str, key: Option<&str>) -> Option<serde_json::Value> {
     let mut s = std::net::TcpStream::connect(http).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {http}\r\n\r\n").ok()?;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {http}\r\n{auth}\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = text.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
 }
 
-fn accepted(http: &str) -> Option<u64> {
-    let c = cluster(http)?;
+fn accepted(http: &str, key: Option<&str>) -> Option<u64> {
+    let c = cluster(http, key)?;
     let rej: u64 = c["events_rejected"]
         .as_object()
         .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());

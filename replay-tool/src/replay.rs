@@ -100,6 +100,9 @@ pub struct GenArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Event time of the first event, epoch ms (one more per event).
+    #[arg(long, default_value_t = GEN_BASE_MS)]
+    pub base_ms: i64,
     /// Output file (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -617,7 +620,7 @@ pub fn gen_events(a: GenArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Box::new(BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    for line in Workload::new(a.cards, a.seed, GEN_BASE_MS).take(a.events as usize) {
+    for line in Workload::new(a.cards, a.seed, a.base_ms).take(a.events as usize) {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
