@@ -2,6 +2,7 @@
 //! engine the nodes run. The binary (`main.rs`) is a thin clap front end.
 #![forbid(unsafe_code)]
 
+pub mod library;
 pub mod load;
 pub mod produce;
 pub mod replay;

@@ -46,6 +46,9 @@ pub struct LoadArgs {
     /// --base-ms` with the same value writes the same events.
     #[arg(long)]
     pub base_ms: Option<i64>,
+    /// With no --events: which generated workload (`txn` or `library`).
+    #[arg(long, value_enum, default_value_t)]
+    pub flavor: crate::library::Flavor,
     /// Also write every alert received (JSON, one per line) to this file.
     #[arg(long)]
     pub alerts_out: Option<PathBuf>,
@@ -83,6 +86,7 @@ enum Source {
     /// The `gen` workload, generated a batch at a time (a soak of tens of
     /// millions of events never holds them all); event `i` has id `e<i>`.
     Generated {
+        flavor: crate::library::Flavor,
         events: u64,
         cards: u64,
         base_ms: i64,
@@ -103,8 +107,14 @@ impl Source {
             Source::File { lines, .. } => {
                 lines[from.min(lines.len())..(from + n).min(lines.len())].to_vec()
             }
-            Source::Generated { cards, base_ms, .. } => {
-                crate::replay::generate_range(from as u64, n as u64, *cards, 42, *base_ms)
+            Source::Generated {
+                flavor,
+                events,
+                cards,
+                base_ms,
+            } => {
+                let n = (n as u64).min(events.saturating_sub(from as u64));
+                crate::library::range(*flavor, from as u64, n, *cards, 42, *base_ms)
             }
         }
     }
@@ -124,6 +134,7 @@ impl Source {
 fn source(a: &LoadArgs) -> anyhow::Result<Source> {
     let Some(p) = &a.events else {
         return Ok(Source::Generated {
+            flavor: a.flavor,
             events: a.generate,
             cards: a.cards,
             base_ms: a.base_ms.unwrap_or_else(|| {

@@ -103,6 +103,9 @@ pub struct GenArgs {
     /// Event time of the first event, epoch ms (one more per event).
     #[arg(long, default_value_t = GEN_BASE_MS)]
     pub base_ms: i64,
+    /// `txn`: the benchmark workload; `library`: every event type of the rule library.
+    #[arg(long, value_enum, default_value_t)]
+    pub flavor: crate::library::Flavor,
     /// Output file (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -620,8 +623,18 @@ pub fn gen_events(a: GenArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Box::new(BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    for line in Workload::new(a.cards, a.seed, a.base_ms).take(a.events as usize) {
-        writeln!(out, "{line}")?;
+    if a.flavor == crate::library::Flavor::Library {
+        for i in 0..a.events {
+            writeln!(
+                out,
+                "{}",
+                crate::library::event(a.seed, i, a.cards, a.base_ms)
+            )?;
+        }
+    } else {
+        for line in Workload::new(a.cards, a.seed, a.base_ms).take(a.events as usize) {
+            writeln!(out, "{line}")?;
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
