@@ -780,9 +780,30 @@ impl Checker {
                 ),
             );
         }
-        // Lint: unbounded Kleene steps that accept any event of their type.
+        // Lint: unbounded Kleene steps. Under a long window each run may hold
+        // every matching event of its key, and runs overlap, so a key's state
+        // grows with the square of its events (capped per run by the engine's
+        // `max_run_events`).
         for (i, s) in pb.steps.iter().enumerate() {
-            if s.max == u32::MAX && s.pred.is_none() {
+            if s.max == u32::MAX && within_ms > LONG_WINDOW_MS {
+                let span = pb.step_spans[i];
+                self.err(
+                    Diagnostic::warning(
+                        "quadratic-state",
+                        span,
+                        format!(
+                            "this repeated step has no upper bound under `within {}`",
+                            fmt_ms(within_ms)
+                        ),
+                    )
+                    .with_label(
+                        "every run of a key may collect every matching event for the whole window: n such events on one key hold up to n²/2 events across its runs",
+                    )
+                    .with_hint(
+                        "add an upper bound (`{1,50}`) or shorten `within`; the engine drops a run that reaches --max-run-events (default 1000) events",
+                    ),
+                );
+            } else if s.max == u32::MAX && s.pred.is_none() {
                 let span = pb.step_spans[i];
                 self.err(
                     Diagnostic::warning(
@@ -1112,6 +1133,10 @@ impl PatternBuilder {
 
 /// At most this many steps and negations in one pattern (ids are 16-bit).
 const MAX_STEPS: usize = 1000;
+
+/// A `within` longer than this makes an unbounded repeated step warn
+/// (`quadratic-state`).
+const LONG_WINDOW_MS: i64 = 86_400_000;
 
 /// Steps and negations of a pattern, groups included.
 fn count_steps(seq: &ast::Seq) -> usize {
