@@ -986,7 +986,7 @@ mod tests {
         assert_eq!(err, WireError::Version { got: 1 });
         assert_eq!(
             err.to_string(),
-            "peer speaks Vigil wire protocol version 1; this build speaks version 2"
+            "peer speaks Vigil wire protocol version 1; this build speaks version 3"
         );
         // The error frame reads the same in every version.
         let mut e = encode(&Msg::Error { text: "why".into() });
