@@ -998,7 +998,10 @@ mod tests {
     fn garbage_is_refused() {
         assert_eq!(decode(b"GET / HTTP/1.1"), Err(WireError::BadMagic));
         assert_eq!(decode(b"VG"), Err(WireError::Truncated));
-        assert_eq!(decode(b"VG\x02\x63"), Err(WireError::UnknownKind(0x63)));
+        assert_eq!(
+            decode(&[b'V', b'G', VERSION, 0x63]),
+            Err(WireError::UnknownKind(0x63))
+        );
         let mut extra = encode(&Msg::Ping { nonce: 1 });
         extra.push(0);
         assert_eq!(decode(&extra), Err(WireError::TrailingBytes(1)));
