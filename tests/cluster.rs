@@ -621,7 +621,7 @@ fn a_peer_speaking_another_protocol_version_gets_a_clear_error() {
     match cep_engine::wire::decode(&reply) {
         Ok(cep_engine::wire::Msg::Error { text }) => assert_eq!(
             text,
-            "peer speaks Vigil wire protocol version 7; this build speaks version 2"
+            "peer speaks Vigil wire protocol version 7; this build speaks version 3"
         ),
         other => panic!("expected an error frame, got {other:?}"),
     }

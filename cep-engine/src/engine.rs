@@ -40,6 +40,17 @@ pub struct EngineConfig {
     pub max_runs_total: usize,
     /// Cap on events held by one aggregate window; the oldest is dropped.
     pub max_window_events: usize,
+    /// Cap on events held by one partial match; a run that reaches it without
+    /// completing is dropped (counted in [`Metrics::runs_dropped_events_cap`]).
+    #[serde(default = "default_max_run_events")]
+    pub max_run_events: usize,
+}
+
+/// Default of [`EngineConfig::max_run_events`].
+pub const DEFAULT_MAX_RUN_EVENTS: usize = 1_000;
+
+fn default_max_run_events() -> usize {
+    DEFAULT_MAX_RUN_EVENTS
 }
 
 impl Default for EngineConfig {
@@ -50,6 +61,7 @@ impl Default for EngineConfig {
             max_runs_per_key: 10_000,
             max_runs_total: 5_000_000,
             max_window_events: 100_000,
+            max_run_events: DEFAULT_MAX_RUN_EVENTS,
         }
     }
 }
@@ -66,6 +78,9 @@ pub struct Metrics {
     pub runs_dropped_cap: u64,
     pub runs_refused_cap: u64,
     pub window_dropped_cap: u64,
+    /// Runs dropped because they reached `max_run_events`.
+    #[serde(default)]
+    pub runs_dropped_events_cap: u64,
     pub matches: BTreeMap<String, u64>,
     pub alerts: BTreeMap<String, u64>,
     pub suppressed: BTreeMap<String, u64>,
@@ -176,8 +191,9 @@ pub struct Snapshot {
 }
 
 /// Format tag of [`Snapshot::to_bytes`]; bumped when the layout changes, so an
-/// old checkpoint is refused with a clear error instead of misread.
-const SNAPSHOT_FORMAT: u8 = 1;
+/// old checkpoint is refused with a clear error instead of misread (2: metrics
+/// count runs dropped at `max_run_events`).
+const SNAPSHOT_FORMAT: u8 = 2;
 
 impl Snapshot {
     /// The snapshot as bytes (a format byte, then postcard).
@@ -663,10 +679,12 @@ impl Engine {
         let before = st.runs.len();
         let mut limits = Limits {
             max_runs_per_key: config.max_runs_per_key,
+            max_run_events: config.max_run_events,
             may_start: *active_runs < config.max_runs_total,
             dropped: 0,
             refused: 0,
             started: 0,
+            event_capped: 0,
         };
         let matches = Matcher {
             pattern: p,
@@ -676,6 +694,7 @@ impl Engine {
         out.metrics.runs_started += limits.started;
         out.metrics.runs_dropped_cap += limits.dropped;
         out.metrics.runs_refused_cap += limits.refused;
+        out.metrics.runs_dropped_events_cap += limits.event_capped;
         if limits.started > 0 {
             // One timer per run: its window closes at first.ts + within.
             out.timers

@@ -29,6 +29,8 @@ pub struct NodeOptions {
     pub credit_window: u32,
     /// Partial matches held by the whole node (split across its shards).
     pub max_runs: usize,
+    /// Events one partial match may hold ([`EngineConfig::max_run_events`]).
+    pub max_run_events: usize,
     /// Largest message accepted from the gateway, bytes.
     pub max_message_bytes: i64,
     /// How often idle shards catch up with the gateway clock (fire timers).
@@ -42,6 +44,7 @@ impl Default for NodeOptions {
             bind: "tcp://127.0.0.1:7710".into(),
             credit_window: 65_536,
             max_runs: 5_000_000,
+            max_run_events: EngineConfig::default().max_run_events,
             max_message_bytes: 64 << 20,
             advance_every: Duration::from_millis(5),
         }
@@ -63,6 +66,8 @@ pub struct NodeStatus {
     pub processed_seq: AtomicU64,
     pub rejected_batches: AtomicU64,
     pub misrouted: AtomicU64,
+    /// Partial matches dropped at `max_run_events`.
+    pub runs_dropped_events_cap: AtomicU64,
     /// Last error told to the gateway (for logs and `/healthz`).
     pub last_error: Mutex<Option<String>>,
 }
@@ -148,6 +153,12 @@ impl NodeStatus {
             "counter",
             "event copies for a shard this node does not own",
             g(&self.misrouted),
+        );
+        line(
+            "vigil_node_runs_dropped_events_cap_total",
+            "counter",
+            "partial matches dropped on reaching --max-run-events",
+            g(&self.runs_dropped_events_cap),
         );
         out
     }
@@ -242,6 +253,7 @@ impl Node {
             lateness_ms,
             max_runs_per_key: per_key,
             max_runs_total: (self.opts.max_runs / owned).max(1_000),
+            max_run_events: self.opts.max_run_events.max(1),
             ..EngineConfig::default()
         }
     }
@@ -650,6 +662,7 @@ impl Node {
             let m = e.metrics();
             s.events += m.events_in;
             s.late += m.late;
+            s.runs_dropped_events_cap += m.runs_dropped_events_cap;
             s.active_runs += e.active_runs() as u64;
             s.active_keys += e.active_keys() as u64;
             s.buffered += e.buffered() as u64;
@@ -664,6 +677,8 @@ impl Node {
         st.shards_active
             .store(u64::from(s.shards_active), Ordering::Relaxed);
         st.processed_seq.store(s.processed_seq, Ordering::Relaxed);
+        st.runs_dropped_events_cap
+            .store(s.runs_dropped_events_cap, Ordering::Relaxed);
         s
     }
 

@@ -107,11 +107,16 @@ enum Outcome {
 /// Per-call limits and counters.
 pub struct Limits {
     pub max_runs_per_key: usize,
+    /// Events one run may hold: a run that reaches it without completing is
+    /// dropped (counted in `event_capped`).
+    pub max_run_events: usize,
     /// Whether a new run may start (global cap not reached).
     pub may_start: bool,
     pub dropped: u64,
     pub refused: u64,
     pub started: u64,
+    /// Runs dropped at `max_run_events`.
+    pub event_capped: u64,
 }
 
 /// Runs a compiled pattern.
@@ -314,31 +319,56 @@ impl Matcher<'_> {
         e: &Arc<Event>,
         limits: &mut Limits,
     ) -> SmallVec<[Match; 1]> {
-        // Runs are updated in place (no allocation per event); forked copies, a
-        // rare case, are appended and put back in start order afterwards.
+        // Runs are updated in place (no allocation per event). Forked copies, a
+        // rare case, go right after the run they were copied from, so the copies
+        // of one run stay in preference order: earlier choices first, and at
+        // each alternation the branch written first before the others.
         let mut done: SmallVec<[Run; 1]> = SmallVec::new();
-        let mut forks: Vec<Run> = Vec::new();
-        st.runs.retain_mut(|run| match self.advance(run, e) {
-            Outcome::Skip => true,
-            Outcome::Kill => false,
-            Outcome::Moved(vs) => {
-                let mut keep = false;
-                for (i, (r, complete)) in vs.into_iter().enumerate() {
-                    if complete {
-                        done.push(r);
-                    } else if i == 0 {
-                        *run = r;
-                        keep = true;
-                    } else {
-                        forks.push(r);
+        // (runs kept before the fork's place, the fork)
+        let mut forks: Vec<(usize, Run)> = Vec::new();
+        let mut kept = 0usize;
+        let cap = limits.max_run_events.max(1);
+        let mut capped = 0u64;
+        st.runs.retain_mut(|run| {
+            let keep = match self.advance(run, e) {
+                Outcome::Skip => true,
+                Outcome::Kill => false,
+                Outcome::Moved(vs) => {
+                    let mut keep = false;
+                    for (r, complete) in vs {
+                        if complete {
+                            done.push(r);
+                        } else if r.events.len() >= cap {
+                            // At the cap and not complete: dropped.
+                            capped += 1;
+                        } else if !keep {
+                            *run = r;
+                            keep = true;
+                        } else {
+                            forks.push((kept + 1, r));
+                        }
                     }
+                    keep
                 }
-                keep
-            }
+            };
+            kept += usize::from(keep);
+            keep
         });
         if !forks.is_empty() {
-            st.runs.append(&mut forks);
-            st.runs.sort_by_key(|r| r.start_seq);
+            let old = std::mem::take(&mut st.runs);
+            let mut merged = Vec::with_capacity(old.len() + forks.len());
+            let mut forks = forks.into_iter().peekable();
+            for (i, run) in std::iter::once(None)
+                .chain(old.into_iter().map(Some))
+                .enumerate()
+            {
+                merged.extend(run);
+                while let Some((_, f)) = forks.next_if(|(at, _)| *at <= i) {
+                    merged.push(f);
+                }
+            }
+            merged.extend(forks.map(|(_, f)| f));
+            st.runs = merged;
         }
         let mut alive = std::mem::take(&mut st.runs);
         if alive.capacity() == 0 {
@@ -361,6 +391,8 @@ impl Matcher<'_> {
                     limits.started += 1;
                     if complete {
                         done.push(r)
+                    } else if r.events.len() >= cap {
+                        capped += 1;
                     } else {
                         alive.push(r)
                     }
@@ -374,6 +406,7 @@ impl Matcher<'_> {
             alive.drain(..excess);
             limits.dropped += excess as u64;
         }
+        limits.event_capped += capped;
         st.runs = alive;
         self.complete(st, done.into_iter().map(|r| (r, e.ts, false)).collect())
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub const MAGIC: [u8; 2] = *b"VG";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Kind byte of the version-independent error frame.
 pub const KIND_ERROR: u8 = 0xFF;
 
@@ -130,6 +130,8 @@ pub struct Stats {
     /// timers fired, their alerts sent before this message); `i64::MIN`
     /// before any.
     pub clock: i64,
+    /// Partial matches dropped at `max_run_events` (version 3).
+    pub runs_dropped_events_cap: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -343,6 +345,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
                 w.u64(v);
             }
             w.i64(s.clock);
+            w.u64(s.runs_dropped_events_cap);
         }
         Msg::Bye { reason } => w.str(reason),
         Msg::SetList { name, entries } => {
@@ -616,6 +619,7 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
             shards_active: r.u32()?,
             rejected_batches: r.u64()?,
             clock: r.i64()?,
+            runs_dropped_events_cap: r.u64()?,
         }),
         11 => Msg::Bye {
             reason: r.string()?,
@@ -921,6 +925,7 @@ mod tests {
                 shards_active: 10,
                 rejected_batches: 11,
                 clock: -12,
+                runs_dropped_events_cap: 13,
             }),
             Msg::Bye {
                 reason: "shutdown".into(),
@@ -981,7 +986,7 @@ mod tests {
         assert_eq!(err, WireError::Version { got: 1 });
         assert_eq!(
             err.to_string(),
-            "peer speaks Vigil wire protocol version 1; this build speaks version 2"
+            "peer speaks Vigil wire protocol version 1; this build speaks version 3"
         );
         // The error frame reads the same in every version.
         let mut e = encode(&Msg::Error { text: "why".into() });
@@ -993,7 +998,10 @@ mod tests {
     fn garbage_is_refused() {
         assert_eq!(decode(b"GET / HTTP/1.1"), Err(WireError::BadMagic));
         assert_eq!(decode(b"VG"), Err(WireError::Truncated));
-        assert_eq!(decode(b"VG\x02\x63"), Err(WireError::UnknownKind(0x63)));
+        assert_eq!(
+            decode(&[b'V', b'G', VERSION, 0x63]),
+            Err(WireError::UnknownKind(0x63))
+        );
         let mut extra = encode(&Msg::Ping { nonce: 1 });
         extra.push(0);
         assert_eq!(decode(&extra), Err(WireError::TrailingBytes(1)));

@@ -140,6 +140,10 @@ struct RunArgs {
     /// Partial matches per (rule, key) before the oldest is dropped.
     #[arg(long, default_value_t = 10_000)]
     max_runs_per_key: u32,
+    /// Events one partial match may hold (in-process nodes); a run that reaches
+    /// it without completing is dropped and counted.
+    #[arg(long, default_value_t = cep_engine::engine::DEFAULT_MAX_RUN_EVENTS)]
+    max_run_events: usize,
     /// Largest single event accepted, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
@@ -247,6 +251,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             publish: Some(a.zmq_pub.clone()),
             lateness_ms: a.lateness,
             max_runs_per_key: a.max_runs_per_key,
+            max_run_events: a.max_run_events.max(1),
             batch_max: a.batch.max(1),
             pending_cap: a.pending_cap.max(a.batch),
             node_timeout: Duration::from_millis(a.node_timeout.max(100) as u64),

@@ -53,6 +53,9 @@ pub struct RouterConfig {
     pub publish: Option<String>,
     pub lateness_ms: i64,
     pub max_runs_per_key: u32,
+    /// Events one partial match may hold, for in-process nodes (an external
+    /// `vigil-node` takes its own `--max-run-events`).
+    pub max_run_events: usize,
     /// Copies per batch message.
     pub batch_max: usize,
     /// Copies queued at the gateway per node before back-pressure / shedding.
@@ -82,6 +85,7 @@ impl Default for RouterConfig {
             publish: None,
             lateness_ms: 0,
             max_runs_per_key: 10_000,
+            max_run_events: cep_engine::engine::DEFAULT_MAX_RUN_EVENTS,
             batch_max: 1024,
             pending_cap: 65_536,
             node_timeout: Duration::from_secs(3),
@@ -1820,6 +1824,7 @@ impl Router {
                 buffered: l.stats.buffered,
                 shards_active: l.stats.shards_active,
                 rejected_batches: l.stats.rejected_batches,
+                runs_dropped_events_cap: l.stats.runs_dropped_events_cap,
                 clock_ms: (l.stats.clock != i64::MIN && l.stats.clock != 0)
                     .then_some(l.stats.clock),
             })

@@ -85,6 +85,8 @@ pub struct NodeView {
     pub buffered: u64,
     pub shards_active: u32,
     pub rejected_batches: u64,
+    /// Partial matches dropped on reaching `--max-run-events`.
+    pub runs_dropped_events_cap: u64,
     /// The gateway clock all of the node's shards have reached (timers
     /// fired), epoch ms; `None` before any. Equal to the gateway's
     /// `clock_ms` once the node has caught up with event time.
@@ -436,6 +438,18 @@ impl Status {
             for n in &nodes {
                 let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", n.name, f(n));
             }
+        }
+        let name = "vigil_node_runs_dropped_events_cap_total";
+        let _ = write!(
+            o,
+            "# HELP {name} partial matches dropped on reaching --max-run-events\n# TYPE {name} counter\n"
+        );
+        for n in &nodes {
+            let _ = writeln!(
+                o,
+                "{name}{{node=\"{}\"}} {}",
+                n.name, n.runs_dropped_events_cap
+            );
         }
         o
     }

@@ -81,6 +81,7 @@ impl System {
                 let opts = NodeOptions {
                     name: format!("embedded-{i}"),
                     bind: format!("inproc://vigil-{}-{id}-node-{i}", std::process::id()),
+                    max_run_events: cfg.router.max_run_events,
                     ..NodeOptions::default()
                 };
                 eps.push(opts.bind.clone());

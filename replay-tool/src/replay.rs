@@ -29,6 +29,10 @@ pub struct ReplayOpts {
     /// Cap on partial matches per (rule, key).
     #[arg(long, default_value_t = EngineConfig::default().max_runs_per_key)]
     pub max_runs_per_key: usize,
+    /// Cap on events held by one partial match: a run that reaches it without
+    /// completing is dropped and counted.
+    #[arg(long, default_value_t = EngineConfig::default().max_run_events)]
+    pub max_run_events: usize,
     /// Reference lists for `in list "name"`: a JSON file `{"name": ["a", "b"], ...}`.
     #[arg(long)]
     pub lists: Option<PathBuf>,
@@ -42,6 +46,7 @@ impl ReplayOpts {
             lateness: 0,
             flush_all: false,
             max_runs_per_key: EngineConfig::default().max_runs_per_key,
+            max_run_events: EngineConfig::default().max_run_events,
             lists: None,
         }
     }
@@ -170,6 +175,7 @@ pub fn replay(
     let config = EngineConfig {
         lateness_ms: opts.lateness,
         max_runs_per_key: opts.max_runs_per_key,
+        max_run_events: opts.max_run_events.max(1),
         ..EngineConfig::default()
     };
     let decoder = Decoder::new(&rules);
@@ -360,6 +366,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         "matches_by_rule": m.matches,
         "suppressed_by_rule": m.suppressed,
         "runs_dropped_cap": m.runs_dropped_cap,
+        "runs_dropped_events_cap": m.runs_dropped_events_cap,
         "seconds": r.secs,
         "events_per_sec": (r.lines as f64 / r.secs.max(1e-9)).round(),
     });
@@ -388,6 +395,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             let alerts = m.alerts.get(rule).copied().unwrap_or(0);
             let sup = m.suppressed.get(rule).copied().unwrap_or(0);
             eprintln!("  rule {rule}: {alerts} alerts, {n} matches, {sup} suppressed");
+        }
+        if m.runs_dropped_cap + m.runs_dropped_events_cap > 0 {
+            eprintln!(
+                "  partial matches dropped: {} at --max-runs-per-key, {} at --max-run-events",
+                m.runs_dropped_cap, m.runs_dropped_events_cap
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

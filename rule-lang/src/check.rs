@@ -605,6 +605,7 @@ impl Checker {
             name: binding.name.clone(),
             ty,
             quantified: true,
+            aggregable: true,
             id: 0,
         }];
         let visible = [0u16];
@@ -713,6 +714,7 @@ impl Checker {
             Ctx {
                 quantified: false,
                 optional: false,
+                written_quant: false,
             },
             true,
         );
@@ -753,17 +755,7 @@ impl Checker {
             );
             return None;
         }
-        let binds: Vec<BindInfo> = pb
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, b)| BindInfo {
-                name: b.name.clone(),
-                ty: b.ty,
-                quantified: b.quantified,
-                id: i as u16,
-            })
-            .collect();
+        let binds = pb.bind_infos();
         let all_visible: Vec<u16> = (0..binds.len() as u16).collect();
         let mut ecx = ExprCx::new(self, &binds, &all_visible, &[]);
         ecx.no_bare_fields = true;
@@ -788,9 +780,30 @@ impl Checker {
                 ),
             );
         }
-        // Lint: unbounded Kleene steps that accept any event of their type.
+        // Lint: unbounded Kleene steps. Under a long window each run may hold
+        // every matching event of its key, and runs overlap, so a key's state
+        // grows with the square of its events (capped per run by the engine's
+        // `max_run_events`).
         for (i, s) in pb.steps.iter().enumerate() {
-            if s.max == u32::MAX && s.pred.is_none() {
+            if s.max == u32::MAX && within_ms > LONG_WINDOW_MS {
+                let span = pb.step_spans[i];
+                self.err(
+                    Diagnostic::warning(
+                        "quadratic-state",
+                        span,
+                        format!(
+                            "this repeated step has no upper bound under `within {}`",
+                            fmt_ms(within_ms)
+                        ),
+                    )
+                    .with_label(
+                        "every run of a key may collect every matching event for the whole window: n such events on one key hold up to n²/2 events across its runs",
+                    )
+                    .with_hint(
+                        "add an upper bound (`{1,50}`) or shorten `within`; the engine drops a run that reaches --max-run-events (default 1000) events",
+                    ),
+                );
+            } else if s.max == u32::MAX && s.pred.is_none() {
                 let span = pb.step_spans[i];
                 self.err(
                     Diagnostic::warning(
@@ -964,6 +977,7 @@ impl Checker {
             let inner_ctx = Ctx {
                 quantified: ctx.quantified || max > 1,
                 optional: ctx.optional || min == 0,
+                written_quant: ctx.written_quant || step.quant.is_some(),
             };
             match &step.atom {
                 Atom::Event {
@@ -995,6 +1009,7 @@ impl Checker {
                             quantified: inner_ctx.quantified,
                             optional: inner_ctx.optional,
                         });
+                        pb.written_quant.push(inner_ctx.written_quant);
                         (pb.bindings.len() - 1) as BindingId
                     });
                     let pred = predicate.as_ref().and_then(|p| {
@@ -1029,8 +1044,8 @@ impl Checker {
                     for b in branches {
                         let mut vis = visible.clone();
                         let bctx = Ctx {
-                            quantified: inner_ctx.quantified,
                             optional: inner_ctx.optional || alt,
+                            ..inner_ctx
                         };
                         match self.seq(b, pb, &mut vis, bctx, false) {
                             Some(n) => nodes.push(n),
@@ -1082,6 +1097,10 @@ type CheckedBody<T> = (T, Vec<TypeId>, Vec<(String, Expr)>);
 struct Ctx {
     quantified: bool,
     optional: bool,
+    /// Inside a step or group written with a quantifier (`{1}`, `?` included):
+    /// the spec's grammar makes such a step quantified, so aggregates over it
+    /// are allowed even when it holds at most one event.
+    written_quant: bool,
 }
 
 #[derive(Default)]
@@ -1092,6 +1111,8 @@ struct PatternBuilder {
     negations: Vec<Negation>,
     counters: u16,
     all_names: Vec<String>,
+    /// Per binding: [`Ctx::written_quant`] where it was defined.
+    written_quant: Vec<bool>,
 }
 
 impl PatternBuilder {
@@ -1103,6 +1124,7 @@ impl PatternBuilder {
                 name: b.name.clone(),
                 ty: b.ty,
                 quantified: b.quantified,
+                aggregable: b.quantified || self.written_quant.get(i).copied().unwrap_or(false),
                 id: i as u16,
             })
             .collect()
@@ -1111,6 +1133,10 @@ impl PatternBuilder {
 
 /// At most this many steps and negations in one pattern (ids are 16-bit).
 const MAX_STEPS: usize = 1000;
+
+/// A `within` longer than this makes an unbounded repeated step warn
+/// (`quadratic-state`).
+const LONG_WINDOW_MS: i64 = 86_400_000;
 
 /// Steps and negations of a pattern, groups included.
 fn count_steps(seq: &ast::Seq) -> usize {
@@ -1193,7 +1219,10 @@ pub fn fnv_hex(s: &str) -> String {
 struct BindInfo {
     name: String,
     ty: TypeId,
+    /// May hold several events (a field read needs `first`/`last`).
     quantified: bool,
+    /// Written with a quantifier: aggregates over it are allowed.
+    aggregable: bool,
     id: BindingId,
 }
 
@@ -1608,7 +1637,7 @@ impl<'c> ExprCx<'c> {
     }
 
     fn require_quantified(&mut self, info: &BindInfo, func: &ast::Ident, span: Span) -> Option<()> {
-        if !info.quantified {
+        if !info.aggregable {
             self.cx.err(
                 Diagnostic::error(
                     "aggregate-non-quantified",

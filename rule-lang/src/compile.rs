@@ -55,6 +55,8 @@ struct Pending {
 
 struct Builder<'a> {
     steps: &'a [Step],
+    /// The pattern ends in `not` (an absence rule).
+    absence: bool,
     /// Set when the construction hit [`MAX_DEPTH`] or [`MAX_WORK`] and dropped
     /// edges; the checker rejects such patterns, so compiled programs are whole.
     overflow: std::cell::Cell<bool>,
@@ -160,7 +162,12 @@ impl<'a> Builder<'a> {
             return None;
         }
         let Some((top, rest)) = cont.split_last() else {
-            let target = if p.negs.is_empty() {
+            // Pending negations reach the end only in an absence rule (the
+            // pattern ends in `not`) or by skipping optional items after a
+            // `not` (`a -> not N -> x?`): there the match is complete as soon as
+            // `a` is (spec 3.1 point 4), so nothing is left for `N` to forbid.
+            let target = if p.negs.is_empty() || !self.absence {
+                p.negs.clear();
                 Target::Accept
             } else {
                 Target::Absence
@@ -274,6 +281,7 @@ fn compile_pattern(p: CheckedPattern) -> Pattern {
 fn build_points(p: &CheckedPattern) -> (Vec<Point>, bool) {
     let b = Builder {
         steps: &p.steps,
+        absence: p.absence,
         overflow: std::cell::Cell::new(false),
         budget: std::cell::Cell::new(MAX_WORK),
     };

@@ -38,6 +38,10 @@ struct Cli {
     /// Partial matches the node may hold across all its shards.
     #[arg(long, env = "VIGIL_NODE_MAX_RUNS")]
     max_runs: Option<usize>,
+    /// Events one partial match may hold; a run that reaches it without
+    /// completing is dropped and counted (default 1000).
+    #[arg(long, env = "VIGIL_NODE_MAX_RUN_EVENTS")]
+    max_run_events: Option<usize>,
     /// Largest message accepted from the gateway, bytes.
     #[arg(long, env = "VIGIL_NODE_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<i64>,
@@ -55,6 +59,7 @@ struct FileConfig {
     http: Option<String>,
     credit_window: Option<u32>,
     max_runs: Option<usize>,
+    max_run_events: Option<usize>,
     max_message_bytes: Option<i64>,
     log: Option<String>,
 }
@@ -83,6 +88,11 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
             .or(file.credit_window)
             .unwrap_or(d.credit_window),
         max_runs: cli.max_runs.or(file.max_runs).unwrap_or(d.max_runs),
+        max_run_events: cli
+            .max_run_events
+            .or(file.max_run_events)
+            .unwrap_or(d.max_run_events)
+            .max(1),
         max_message_bytes: cli
             .max_message_bytes
             .or(file.max_message_bytes)
@@ -230,6 +240,21 @@ mod tests {
         std::fs::write(&file, "bogus = 1\n")?;
         let cli = Cli::parse_from(["vigil-node", "--config", file.to_str().unwrap_or_default()]);
         assert!(settings(cli).is_err(), "unknown settings are refused");
+        std::fs::remove_file(&file)?;
+        Ok(())
+    }
+
+    #[test]
+    fn max_run_events_from_file_and_flag() -> anyhow::Result<()> {
+        let cli = Cli::parse_from(["vigil-node", "--http", "off"]);
+        assert_eq!(settings(cli)?.node.max_run_events, 1_000);
+        let file = std::env::temp_dir().join(format!("vigil-node-mre-{}.toml", std::process::id()));
+        std::fs::write(&file, "max_run_events = 200\n")?;
+        let path = file.to_str().unwrap_or_default();
+        let cli = Cli::parse_from(["vigil-node", "--config", path]);
+        assert_eq!(settings(cli)?.node.max_run_events, 200);
+        let cli = Cli::parse_from(["vigil-node", "--config", path, "--max-run-events", "50"]);
+        assert_eq!(settings(cli)?.node.max_run_events, 50);
         std::fs::remove_file(&file)?;
         Ok(())
     }
