@@ -38,9 +38,14 @@ pub struct LoadArgs {
     /// Gateway alert PUB endpoint.
     #[arg(long, default_value = "tcp://127.0.0.1:7703")]
     pub sub: String,
-    /// Gateway HTTP address (to learn when the cluster has processed everything).
+    /// Gateway HTTP address (to learn when the cluster has processed
+    /// everything): the gateway's `--metrics-addr`, or its API address with
+    /// `--api-key` (`/v1/cluster` there needs a viewer key).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub http: String,
+    /// API key for `/v1/cluster` on the API port.
+    #[arg(long, env = "VIGIL_API_KEY")]
+    pub api_key: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -77,7 +82,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
             a.cards,
             42,
             // After anything the gateway has seen, or every event is late.
-            cluster(&a.http)
+            cluster(&a.http, a.api_key.as_deref())
                 .and_then(|c| c["clock_ms"].as_i64())
                 .map_or(0, |c| c + 1)
                 .max(chrono::Utc::now().timestamp_millis()),
@@ -147,7 +152,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let base = accepted(&a.http).unwrap_or(0);
+    let base = accepted(&a.http, a.api_key.as_deref()).unwrap_or(0);
 
     let push = ctx.socket(zmq::PUSH)?;
     push.set_sndhwm(10_000)?;
@@ -174,7 +179,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut done = None;
     while Instant::now() < deadline {
-        if let Some(c) = cluster(&a.http) {
+        if let Some(c) = cluster(&a.http, a.api_key.as_deref()) {
             let acc = c["events_accepted"].as_u64().unwrap_or(0);
             let rej: u64 = c["events_rejected"]
                 .as_object()
@@ -233,18 +238,19 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cluster(http: &str) -> Option<serde_json::Value> {
+fn cluster(http: &str, key: Option<&str>) -> Option<serde_json::Value> {
     let mut s = std::net::TcpStream::connect(http).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {http}\r\n\r\n").ok()?;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {http}\r\n{auth}\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = text.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
 }
 
-fn accepted(http: &str) -> Option<u64> {
-    let c = cluster(http)?;
+fn accepted(http: &str, key: Option<&str>) -> Option<u64> {
+    let c = cluster(http, key)?;
     let rej: u64 = c["events_rejected"]
         .as_object()
         .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
