@@ -102,6 +102,8 @@ N0_PORT=$(free_port)
 N1_PORT=$(free_port)
 BROKERS=127.0.0.1:$KAFKA_PORT
 HTTP=127.0.0.1:$HTTP_PORT
+# The operations listener: /v1/cluster and /metrics without an API key.
+OPS=127.0.0.1:$(free_port)
 
 echo "== tansu broker on $BROKERS (memory storage)"
 "$TANSU" broker \
@@ -125,7 +127,7 @@ NODE1=$!
 PIDS+=("$NODE1")
 GW_ARGS=(--rules "$ROOT/benches/w1.vgl" --data-dir "$TMP/data"
   --kafka "$BROKERS" --topic "$TOPIC" --group vigil-bench --idle 0s
-  --http "$HTTP" --zmq-pull "tcp://127.0.0.1:$(free_port)"
+  --http "$HTTP" --metrics-addr "$OPS" --zmq-pull "tcp://127.0.0.1:$(free_port)"
   --zmq-router "tcp://127.0.0.1:$(free_port)" --zmq-pub "tcp://127.0.0.1:$(free_port)"
   --node "tcp://127.0.0.1:$N0_PORT" --node "tcp://127.0.0.1:$N1_PORT"
   --node-timeout "$NODE_TIMEOUT" --checkpoint-every "$CHECKPOINT_EVERY")
@@ -152,7 +154,7 @@ SAMPLES=$TMP/samples.tsv
 poll() {
   local t body
   t=$(now_ms)
-  body=$(curl -s --max-time 2 "http://$HTTP/v1/cluster") || return 1
+  body=$(curl -s --max-time 2 "http://$OPS/v1/cluster") || return 1
   S=$(printf '%s' "$body" | jq -r "$JQ") || return 1
   S="$t	$S"
   printf '%s\n' "$S" >>"$SAMPLES"

@@ -120,7 +120,7 @@ fn workload_spreads_over_every_node_and_key_field() {
     }
     // Txn goes out once per key field (card, account) plus once for the
     // global rule; Heartbeat once.
-    let (_, metrics) = http_get(&ep.http, "/metrics").expect("metrics");
+    let (_, metrics) = http_get(&ep.ops, "/metrics").expect("metrics");
     let txns = events.iter().filter(|e| e.contains("\"Txn\"")).count() as u64;
     let beats = events.len() as u64 - txns;
     assert!(
@@ -260,7 +260,7 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
     );
     let (code, ready) = http_get(&ep.http, "/readyz").expect("readyz");
     assert_eq!(code, 503, "{ready}");
-    let (_, metrics) = http_get(&ep.http, "/metrics").expect("metrics");
+    let (_, metrics) = http_get(&ep.ops, "/metrics").expect("metrics");
     assert!(
         metrics.contains("vigil_node_up{node=\"node-1\"} 0"),
         "{metrics}"
@@ -310,7 +310,7 @@ fn a_killed_node_is_reported_and_the_other_shards_keep_flowing() {
 }
 
 fn metric(http: &str, name: &str) -> u64 {
-    http_get(http, "/metrics")
+    http_get(&ops_addr(http), "/metrics")
         .and_then(|(_, m)| {
             m.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
@@ -578,7 +578,7 @@ fn embedded_gateway_acknowledges_router_batches_with_reasons() {
         "{ack}"
     );
 
-    let (_, metrics) = http_get(&ep.http, "/metrics").expect("metrics");
+    let (_, metrics) = http_get(&ep.ops, "/metrics").expect("metrics");
     for reason in [
         "malformed_json",
         "unknown_type",
@@ -677,7 +677,7 @@ fn a_stalled_node_slows_ingest_and_loses_nothing() {
         "ingest paused for back-pressure",
         Duration::from_secs(30),
         || {
-            http_get(&ep.http, "/metrics").is_some_and(|(_, m)| {
+            http_get(&ep.ops, "/metrics").is_some_and(|(_, m)| {
                 m.lines()
                     .any(|l| l.starts_with("vigil_ingest_pauses_total ") && !l.ends_with(" 0"))
             })

@@ -514,7 +514,7 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
     );
     // Consumer lag is reported per partition.
     wait_until("lag metric", Duration::from_secs(15), || {
-        http_get(&ep.http, "/metrics").is_some_and(|(_, m)| {
+        http_get(&ep.ops, "/metrics").is_some_and(|(_, m)| {
             (0..4).all(|p| {
                 m.contains(&format!(
                     "vigil_kafka_consumer_lag{{topic=\"events\",partition=\"{p}\"}} 0"

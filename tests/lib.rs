@@ -167,10 +167,25 @@ pub fn http_request(
     Some((status, body))
 }
 
-/// `GET /v1/cluster` as JSON.
+/// `GET /v1/cluster` as JSON, from the operations listener of the gateway
+/// whose API is at `http` (`/v1/cluster` on the API port needs a key).
 pub fn cluster(http: &str) -> Option<serde_json::Value> {
-    let (_, body) = http_get(http, "/v1/cluster")?;
+    let (_, body) = http_get(&ops_addr(http), "/v1/cluster")?;
     serde_json::from_str(&body).ok()
+}
+
+/// (API address, operations address) of every [`Endpoints::fresh`].
+static OPS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The operations listener (`--metrics-addr`: `/metrics`, `/v1/cluster`
+/// without a key) of the gateway whose API is at `http`; `http` itself for a
+/// gateway started without one.
+pub fn ops_addr(http: &str) -> String {
+    OPS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(h, _)| h == http)
+        .map_or_else(|| http.to_string(), |(_, o)| o.clone())
 }
 
 /// Polls until `f` holds (panics with `what` after `timeout`).
@@ -189,6 +204,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub http: String,
+    /// The operations listener: `/metrics` and `/v1/cluster` without a key.
+    pub ops: String,
     pub pull: String,
     pub router: String,
     pub publish: String,
@@ -196,17 +213,23 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn fresh() -> Endpoints {
-        Endpoints {
+        let ep = Endpoints {
             http: format!("127.0.0.1:{}", free_port()),
+            ops: format!("127.0.0.1:{}", free_port()),
             pull: format!("tcp://127.0.0.1:{}", free_port()),
             router: format!("tcp://127.0.0.1:{}", free_port()),
             publish: format!("tcp://127.0.0.1:{}", free_port()),
-        }
+        };
+        OPS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ep.http.clone(), ep.ops.clone()));
+        ep
     }
 
     pub fn args(&self) -> Vec<String> {
         [
             ("--http", &self.http),
+            ("--metrics-addr", &self.ops),
             ("--zmq-pull", &self.pull),
             ("--zmq-router", &self.router),
             ("--zmq-pub", &self.publish),

@@ -83,17 +83,18 @@ impl Decoder {
         let mut de = serde_json::Deserializer::from_slice(json);
         let pairs = match ObjectSeed.deserialize(&mut de) {
             Ok(p) => p,
-            Err(e) => {
-                // Valid JSON that is not an object, or not JSON at all?
-                return Err(if serde_json::from_slice::<IgnoredAny>(json).is_ok() {
-                    Rejection::new("not_an_object", "an event must be a JSON object")
-                } else {
-                    Rejection::new("malformed_json", e.to_string())
-                });
-            }
+            Err(e) => return Err(parse_failure(json, &e)),
         };
         if let Err(e) = de.end() {
             return Err(Rejection::new("malformed_json", e.to_string()));
+        }
+        if let Some(k) = duplicate_key(&pairs) {
+            // serde_json would keep the last; an event that says two
+            // different things about one field is refused instead.
+            return Err(Rejection::new(
+                "duplicate_key",
+                format!("key `{k}` appears more than once in the event"),
+            ));
         }
         self.build(pairs, default_id)
     }
@@ -160,6 +161,17 @@ impl Decoder {
                 (Type::String, Raw::Str(s)) => Value::Str(Arc::from(s.as_ref())),
                 (Type::Int, Raw::I64(i)) => Value::Int(i),
                 (Type::Int, Raw::U64(u)) if u <= i64::MAX as u64 => Value::Int(u as i64),
+                (Type::Int, Raw::U64(u)) => {
+                    return Err(Rejection::new(
+                        "out_of_range",
+                        format!(
+                            "`{}.{}` = {u} is out of range for int (at most {})",
+                            schema.name,
+                            def.name,
+                            i64::MAX
+                        ),
+                    ));
+                }
                 (Type::Float, Raw::F64(f)) => Value::Float(f),
                 (Type::Float, Raw::I64(i)) => Value::Float(i as f64),
                 (Type::Float, Raw::U64(u)) => Value::Float(u as f64),
@@ -191,6 +203,44 @@ impl Decoder {
             seq: 0,
         })
     }
+}
+
+/// Why a text that did not read as an object was refused: bytes that are not
+/// UTF-8, a number beyond f64, valid JSON that is not an object, or not JSON.
+fn parse_failure(json: &[u8], e: &serde_json::Error) -> Rejection {
+    if let Err(u) = std::str::from_utf8(json) {
+        return Rejection::new(
+            "invalid_utf8",
+            format!("the event is not UTF-8 (at byte {})", u.valid_up_to()),
+        );
+    }
+    // serde_json's own wording for a number it cannot represent (`1e400`).
+    if e.to_string().starts_with("number out of range") {
+        return Rejection::new(
+            "out_of_range",
+            format!("a number is out of range (beyond a 64-bit float): {e}"),
+        );
+    }
+    if serde_json::from_slice::<IgnoredAny>(json).is_ok() {
+        Rejection::new("not_an_object", "an event must be a JSON object")
+    } else {
+        Rejection::new("malformed_json", e.to_string())
+    }
+}
+
+/// A key that appears twice in `pairs`, if any (O(n log n) for wide objects).
+fn duplicate_key<'p>(pairs: &'p Pairs<'_>) -> Option<&'p str> {
+    if pairs.len() <= 16 {
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(p, _)| p == k) {
+                return Some(k);
+            }
+        }
+        return None;
+    }
+    let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 fn wrong(schema: &Schema, field: &str, ty: Type, v: &Raw<'_>) -> Rejection {
@@ -384,6 +434,60 @@ mod tests {
             reason(
                 r#"{"type":"Txn","ts":1,"id":7,"card_id":"c","amount":1.0,"n":1,"at":"2026-01-05T10:00:03Z"}"#
             ),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn hostile_numbers_bytes_and_duplicate_keys_get_their_own_reason() {
+        let d = decoder();
+        let why = |json: &[u8]| match d.decode(json, || "x:1".into()) {
+            Ok(_) => Rejection::new("ok", ""),
+            Err(r) => r,
+        };
+        // A number beyond f64, anywhere in the event.
+        let r = why(br#"{"type":"Txn","ts":1,"card_id":"c","amount":1e400,"n":1}"#);
+        assert_eq!(r.reason, "out_of_range", "{r}");
+        // An integer beyond i64 in an int field: out of range, not "got an integer".
+        let r = why(
+            br#"{"type":"Txn","ts":1,"card_id":"c","amount":1,"n":1,"mcc":9223372036854775808}"#,
+        );
+        assert_eq!(
+            r,
+            Rejection::new(
+                "out_of_range",
+                "`Txn.mcc` = 9223372036854775808 is out of range for int (at most 9223372036854775807)"
+            )
+        );
+        // Bytes that are not UTF-8, in a value or in a key.
+        let mut bad = br#"{"type":"Txn","ts":1,"card_id":"c"#.to_vec();
+        bad.extend([0xff, 0xfe]);
+        bad.extend(br#"","amount":1,"n":1}"#);
+        assert_eq!(why(&bad).reason, "invalid_utf8");
+        assert_eq!(why(b"{\"\xc3\":1}").reason, "invalid_utf8");
+        // Two `ts` (or any key twice): refused, not last-wins.
+        let r = why(br#"{"type":"Txn","ts":1,"card_id":"c","amount":1,"n":1,"ts":2}"#);
+        assert_eq!(
+            r,
+            Rejection::new(
+                "duplicate_key",
+                "key `ts` appears more than once in the event"
+            )
+        );
+        let mut wide = String::from(r#"{"type":"Txn","ts":1,"card_id":"c","amount":1,"n":1"#);
+        for i in 0..40 {
+            wide.push_str(&format!(r#","x{i}":{i}"#));
+        }
+        wide.push_str(r#","x7":0}"#);
+        assert_eq!(why(wide.as_bytes()).reason, "duplicate_key");
+        // Still accepted: the largest int, and wide objects without repeats.
+        assert_eq!(
+            why(br#"{"type":"Txn","ts":1,"card_id":"c","amount":1,"n":9223372036854775807}"#)
+                .reason,
+            "ok"
+        );
+        assert_eq!(
+            why(wide.replace(r#","x7":0}"#, "}").as_bytes()).reason,
             "ok"
         );
     }

@@ -140,14 +140,23 @@ impl Catalog {
         actor: &str,
     ) -> Result<(RuleVersion, bool), CatalogError> {
         let (v, _) = self.validate(text).await?;
-        let Some(rule) = v.rule.clone() else {
-            return Err(CatalogError::BadRequest(
-                "the text must declare exactly one rule and no event types".into(),
-            ));
-        };
+        // A text that compiles but is not one rule: 400 with that message.
+        // Any other error (a syntax error in a text that therefore has no
+        // rule, a name too long, a type error): 422 with every diagnostic.
+        let only_not_one_rule = v
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == rule_lang::DiagSeverity::Error)
+            .all(|d| d.code == NOT_ONE_RULE);
+        if v.rule.is_none() && only_not_one_rule {
+            return Err(CatalogError::BadRequest(NOT_ONE_RULE_MESSAGE.into()));
+        }
         if !v.ok {
             return Err(CatalogError::Invalid(v.diagnostics));
         }
+        let Some(rule) = v.rule.clone() else {
+            return Err(CatalogError::BadRequest(NOT_ONE_RULE_MESSAGE.into()));
+        };
         let hash = text_hash(text);
         let _guard = self.deploy_lock.lock().await;
         let versions = self.store.versions(&rule).await?;
@@ -390,8 +399,42 @@ pub fn validate_against(schema: &str, text: &str) -> (Validation, Option<RuleSet
     let mut sources = rule_lang::Sources::new();
     sources.add(SCHEMA_FILE, schema);
     sources.add(RULE_FILE, text);
-    let compiled = rule_lang::compile_sources(sources);
-    let ok = compiled.program.is_some() && rule.is_some();
+    let mut compiled = rule_lang::compile_sources(sources);
+    // What a stored rule text must be besides compiling: one rule, no event
+    // types, a name that fits in a URL path. Diagnostics like the compiler's.
+    let items = &mut compiled.diagnostics.items;
+    if rule.is_none() && !items.iter().any(|d| d.is_error()) {
+        let span = match (ast.rules.get(1), ast.events.first()) {
+            (_, Some(e)) => e.span,
+            (Some(r), None) => r.span,
+            (None, None) => rule_lang::Span::new(1, 0, text.len()),
+        };
+        items.push(
+            rule_lang::Diagnostic::error(NOT_ONE_RULE, span, NOT_ONE_RULE_MESSAGE).with_label(
+                match ast.rules.len() {
+                    0 => "no rule here",
+                    1 => "an event type belongs in the schema (PUT /v1/schema)",
+                    _ => "a second rule: submit each rule on its own",
+                },
+            ),
+        );
+    }
+    for r in &ast.rules {
+        if r.name.name.len() > MAX_RULE_NAME {
+            items.push(
+                rule_lang::Diagnostic::error(
+                    "rule-name-too-long",
+                    r.name.span,
+                    format!(
+                        "a rule name is at most {MAX_RULE_NAME} characters; this one has {}",
+                        r.name.name.len()
+                    ),
+                )
+                .with_label("too long"),
+            );
+        }
+    }
+    let ok = compiled.program.is_some() && rule.is_some() && !items.iter().any(|d| d.is_error());
     (
         Validation {
             ok,
@@ -401,6 +444,14 @@ pub fn validate_against(schema: &str, text: &str) -> (Validation, Option<RuleSet
         compiled.program,
     )
 }
+
+/// Longest rule name, characters (names are ASCII identifiers: letters,
+/// digits, `_`, not starting with a digit). Names appear in every rule URL,
+/// metric label and alert.
+pub const MAX_RULE_NAME: usize = 64;
+/// Code of the diagnostic for a text that is not exactly one rule.
+pub const NOT_ONE_RULE: &str = "not-one-rule";
+const NOT_ONE_RULE_MESSAGE: &str = "the text must declare exactly one rule and no event types";
 
 /// Compiles one rule text against a schema text, for running it: the
 /// program, or the diagnostics as [`CatalogError::Invalid`].

@@ -6,9 +6,11 @@
 pub mod api;
 pub mod backtest;
 pub mod catalog;
+pub mod http;
 pub mod kafka;
 pub mod router;
 pub mod rules;
+pub mod ssrf;
 pub mod status;
 pub mod store;
 pub mod system;

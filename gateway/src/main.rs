@@ -97,6 +97,14 @@ struct RunArgs {
     /// HTTP address: the API under /v1, /healthz, /readyz, /metrics.
     #[arg(long, default_value = "127.0.0.1:7700", env = "VIGIL_HTTP")]
     http: String,
+    /// Operations listener: `/metrics`, `/v1/cluster`, `/healthz` and `/readyz`
+    /// without an API key, for a Prometheus scraper on a private interface.
+    /// Without it `/metrics` and `/v1/cluster` are served on --http to viewer keys.
+    #[arg(long, env = "VIGIL_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Time a client has to send a request's headers before its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = duration_ms)]
+    header_read_timeout: i64,
     /// ZeroMQ PULL ingest (one JSON event per frame, or a multipart batch).
     #[arg(long, default_value = "tcp://127.0.0.1:7701", env = "VIGIL_ZMQ_PULL")]
     zmq_pull: String,
@@ -207,8 +215,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn keys(action: KeyCmd, store: &StoreArgs) -> anyhow::Result<()> {
-    let store = store.config().open().await?;
+async fn keys(action: KeyCmd, args: &StoreArgs) -> anyhow::Result<()> {
+    let store = match args.config().open().await {
+        Ok(s) => s,
+        Err(e) => {
+            // One line a person can act on; the usual cause is a running
+            // gateway holding the embedded store's lock.
+            let why = format!("{e:#}");
+            let hint = if why.contains("already open") || why.contains("lock") {
+                " (is a gateway running on it? stop it, or create the key through POST /v1/keys with an admin key)"
+            } else {
+                ""
+            };
+            eprintln!("vigil-gateway keys: cannot open the store: {why}{hint}");
+            std::process::exit(1);
+        }
+    };
     match action {
         KeyCmd::Create { name, role } => {
             let role = Role::parse(&role)
@@ -296,11 +318,22 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP {}", a.http))?;
     let app = system.app();
-    let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!(error = %e, "HTTP server stopped");
+    let header_timeout = Duration::from_millis(a.header_read_timeout.max(1) as u64);
+    let server = tokio::spawn(vigil_gateway::http::serve(listener, app, header_timeout));
+    let ops_server = match &a.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-addr {addr}"))?;
+            let ops = vigil_gateway::api::ops_app(system.state.clone());
+            Some(tokio::spawn(vigil_gateway::http::serve(
+                l,
+                ops,
+                header_timeout,
+            )))
         }
-    });
+        None => None,
+    };
 
     let bundle = system.state.catalog.current();
     println!(
@@ -344,6 +377,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         "  API:          http://{}/v1/openapi.json   status: /healthz /readyz /metrics",
         a.http
     );
+    if let Some(m) = &a.metrics_addr {
+        println!("  operations:   http://{m}/metrics /v1/cluster  (no API key)");
+    }
     println!(
         "  try it:       cargo run --release -p vigil-gateway --example zmq_client -- rules/tests/lib_card_testing/events.jsonl"
     );
@@ -356,6 +392,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     wait_for_stop(&system).await;
     info!("shutting down: draining queued events");
     server.abort();
+    if let Some(s) = ops_server {
+        s.abort();
+    }
     system.shutdown().await;
     info!("stopped");
     Ok(())

@@ -13,8 +13,11 @@
 //!   jitter; `Retry-After` honoured on 429/503); after the last retry the
 //!   message is dead-lettered, listable and re-sendable. 410 disables the
 //!   endpoint. Every attempt is logged per endpoint.
-//! * **SSRF guard**: endpoints that resolve to loopback, private, link-local or
-//!   other non-public addresses are refused unless explicitly allowed.
+//! * **SSRF guard** ([`crate::ssrf`]): endpoints that resolve to any address
+//!   that is not globally reachable are refused (loopback and private ones
+//!   can be allowed explicitly), at registration and at every attempt; the
+//!   delivery client resolves names through the guard, so it connects only to
+//!   addresses that were checked.
 
 use crate::store::{Delivery, DeliveryAttempt, Mode, Store, StoredAlert, Webhook};
 use base64::Engine as _;
@@ -116,34 +119,6 @@ pub fn signature_header(
 // ---------------------------------------------------------------------------
 // SSRF guard
 
-fn forbidden_ip(ip: IpAddr, allow_loopback: bool, allow_private: bool) -> Option<&'static str> {
-    let loopback = ip.is_loopback();
-    let private = match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback())
-        }
-    };
-    let other = ip.is_unspecified()
-        || ip.is_multicast()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
-    if loopback && !allow_loopback {
-        Some("loopback")
-    } else if private && !allow_private {
-        Some("private or link-local")
-    } else if other {
-        Some("unspecified, multicast or broadcast")
-    } else {
-        None
-    }
-}
-
 /// Checks a webhook URL: http(s), and every address its host resolves to is
 /// allowed. The error says why, for the API to show.
 pub async fn check_url(url: &str, cfg: &WebhookConfig) -> Result<(), String> {
@@ -173,10 +148,17 @@ pub async fn check_url(url: &str, cfg: &WebhookConfig) -> Result<(), String> {
         return Err(format!("`{host}` does not resolve"));
     }
     for ip in addrs {
-        if let Some(kind) = forbidden_ip(ip, cfg.allow_loopback, cfg.allow_private) {
+        if let Some(r) = crate::ssrf::check_ip(ip, cfg.allow_loopback, cfg.allow_private) {
+            let kind = r.describe();
+            let carried = match ip {
+                IpAddr::V6(v6) => crate::ssrf::embedded_ipv4(v6)
+                    .map(|v4| format!(" (IPv4 {v4})"))
+                    .unwrap_or_default(),
+                IpAddr::V4(_) => String::new(),
+            };
             return Err(format!(
-                "`{host}` resolves to {ip}, a {kind} address: webhook endpoints must be public{}",
-                if kind == "loopback" {
+                "`{host}` resolves to {ip}{carried}, a {kind} address: webhook endpoints must be public{}",
+                if r == crate::ssrf::Refusal::Loopback {
                     " (start the gateway with --webhook-allow-loopback to allow loopback)"
                 } else {
                     ""
@@ -272,6 +254,15 @@ impl Dispatcher {
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Names resolve through the SSRF guard: the addresses checked
+            // are the ones connected to (no DNS rebinding between the two).
+            .dns_resolver(Arc::new(crate::ssrf::GuardedResolver {
+                allow_loopback: cfg.allow_loopback,
+                allow_private: cfg.allow_private,
+            }))
+            // No proxy from the environment: it would connect on our behalf
+            // to an address the guard never saw.
+            .no_proxy()
             .user_agent(concat!("vigil-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Arc::new(Dispatcher {
@@ -618,46 +609,6 @@ mod tests {
         )
         .expect("sign");
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-    }
-
-    #[test]
-    fn ssrf_classes() {
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert_eq!(
-            forbidden_ip(ip("127.0.0.1"), false, false),
-            Some("loopback")
-        );
-        assert_eq!(forbidden_ip(ip("127.0.0.1"), true, false), None);
-        assert_eq!(
-            forbidden_ip(ip("10.1.2.3"), true, false),
-            Some("private or link-local")
-        );
-        assert_eq!(
-            forbidden_ip(ip("192.168.0.1"), false, false),
-            Some("private or link-local")
-        );
-        assert_eq!(
-            forbidden_ip(ip("169.254.169.254"), false, false),
-            Some("private or link-local")
-        );
-        assert_eq!(
-            forbidden_ip(ip("100.64.0.1"), false, false),
-            Some("private or link-local")
-        );
-        assert_eq!(forbidden_ip(ip("::1"), false, false), Some("loopback"));
-        assert_eq!(
-            forbidden_ip(ip("fd00::1"), false, false),
-            Some("private or link-local")
-        );
-        assert_eq!(
-            forbidden_ip(ip("fe80::1"), false, false),
-            Some("private or link-local")
-        );
-        assert_eq!(
-            forbidden_ip(ip("0.0.0.0"), true, true),
-            Some("unspecified, multicast or broadcast")
-        );
-        assert_eq!(forbidden_ip(ip("93.184.216.34"), false, false), None);
     }
 
     #[test]

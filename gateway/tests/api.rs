@@ -182,8 +182,8 @@ impl T {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let c = self.call("GET", "/v1/cluster", None, None, "").await;
-        let m = self.call("GET", "/metrics", None, None, "").await;
+        let c = self.get("/v1/cluster", &self.viewer).await;
+        let m = self.get("/metrics", &self.viewer).await;
         panic!(
             "timed out waiting for {n} alerts matching {query}; cluster {}\n{}",
             c.text, m.text
@@ -274,6 +274,7 @@ fn matrix() -> Vec<Case> {
     let ev = txn("m1", "2026-01-05T10:00:00Z", "c9", 1.0, "shop");
     vec![
         ("GET", "/v1/rules", None, String::new(), "viewer", 200),
+        ("GET", "/v1/cluster", None, String::new(), "viewer", 200),
         (
             "POST",
             "/v1/rules",

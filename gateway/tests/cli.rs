@@ -262,3 +262,115 @@ fn first_start_key_and_sse_over_a_socket() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A running gateway process: `/metrics` and `/v1/cluster` answer without a
+/// key only on `--metrics-addr`; a client that sends headers too slowly is
+/// disconnected after `--header-read-timeout`; `keys create` on the store it
+/// holds says so in one line; the store file is 0600.
+#[test]
+fn operations_listener_header_timeout_and_keys_create_while_running() {
+    let dir = temp("ops");
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(
+        rules.join("r.vgl"),
+        "event Txn { card_id: string, amount: float }\nrule pair {\n  severity low\n  key card_id\n  pattern a: Txn -> b: Txn\n  within 1m\n}\n",
+    )
+    .expect("write");
+    let http = format!("127.0.0.1:{}", free_port());
+    let ops = format!("127.0.0.1:{}", free_port());
+    let zmq = |p: u16| format!("tcp://127.0.0.1:{p}");
+    let data = dir.join("data");
+    let d = data.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-gateway"))
+        .args(["--rules", &rules.display().to_string(), "--data-dir", &d])
+        .args(["--http", &http, "--metrics-addr", &ops])
+        .args(["--header-read-timeout", "500ms", "--idle", "0s"])
+        .args(["--zmq-pull", &zmq(free_port())])
+        .args(["--zmq-router", &zmq(free_port())])
+        .args(["--zmq-pub", &zmq(free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let get = |addr: &str, path: &str| -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut r = String::new();
+        std::io::Read::read_to_string(&mut s, &mut r).ok()?;
+        let status = r.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, r))
+    };
+    let start = Instant::now();
+    while get(&http, "/healthz").is_none_or(|(s, _)| s != 200) {
+        assert!(start.elapsed() < Duration::from_secs(30), "gateway up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = std::panic::catch_unwind(|| {
+        // Without a key: 401 on the API port, 200 on the operations listener.
+        for path in ["/metrics", "/v1/cluster"] {
+            assert_eq!(get(&http, path).map(|r| r.0), Some(401), "{path} on --http");
+            let (s, body) = get(&ops, path).expect("ops answers");
+            assert_eq!(s, 200, "{path} on --metrics-addr: {body}");
+        }
+        assert!(get(&ops, "/metrics").is_some_and(|(_, b)| b.contains("vigil_events_accepted")));
+        assert_eq!(get(&ops, "/v1/rules").map(|r| r.0), Some(404));
+        // Headers sent too slowly: the connection is closed after ~500 ms.
+        let mut slow = std::net::TcpStream::connect(&http).expect("connect");
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(slow, "GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("write");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 512];
+        let n = std::io::Read::read(&mut slow, &mut buf).unwrap_or(0);
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+            "closed after {waited:?}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        assert!(
+            n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // keys create while the gateway holds the store: one clear line.
+        let out = gateway(&[
+            "keys",
+            "create",
+            "--name",
+            "late",
+            "--role",
+            "viewer",
+            "--data-dir",
+            &d,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("vigil-gateway keys: cannot open the store: ")
+                && err.contains("is a gateway running on it?")
+                && !err.contains("backtrace")
+                && !err.contains("Caused by"),
+            "{err}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join("vigil.redb"))
+                .expect("store file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

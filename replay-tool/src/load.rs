@@ -38,7 +38,9 @@ pub struct LoadArgs {
     /// Gateway alert PUB endpoint.
     #[arg(long, default_value = "tcp://127.0.0.1:7703")]
     pub sub: String,
-    /// Gateway HTTP address (to learn when the cluster has processed everything).
+    /// Gateway HTTP address (to learn when the cluster has processed
+    /// everything): the gateway's `--metrics-addr`, or its API address with
+    /// `--api-key` (`/v1/cluster` there needs a viewer key).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub http: String,
     /// With no --events: event time of the first generated event, epoch ms
@@ -52,7 +54,7 @@ pub struct LoadArgs {
     /// Also write every alert received (JSON, one per line) to this file.
     #[arg(long)]
     pub alerts_out: Option<PathBuf>,
-    /// API key sent with the gateway status requests (`Authorization: Bearer`).
+    /// API key for `/v1/cluster` on the API port.
     #[arg(long, env = "VIGIL_API_KEY")]
     pub api_key: Option<String>,
     /// Print the report as JSON.

@@ -13,18 +13,28 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-/// Ingest one JSON event (`application/json`) or an NDJSON batch
-/// (`application/x-ndjson`); answers once every accepted event is routed.
+/// Ingest one JSON event or a JSON array of events (`application/json`), or
+/// an NDJSON batch (`application/x-ndjson`); answers once every accepted
+/// event is routed: 200 if any was accepted, 400 (same body) if none was.
 #[utoipa::path(post, path = "/v1/events", tag = "events", security(("api_key" = [])),
     request_body(content = String, description = "One JSON event, or NDJSON (one event per line)", content_type = "application/x-ndjson"),
     responses(
-        (status = 200, description = "`{accepted, rejected: [{line, reason, message}]}`"),
+        (status = 200, description = "`{accepted, rejected: [{line, reason, message}]}`; `line` is the NDJSON line or the array element (1-based)"),
+        (status = 400, description = "Nothing was accepted: the same body, every event's reason"),
         (status = 413, description = "Body over the configured size"),
         (status = 415, description = "Another content type")))]
 pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> ApiResult<Response> {
     c.require(Role::Analyst, "sending events")?;
     let numbered: Vec<(usize, Vec<u8>)> = match body.content_type().as_str() {
-        "application/json" => vec![(1, body.bytes.to_vec())],
+        "application/json" => match json_array_elements(&body.bytes) {
+            // A top-level array is a batch; `line` is then the element's index.
+            Some(elements) => elements
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (i + 1, e.to_vec()))
+                .collect(),
+            None => vec![(1, body.bytes.to_vec())],
+        },
         "application/x-ndjson" | "application/jsonl" => event_lines(&body)?,
         other => {
             return Err(super::unsupported(
@@ -67,10 +77,88 @@ pub async fn post_events(State(st): State<AppState>, c: Caller, body: Body) -> A
                 .map(|e| serde_json::json!({"line": line, "reason": e.reason, "message": e.detail}))
         })
         .collect();
+    // Nothing accepted (and something refused): 400, with the same body, so
+    // a client that checks only the status learns that the events were lost.
+    let status = if accepted == 0 && !rejected.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
     Ok(reply(
-        StatusCode::OK,
+        status,
         serde_json::json!({"accepted": accepted, "rejected": rejected}),
     ))
+}
+
+/// The elements of a top-level JSON array, as byte slices (each decoded as an
+/// event on its own, so each gets its own reason); `None` when the body is
+/// not an array or its brackets do not balance (then it is decoded whole and
+/// gets `malformed_json`). Strings and escapes are skipped; nesting is
+/// counted, so commas inside an element do not split it.
+fn json_array_elements(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    if bytes[start] != b'[' {
+        return None;
+    }
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    let mut elements = vec![];
+    let mut from = start + 1;
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    let last = &bytes[from..i];
+                    let trailing_ok = bytes[i + 1..].iter().all(u8::is_ascii_whitespace);
+                    if !trailing_ok {
+                        return None;
+                    }
+                    if !last.iter().all(u8::is_ascii_whitespace) || !elements.is_empty() {
+                        elements.push(last);
+                    }
+                    return Some(elements);
+                }
+            }
+            b',' if depth == 1 => {
+                elements.push(&bytes[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_array_elements;
+
+    #[test]
+    fn array_elements_split_at_top_level_commas_only() {
+        let got =
+            json_array_elements(br#" [ {"a":[1,2],"s":"x,]\"}"} , 7 ,"y"] "#).expect("an array");
+        let got: Vec<&str> = got
+            .iter()
+            .map(|e| std::str::from_utf8(e).unwrap_or("").trim())
+            .collect();
+        assert_eq!(got, [r#"{"a":[1,2],"s":"x,]\"}"}"#, "7", r#""y""#]);
+        assert_eq!(json_array_elements(b"[]"), Some(vec![]));
+        assert_eq!(json_array_elements(br#"{"a":1}"#), None);
+        assert_eq!(json_array_elements(b"[1,2"), None);
+        assert_eq!(json_array_elements(b"[1]]"), None);
+        assert_eq!(json_array_elements(b"[1] x"), None);
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -98,16 +98,24 @@ pub struct AuditQuery {
     responses((status = 200, description = "`[{seq, at, actor, action, target, before, after}]`")))]
 pub async fn list_audit(
     State(st): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Response> {
+    // Webhook URLs often carry a token (`…/hook?token=…`, `user:pass@`);
+    // only admins read them through `GET /v1/webhooks`, so only admins read
+    // them here. Others see the scheme, host and port.
+    let redact = c.role < Role::Admin;
     let entries = st
         .store
         .audit(q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
     let out: Vec<_> = entries
         .into_iter()
-        .map(|e| {
+        .map(|mut e| {
+            if redact && e.action.starts_with("webhook.") {
+                redact_url(&mut e.before);
+                redact_url(&mut e.after);
+            }
             serde_json::json!({
                 "seq": e.seq, "at": cep_engine::time::format_ms(e.at), "actor": e.actor,
                 "action": e.action, "target": e.target, "before": e.before, "after": e.after,
@@ -123,4 +131,24 @@ pub async fn list_audit(
     responses((status = 200, description = "`{name, role}`"), (status = 401, description = "No or unknown key")))]
 pub async fn me(c: Caller) -> Json<serde_json::Value> {
     Json(serde_json::json!({"name": c.name, "role": c.role.as_str()}))
+}
+
+/// A webhook view's `url` cut to `scheme://host[:port]/…` (no credentials,
+/// path or query); a URL that does not parse becomes `…`.
+fn redact_url(v: &mut serde_json::Value) {
+    if let Some(url) = v.get_mut("url")
+        && let Some(text) = url.as_str()
+    {
+        let cut = reqwest::Url::parse(text)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_string();
+                Some(match u.port() {
+                    Some(p) => format!("{}://{host}:{p}/…", u.scheme()),
+                    None => format!("{}://{host}/…", u.scheme()),
+                })
+            })
+            .unwrap_or_else(|| "…".into());
+        *url = serde_json::Value::String(cut);
+    }
 }

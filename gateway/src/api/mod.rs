@@ -241,6 +241,14 @@ fn unauthorized(m: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
 }
 
+/// The token of `Authorization: Bearer <token>`. The scheme is matched
+/// without regard to case (RFC 7235 §2.1: `bearer`, `BEARER` are the same).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -253,8 +261,7 @@ impl FromRequestParts<AppState> for Caller {
         let secret = h
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
         match state.store.key_by_hash(&key_hash(secret)).await? {
             Some(k) if !k.revoked => Ok(Caller {
@@ -366,7 +373,7 @@ pub fn reply<T: Serialize>(status: StatusCode, v: T) -> Response {
 #[openapi(
     info(
         title = "Vigil API",
-        description = "Rules, events, alerts, reference lists and keys. Every /v1 call except /v1/openapi.json and /v1/cluster needs `Authorization: Bearer <key>`; roles: viewer (read), analyst (author, validate, test, deploy shadow, events, lists), admin (deploy active, pause, archive, keys, webhooks)."
+        description = "Rules, events, alerts, reference lists and keys. Every /v1 call except /v1/openapi.json needs `Authorization: Bearer <key>`; roles: viewer (read), analyst (author, validate, test, deploy shadow, events, lists), admin (deploy active, pause, archive, keys, webhooks)."
     ),
     modifiers(&BearerAuth)
 )]
@@ -431,6 +438,7 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::dead_letters))
         .routes(routes!(webhooks::resend))
+        .routes(routes!(cluster))
         .split_for_parts()
 }
 
@@ -450,7 +458,6 @@ pub fn app(state: AppState) -> axum::Router {
     .route("/healthz", get(healthz))
     .route("/readyz", get(readyz))
     .route("/metrics", get(metrics))
-    .route("/v1/cluster", get(cluster))
     .route("/", get(console::index))
     .route("/console/{file}", get(console::asset))
     .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -486,7 +493,15 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
+/// `/metrics` on the API port: rule names and counts, so a viewer key
+/// (Prometheus sends it with `authorization: {credentials_file: …}`). The
+/// operations listener (`--metrics-addr`) serves it without one.
+async fn metrics(State(st): State<AppState>, c: Caller) -> ApiResult<Response> {
+    c.require(Role::Viewer, "reading metrics")?;
+    Ok(metrics_text(&st))
+}
+
+fn metrics_text(st: &AppState) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.status.prometheus() + &st.dispatcher.metrics.prometheus(),
@@ -494,6 +509,32 @@ async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn cluster(State(st): State<AppState>) -> Response {
-    Json(st.status.cluster()).into_response()
+/// The cluster view: nodes, shards, lag, checkpoint, counters.
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations", security(("api_key" = [])),
+    responses((status = 200, description = "`{nodes, checkpoint, events_accepted, …}`"), (status = 401, description = "No or unknown key")))]
+pub async fn cluster(State(st): State<AppState>, c: Caller) -> ApiResult<Response> {
+    c.require(Role::Viewer, "reading the cluster view")?;
+    Ok(Json(st.status.cluster()).into_response())
+}
+
+/// The operations listener (`--metrics-addr`): `/metrics`, `/v1/cluster`,
+/// `/healthz` and `/readyz`, without keys, for a scraper on a private
+/// interface. Nothing else is served there.
+pub fn ops_app(state: AppState) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(|State(st): State<AppState>| async move { metrics_text(&st) }),
+        )
+        .route(
+            "/v1/cluster",
+            get(|State(st): State<AppState>| async move {
+                Json(st.status.cluster()).into_response()
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
 }

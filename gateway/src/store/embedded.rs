@@ -106,13 +106,40 @@ fn after(first: &str) -> String {
     format!("{first}\0")
 }
 
+/// The store file holds API key hashes, webhook secrets and alerts: it is
+/// created readable by its owner only (0600), and an existing one is brought
+/// to 0600; a data directory the gateway creates is 0700.
+#[cfg(unix)]
+fn owner_only(dir: &Path, file: &Path, dir_created: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if dir_created {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Created empty with its final mode before redb opens it (no window in
+    // which it exists with the umask's mode); never truncated.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn owner_only(_dir: &Path, _file: &Path, _dir_created: bool) -> std::io::Result<()> {
+    Ok(())
+}
+
 impl EmbeddedStore {
     pub(crate) async fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         let dir = dir.to_path_buf();
         let db = blocking(move || {
+            let created = !dir.exists();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
             let path = dir.join("vigil.redb");
+            owner_only(&dir, &path, created)
+                .map_err(|e| StoreError::Backend(format!("securing {}: {e}", path.display())))?;
             let db = Database::create(&path)
                 .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
             // Create every table now, so read transactions always find them.
