@@ -71,6 +71,9 @@ struct Got {
     at: Instant,
 }
 
+/// (`n`, status, `Retry-After`): see [`Receiver::fail_each`].
+type FailEach = (u32, u16, Option<&'static str>);
+
 #[derive(Clone)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
@@ -79,7 +82,7 @@ struct Receiver {
     then: Arc<Mutex<u16>>,
     /// Fail the first `n` attempts of every message (by `webhook-id`) with
     /// this status and `Retry-After` value; attempts so far by message.
-    fail_each: Arc<Mutex<Option<(u32, u16, Option<&'static str>)>>>,
+    fail_each: Arc<Mutex<Option<FailEach>>>,
     tries: Arc<Mutex<HashMap<String, u32>>>,
     delay: Duration,
     url: String,
