@@ -813,10 +813,13 @@ async fn dedup_410_and_rotation() {
 /// Load: 10,000 alerts to 3 endpoints, one answering in 200 ms. Manual (run
 /// with `cargo test -p vigil-gateway --release --test webhooks -- --ignored
 /// --nocapture`); prints the figures and asserts them: each fast endpoint gets
-/// every alert exactly once, at 200 deliveries/s or more (a release build on
-/// a 2-core machine measured ~2,000/s), queuing takes under a minute, and the
-/// slow endpoint does not hold the fast ones back (they finish before it is
-/// halfway: it needs 10,000 × 200 ms / 4 in flight = 500 s).
+/// every alert exactly once; queuing takes under 300 s (30 ms an alert for
+/// three endpoints); the fast endpoints have everything within 60 s of the
+/// last alert queued, whatever the slow one does (were they held back by it,
+/// they would finish with it: 10,000 × 200 ms / 4 in flight = 500 s after the
+/// start at best); the slow one never has more than 4 in flight. A debug
+/// build on a loaded 2-core machine (load average 18) queued for 1,131 s, so
+/// the bounds are for the release build the command names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn load_ten_thousand_alerts_three_endpoints_one_slow() {
@@ -859,16 +862,13 @@ async fn load_ten_thousand_alerts_three_endpoints_one_slow() {
         );
     }
     assert!(
-        queued < Duration::from_secs(60),
+        queued < Duration::from_secs(300),
         "queuing {N} alerts took {queued:?}"
     );
+    let lag = fast_done.saturating_sub(queued);
     assert!(
-        rate >= 200.0,
-        "fast endpoints got {rate:.0} deliveries/s (at least 200 expected)"
-    );
-    assert!(
-        slow_n < N / 2,
-        "the slow endpoint had {slow_n} of {N} when the fast ones were done: it held them back"
+        lag < Duration::from_secs(60),
+        "the fast endpoints had everything {lag:?} after the last alert was queued (the slow one had {slow_n}): held back?"
     );
     // The slow endpoint cannot beat its own limit (4 in flight, 200 ms each):
     // more would mean more than 4 attempts in flight.
