@@ -1,10 +1,16 @@
 //! Golden cases: every folder under `rules/tests/` (and the shared reference
-//! cases beside the repository, when present) holds `rules.vgl`, `events.jsonl`
-//! and `expected.jsonl`; optional `options.json` sets replay options
-//! (`{"lateness": "5s", "flush_all": true, "lists": {"name": ["a"]}}`).
-//! A case passes when replay reproduces the expected alerts exactly, compared on
-//! rule, key, at (as an instant) and matched, as a multiset: none missing, none
-//! extra.
+//! cases, `shared/cases/` beside the repository or above it, when present) holds
+//! `rules.vgl`, `events.jsonl` and `expected.jsonl`; optional `options.json`
+//! sets replay options (`{"lateness": "5s", "flush_all": true, "lists":
+//! {"name": ["a"]}}`). The format is described in `rules/tests/README.md`.
+//!
+//! A case passes when replay reproduces the expected alerts exactly, as a
+//! multiset (none missing, none extra), compared on rule, key, at (as an
+//! instant), matched, `fields` and `id`. The project's own cases
+//! (`rules/tests/`) must state `fields` and `id` on every expected alert; the
+//! reference cases compute only rule, key, at and matched (their README: every
+//! other field is the engine's own), so for them `fields` and `id` are compared
+//! only when every expected alert of the case states them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +20,26 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn cases() -> Vec<PathBuf> {
+/// The shared reference cases: `shared/cases` beside the repository, or beside
+/// one of its parent directories (a git worktree checked out further down).
+fn shared_cases() -> Option<PathBuf> {
+    let root = root().canonicalize().ok()?;
+    root.ancestors()
+        .skip(1)
+        .map(|a| a.join("shared/cases"))
+        .find(|p| p.is_dir())
+}
+
+/// Every case folder, with whether it is one of the project's own cases
+/// (which must state `fields` and `id` on every expected alert).
+fn cases() -> Vec<(PathBuf, bool)> {
     let mut out = vec![];
-    for base in [root().join("rules/tests"), root().join("../shared/cases")] {
-        let Ok(rd) = std::fs::read_dir(&base) else {
+    let bases = [
+        (Some(root().join("rules/tests")), true),
+        (shared_cases(), false),
+    ];
+    for (base, own) in bases {
+        let Some(Ok(rd)) = base.map(std::fs::read_dir) else {
             continue;
         };
         let mut dirs: Vec<PathBuf> = rd
@@ -25,7 +47,7 @@ fn cases() -> Vec<PathBuf> {
             .filter(|p| p.join("expected.jsonl").exists())
             .collect();
         dirs.sort();
-        out.extend(dirs);
+        out.extend(dirs.into_iter().map(|d| (d, own)));
     }
     out
 }
@@ -35,13 +57,64 @@ fn instant(at: &serde_json::Value) -> i64 {
     cep_engine::time::parse_rfc3339_ms(s).unwrap_or_else(|| panic!("bad `at`: {s}"))
 }
 
-/// The comparable identity of an alert.
-fn identity(a: &serde_json::Value) -> String {
+/// Which optional members of an alert a case compares.
+#[derive(Clone, Copy)]
+struct Compare {
+    fields: bool,
+    id: bool,
+}
+
+/// Decides, from the expected alerts, whether `fields` and `id` are compared:
+/// an own case must state both on every alert; a reference case states a
+/// member on every alert or on none.
+fn compare_for(expected: &[serde_json::Value], own: bool) -> Result<Compare, String> {
+    let mut cmp = Compare {
+        fields: true,
+        id: true,
+    };
+    for (member, flag) in [("fields", &mut cmp.fields), ("id", &mut cmp.id)] {
+        let stated = expected.iter().filter(|a| a.get(member).is_some()).count();
+        if stated == expected.len() {
+            continue;
+        }
+        if own {
+            return Err(format!(
+                "expected.jsonl: {} of {} alerts state no `{member}` (every alert of a case \
+                 under rules/tests states `fields` and `id`; see rules/tests/README.md)",
+                expected.len() - stated,
+                expected.len()
+            ));
+        }
+        if stated > 0 {
+            return Err(format!(
+                "expected.jsonl: `{member}` is stated on {stated} of {} alerts (state it on \
+                 every alert or on none)",
+                expected.len()
+            ));
+        }
+        *flag = false;
+    }
+    Ok(cmp)
+}
+
+/// The comparable identity of an alert. Numbers in `fields` are compared as
+/// the engine writes them: both sides are read from JSON text by the same
+/// parser, so `950.0` and `950` differ and a float must be written exactly.
+fn identity(a: &serde_json::Value, cmp: Compare) -> String {
     let matched: BTreeMap<String, serde_json::Value> = a["matched"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    serde_json::json!([a["rule"], a["key"], instant(&a["at"]), matched]).to_string()
+    let mut id = serde_json::json!([a["rule"], a["key"], instant(&a["at"]), matched]);
+    if let Some(parts) = id.as_array_mut() {
+        if cmp.fields {
+            parts.push(serde_json::json!({ "fields": a["fields"] }));
+        }
+        if cmp.id {
+            parts.push(serde_json::json!({ "id": a["id"] }));
+        }
+    }
+    id.to_string()
 }
 
 fn multiset(items: impl IntoIterator<Item = String>) -> BTreeMap<String, i64> {
@@ -52,7 +125,7 @@ fn multiset(items: impl IntoIterator<Item = String>) -> BTreeMap<String, i64> {
     m
 }
 
-fn run_case(dir: &Path) -> Result<usize, String> {
+fn run_case(dir: &Path, own: bool) -> Result<usize, String> {
     let compiled = rule_lang::load_paths(&[dir.join("rules.vgl")]).map_err(|e| e.to_string())?;
     let rules = compiled
         .program
@@ -90,18 +163,28 @@ fn run_case(dir: &Path) -> Result<usize, String> {
     if let Some(p) = lists_file {
         let _ = std::fs::remove_file(p);
     }
+    // Through JSON text, as the engine emits alerts.
     let got: Vec<serde_json::Value> = alerts
         .iter()
-        .map(|a| serde_json::to_value(a).unwrap_or_default())
+        .map(|a| serde_json::from_str(&a.to_json_string()).unwrap_or_default())
         .collect();
+    if let Some(out) = std::env::var_os("VIGIL_GOLDEN_OUT") {
+        // Writing a case: the alerts replay gives, to read and check by hand
+        // (never copied into expected.jsonl unread).
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("case");
+        let text: String = alerts.iter().map(|a| a.to_json_string() + "\n").collect();
+        std::fs::write(Path::new(&out).join(format!("{name}.jsonl")), text)
+            .map_err(|e| e.to_string())?;
+    }
     let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
         .map_err(|e| e.to_string())?
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| format!("expected.jsonl: {e}")))
         .collect::<Result<_, _>>()?;
-    let g = multiset(got.iter().map(identity));
-    let e = multiset(expected.iter().map(identity));
+    let cmp = compare_for(&expected, own).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let g = multiset(got.iter().map(|a| identity(a, cmp)));
+    let e = multiset(expected.iter().map(|a| identity(a, cmp)));
     if g == e {
         return Ok(expected.len());
     }
@@ -131,8 +214,8 @@ fn golden_cases_reproduce_exactly() {
     let cases = cases();
     assert!(!cases.is_empty(), "no golden cases found under rules/tests");
     let mut failures = vec![];
-    for c in &cases {
-        match run_case(c) {
+    for (c, own) in &cases {
+        match run_case(c, *own) {
             Ok(n) => eprintln!("ok   {} ({n} alerts)", c.display()),
             Err(e) => failures.push(e),
         }

@@ -172,6 +172,34 @@ impl T {
         .await
     }
 
+    /// Waits until the nodes have processed all `accepted` events the gateway
+    /// took (every copy acknowledged) and every alert the gateway published
+    /// is in the alert log: what `/v1/alerts` answers then is final, so the
+    /// absence of an alert can be asserted without a fixed sleep.
+    async fn wait_processed(&self, accepted: u64) {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..400 {
+            let c = self.get("/v1/cluster", &self.viewer).await.json;
+            let processed = c["events_accepted"].as_u64() == Some(accepted)
+                && c["nodes"].as_array().is_some_and(|ns| {
+                    ns.iter().all(|n| {
+                        n["state"] == "up" && n["lag_events"] == 0 && n["queued_copies"] == 0
+                    })
+                });
+            if processed {
+                let published = c["alerts_published"].as_u64().unwrap_or(u64::MAX);
+                let r = self.get("/v1/alerts?limit=1000", &self.viewer).await;
+                let stored = r.json["alerts"].as_array().map_or(0, |a| a.len() as u64);
+                if stored >= published {
+                    return;
+                }
+            }
+            last = c;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {accepted} events to be processed; cluster {last}");
+    }
+
     /// Polls the alert log until `n` alerts match `query`.
     async fn wait_alerts(&self, query: &str, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
@@ -1301,7 +1329,8 @@ async fn lists_reach_the_nodes_and_in_list_uses_them() {
     .await;
     let a = t.wait_alerts("rule=blocked", 3).await;
     assert_eq!(a[0]["key"], "k4", "the newest alert is the CSV entry's");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // l1..l4 processed and their alerts stored: l3's would be there now.
+    t.wait_processed(4).await;
     let r = t.get("/v1/alerts?rule=blocked", &t.viewer).await;
     assert_eq!(
         r.json["alerts"].as_array().map(Vec::len),
