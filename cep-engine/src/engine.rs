@@ -14,14 +14,14 @@
 //! `first.ts + D` still counts and a timer due at `t` fires once time passes `t`.
 
 use crate::alert::Alert;
-use crate::eval::{Env, Lists, eval};
+use crate::eval::{Env, List, Lists, eval};
 use crate::pattern::{Limits, Match, Matcher, PatternState, RunCtx};
 use crate::value::{Event, Key};
 use crate::window::{WindowCtx, WindowState};
 use rule_lang::program::{Rule, RuleKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -172,12 +172,17 @@ pub struct Snapshot {
     arrivals: u64,
     next_seq: u64,
     pub metrics: Metrics,
-    lists: Lists,
 }
 
 /// Format tag of [`Snapshot::to_bytes`]; bumped when the layout changes, so an
 /// old checkpoint is refused with a clear error instead of misread.
-const SNAPSHOT_FORMAT: u8 = 1;
+///
+/// Format 2 dropped the reference lists (the store holds them; a node applies
+/// its current lists to a restored shard). Format 1 is format 2 followed by
+/// the lists, so it is still read: the trailing lists are ignored.
+const SNAPSHOT_FORMAT: u8 = 2;
+/// The format before lists left the snapshot (read, never written).
+const SNAPSHOT_FORMAT_WITH_LISTS: u8 = 1;
 
 impl Snapshot {
     /// The snapshot as bytes (a format byte, then postcard).
@@ -191,8 +196,18 @@ impl Snapshot {
     /// Reads [`Snapshot::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, String> {
         match bytes.split_first() {
-            Some((&SNAPSHOT_FORMAT, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| format!("engine snapshot does not decode: {e}")),
+            Some((&SNAPSHOT_FORMAT, rest)) => match postcard::take_from_bytes(rest) {
+                Ok((snap, [])) => Ok(snap),
+                Ok((_, extra)) => Err(format!(
+                    "engine snapshot has {} bytes after its end",
+                    extra.len()
+                )),
+                Err(e) => Err(format!("engine snapshot does not decode: {e}")),
+            },
+            // The lists that follow are stale copies of the store's: skipped.
+            Some((&SNAPSHOT_FORMAT_WITH_LISTS, rest)) => postcard::take_from_bytes(rest)
+                .map(|(snap, _lists)| snap)
+                .map_err(|e| format!("engine snapshot (format 1) does not decode: {e}")),
             Some((f, _)) => Err(format!(
                 "engine snapshot format {f}; this build reads format {SNAPSHOT_FORMAT}"
             )),
@@ -208,7 +223,8 @@ pub struct Engine {
     rts: Vec<RuleRt>,
     by_type: Vec<Vec<usize>>,
     type_names: Vec<Arc<str>>,
-    lists: Lists,
+    /// Shared with every engine the owner handed the same table to.
+    lists: Arc<Lists>,
     regexes: HashMap<String, regex::Regex>,
     buffer: BinaryHeap<Reverse<Buffered>>,
     timers: Timers,
@@ -252,7 +268,7 @@ impl Engine {
             rts: vec![],
             by_type: vec![],
             type_names: vec![],
-            lists: Lists::new(),
+            lists: Arc::default(),
             regexes: HashMap::new(),
             buffer: BinaryHeap::new(),
             timers: Timers::default(),
@@ -373,10 +389,22 @@ impl Engine {
         self.wall_ms = ms;
     }
 
-    /// Replaces (or creates) a reference list.
+    /// Replaces (or creates) a reference list of this engine alone (replay,
+    /// backtests: one engine). Engines that share a table use [`Engine::set_lists`].
     pub fn set_list(&mut self, name: &str, entries: impl IntoIterator<Item = String>) {
-        let set: HashSet<Arc<str>> = entries.into_iter().map(Arc::from).collect();
-        self.lists.insert(name.to_string(), set);
+        let set: List = Arc::new(entries.into_iter().map(Arc::from).collect());
+        Arc::make_mut(&mut self.lists).insert(name.to_string(), set);
+    }
+
+    /// Uses `lists` as the reference lists: the table is shared, not copied,
+    /// so many engines can read one copy of every list.
+    pub fn set_lists(&mut self, lists: Arc<Lists>) {
+        self.lists = lists;
+    }
+
+    /// The reference lists this engine reads.
+    pub fn lists(&self) -> &Arc<Lists> {
+        &self.lists
     }
 
     pub fn drain_alerts(&mut self) -> Vec<Alert> {
@@ -834,7 +862,6 @@ impl Engine {
             arrivals: self.arrivals,
             next_seq: self.next_seq,
             metrics: self.metrics.clone(),
-            lists: self.lists.clone(),
         }
     }
 
@@ -859,7 +886,6 @@ impl Engine {
         e.arrivals = snap.arrivals;
         e.next_seq = snap.next_seq;
         e.metrics = snap.metrics;
-        e.lists = snap.lists;
         e.active_runs = e.count_runs();
         e
     }
