@@ -98,7 +98,7 @@ fn a_large_list_entry_stays_out_of_checkpoints_and_matches_after_a_restart() {
     // The first half of a match: kept in the checkpoint.
     push_events(&ctx, &ep.pull, &[txn(cards, "c1", "m-hot")], 1);
     wait_processed(&ep.http, cards + 1);
-    let (_, _, after) = checkpoint_after(&ep.http, id0 + 1, cards + 1);
+    let (_, _, after) = checkpoint_after(&ep.http, id0, cards + 1);
     // Without the list copied into 1,000 shard states, a checkpoint grows by
     // one partial match, not by 1,000 × 100 kB.
     assert!(
