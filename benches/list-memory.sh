@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory and checkpoint cost of one large reference-list entry with every
-# shard live (issue 15, item 2). A gateway with the default rules and two
+# shard live (issue 15, item 2). A gateway with rule W1 and two
 # in-process nodes gets ~20,000 cards of traffic (all 1,024 shards hold an
 # engine), then one 1 MB list entry; the script prints the gateway's RSS and
 # the durable checkpoint's size before and after.
@@ -20,6 +20,8 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 CARDS=${CARDS:-20000}
 EVENTS=${EVENTS:-100000}
 FIVE_MB=${FIVE_MB:-0}
+# The `gen` workload fits the W1 schema (the library rules want more fields).
+RULES=${RULES:-$ROOT/benches/w1.vgl}
 WORK=$(mktemp -d /tmp/vigil-list-memory.XXXXXX)
 trap 'kill "${GW:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -30,7 +32,7 @@ PUB=tcp://127.0.0.1:$(port)
 extra=()
 [ "$FIVE_MB" = 1 ] && extra=(--max-list-entry-bytes $((8 << 20)))
 
-"$BIN/vigil-gateway" --rules "$ROOT/rules" --data-dir "$WORK/data" --http "$HTTP" \
+"$BIN/vigil-gateway" --rules "$RULES" --data-dir "$WORK/data" --http "$HTTP" \
   --zmq-pull "$PULL" --zmq-router "tcp://127.0.0.1:$(port)" --zmq-pub "$PUB" \
   "${extra[@]}" >"$WORK/gateway.log" 2>&1 &
 GW=$!
