@@ -14,14 +14,14 @@
 //! `first.ts + D` still counts and a timer due at `t` fires once time passes `t`.
 
 use crate::alert::Alert;
-use crate::eval::{Env, Lists, eval};
+use crate::eval::{Env, List, Lists, eval};
 use crate::pattern::{Limits, Match, Matcher, PatternState, RunCtx};
 use crate::value::{Event, Key};
 use crate::window::{WindowCtx, WindowState};
 use rule_lang::program::{Rule, RuleKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -187,13 +187,76 @@ pub struct Snapshot {
     arrivals: u64,
     next_seq: u64,
     pub metrics: Metrics,
-    lists: Lists,
 }
 
 /// Format tag of [`Snapshot::to_bytes`]; bumped when the layout changes, so an
-/// old checkpoint is refused with a clear error instead of misread (2: metrics
-/// count runs dropped at `max_run_events`).
-const SNAPSHOT_FORMAT: u8 = 2;
+/// old checkpoint is refused with a clear error instead of misread.
+///
+/// Format 3 dropped the reference lists (the store holds them; a node applies
+/// its current lists to a restored shard) and counts the runs dropped at
+/// `max_run_events` in the metrics. Format 1 is still read (see
+/// [`SnapshotV1`]): its trailing lists are ignored and the new count starts at 0.
+const SNAPSHOT_FORMAT: u8 = 3;
+/// The format before lists left the snapshot (read, never written).
+const SNAPSHOT_FORMAT_WITH_LISTS: u8 = 1;
+
+/// [`Snapshot`] as format 1 laid it out: the metrics without
+/// `runs_dropped_events_cap`, then the lists (skipped when read).
+#[derive(Serialize, Deserialize)]
+struct SnapshotV1 {
+    rules: Vec<(String, RuleRt)>,
+    identities: Vec<String>,
+    buffer: Vec<Buffered>,
+    inputs: BTreeMap<u32, Input>,
+    watermark: i64,
+    arrivals: u64,
+    next_seq: u64,
+    metrics: MetricsV1,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetricsV1 {
+    events_in: u64,
+    events_processed: u64,
+    late: u64,
+    unused: u64,
+    runs_started: u64,
+    runs_dropped_cap: u64,
+    runs_refused_cap: u64,
+    window_dropped_cap: u64,
+    matches: BTreeMap<String, u64>,
+    alerts: BTreeMap<String, u64>,
+    suppressed: BTreeMap<String, u64>,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(v: SnapshotV1) -> Snapshot {
+        let m = v.metrics;
+        Snapshot {
+            rules: v.rules,
+            identities: v.identities,
+            buffer: v.buffer,
+            inputs: v.inputs,
+            watermark: v.watermark,
+            arrivals: v.arrivals,
+            next_seq: v.next_seq,
+            metrics: Metrics {
+                events_in: m.events_in,
+                events_processed: m.events_processed,
+                late: m.late,
+                unused: m.unused,
+                runs_started: m.runs_started,
+                runs_dropped_cap: m.runs_dropped_cap,
+                runs_refused_cap: m.runs_refused_cap,
+                window_dropped_cap: m.window_dropped_cap,
+                runs_dropped_events_cap: 0,
+                matches: m.matches,
+                alerts: m.alerts,
+                suppressed: m.suppressed,
+            },
+        }
+    }
+}
 
 impl Snapshot {
     /// The snapshot as bytes (a format byte, then postcard).
@@ -204,11 +267,56 @@ impl Snapshot {
         postcard::to_extend(self, out).unwrap_or_default()
     }
 
+    /// This snapshot in format 1, with `lists` after it (tests of the upgrade
+    /// path).
+    #[doc(hidden)]
+    pub fn to_format_1_bytes(&self, lists: &HashMap<String, Vec<String>>) -> Vec<u8> {
+        let m = &self.metrics;
+        let v1 = SnapshotV1 {
+            rules: self.rules.clone(),
+            identities: self.identities.clone(),
+            buffer: self.buffer.clone(),
+            inputs: self.inputs.clone(),
+            watermark: self.watermark,
+            arrivals: self.arrivals,
+            next_seq: self.next_seq,
+            metrics: MetricsV1 {
+                events_in: m.events_in,
+                events_processed: m.events_processed,
+                late: m.late,
+                unused: m.unused,
+                runs_started: m.runs_started,
+                runs_dropped_cap: m.runs_dropped_cap,
+                runs_refused_cap: m.runs_refused_cap,
+                window_dropped_cap: m.window_dropped_cap,
+                matches: m.matches.clone(),
+                alerts: m.alerts.clone(),
+                suppressed: m.suppressed.clone(),
+            },
+        };
+        let mut out =
+            postcard::to_extend(&v1, vec![SNAPSHOT_FORMAT_WITH_LISTS]).unwrap_or_default();
+        out.extend(postcard::to_allocvec(lists).unwrap_or_default());
+        out
+    }
+
     /// Reads [`Snapshot::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, String> {
         match bytes.split_first() {
-            Some((&SNAPSHOT_FORMAT, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| format!("engine snapshot does not decode: {e}")),
+            Some((&SNAPSHOT_FORMAT, rest)) => match postcard::take_from_bytes(rest) {
+                Ok((snap, [])) => Ok(snap),
+                Ok((_, extra)) => Err(format!(
+                    "engine snapshot has {} bytes after its end",
+                    extra.len()
+                )),
+                Err(e) => Err(format!("engine snapshot does not decode: {e}")),
+            },
+            // The lists that follow are stale copies of the store's: skipped.
+            Some((&SNAPSHOT_FORMAT_WITH_LISTS, rest)) => {
+                postcard::take_from_bytes::<SnapshotV1>(rest)
+                    .map(|(snap, _lists)| snap.into())
+                    .map_err(|e| format!("engine snapshot (format 1) does not decode: {e}"))
+            }
             Some((f, _)) => Err(format!(
                 "engine snapshot format {f}; this build reads format {SNAPSHOT_FORMAT}"
             )),
@@ -224,7 +332,8 @@ pub struct Engine {
     rts: Vec<RuleRt>,
     by_type: Vec<Vec<usize>>,
     type_names: Vec<Arc<str>>,
-    lists: Lists,
+    /// Shared with every engine the owner handed the same table to.
+    lists: Arc<Lists>,
     regexes: HashMap<String, regex::Regex>,
     buffer: BinaryHeap<Reverse<Buffered>>,
     timers: Timers,
@@ -268,7 +377,7 @@ impl Engine {
             rts: vec![],
             by_type: vec![],
             type_names: vec![],
-            lists: Lists::new(),
+            lists: Arc::default(),
             regexes: HashMap::new(),
             buffer: BinaryHeap::new(),
             timers: Timers::default(),
@@ -389,10 +498,22 @@ impl Engine {
         self.wall_ms = ms;
     }
 
-    /// Replaces (or creates) a reference list.
+    /// Replaces (or creates) a reference list of this engine alone (replay,
+    /// backtests: one engine). Engines that share a table use [`Engine::set_lists`].
     pub fn set_list(&mut self, name: &str, entries: impl IntoIterator<Item = String>) {
-        let set: HashSet<Arc<str>> = entries.into_iter().map(Arc::from).collect();
-        self.lists.insert(name.to_string(), set);
+        let set: List = Arc::new(entries.into_iter().map(Arc::from).collect());
+        Arc::make_mut(&mut self.lists).insert(name.to_string(), set);
+    }
+
+    /// Uses `lists` as the reference lists: the table is shared, not copied,
+    /// so many engines can read one copy of every list.
+    pub fn set_lists(&mut self, lists: Arc<Lists>) {
+        self.lists = lists;
+    }
+
+    /// The reference lists this engine reads.
+    pub fn lists(&self) -> &Arc<Lists> {
+        &self.lists
     }
 
     pub fn drain_alerts(&mut self) -> Vec<Alert> {
@@ -853,7 +974,6 @@ impl Engine {
             arrivals: self.arrivals,
             next_seq: self.next_seq,
             metrics: self.metrics.clone(),
-            lists: self.lists.clone(),
         }
     }
 
@@ -878,7 +998,6 @@ impl Engine {
         e.arrivals = snap.arrivals;
         e.next_seq = snap.next_seq;
         e.metrics = snap.metrics;
-        e.lists = snap.lists;
         e.active_runs = e.count_runs();
         e
     }

@@ -33,8 +33,15 @@ pub trait EvalCtx {
     ) -> Value;
 }
 
-/// Named reference lists (`in list "name"`), replaceable at run time.
-pub type Lists = HashMap<String, HashSet<Arc<str>>>;
+/// One reference list's entries. Immutable once built: a change builds a new
+/// set, so every engine that holds the old one keeps a consistent view.
+pub type List = Arc<HashSet<Arc<str>>>;
+
+/// Named reference lists (`in list "name"`), replaceable at run time. An
+/// engine holds the table behind an `Arc`: a node builds it once and hands the
+/// same table to every shard engine (`Engine::set_lists`), so a list's
+/// contents exist once per node process, not once per shard.
+pub type Lists = HashMap<String, List>;
 
 /// Shared read-only inputs of evaluation.
 pub struct Env<'a> {

@@ -9,6 +9,7 @@
 //! `docs/protocol.md` describes the conversation.
 
 use crate::engine::{Deployment, Engine, EngineConfig, Route};
+use crate::eval::{List, Lists};
 use crate::shard::SHARDS;
 use crate::wire::{self, Credit, DeployAck, Msg, Stats, Welcome, WireAlert};
 use rule_lang::program::RuleSet;
@@ -206,8 +207,10 @@ pub struct Node {
     /// Restored shards whose replay is still arriving: kept off the node's
     /// clock (their events carry the clock they first had) until `Resume`.
     held: HashSet<u16>,
-    /// Reference lists, applied to every shard engine (and new ones).
-    lists: HashMap<String, Vec<String>>,
+    /// Reference lists: one table, shared by every shard engine (and new
+    /// ones), so a list exists once in the node process whatever the number
+    /// of shards, and a change costs O(list) plus a pointer per shard.
+    lists: Arc<Lists>,
     clock: i64,
     advanced_to: i64,
     processed_seq: u64,
@@ -228,7 +231,7 @@ impl Node {
             rules: None,
             engines: HashMap::new(),
             held: HashSet::new(),
-            lists: HashMap::new(),
+            lists: Arc::default(),
             clock: i64::MIN,
             advanced_to: i64::MIN,
             processed_seq: 0,
@@ -267,7 +270,7 @@ impl Node {
                     // A new gateway process means a new stream: start clean.
                     self.engines.clear();
                     self.held.clear();
-                    self.lists.clear();
+                    self.lists = Arc::default();
                     self.rules = None;
                     self.clock = i64::MIN;
                     self.advanced_to = i64::MIN;
@@ -344,11 +347,15 @@ impl Node {
             }
             Msg::Ping { .. } => vec![Msg::Stats(self.stats())],
             Msg::SetList { name, entries } => {
+                let n = entries.len();
+                let list: List = Arc::new(entries.into_iter().map(Arc::from).collect());
+                // Copies the table's names and pointers only if an engine
+                // still holds the old table (always, once shards run).
+                Arc::make_mut(&mut self.lists).insert(name.clone(), list);
                 for e in self.engines.values_mut() {
-                    e.set_list(&name, entries.iter().cloned());
+                    e.set_lists(self.lists.clone());
                 }
-                debug!(node = %self.opts.name, list = %name, entries = entries.len(), "list updated");
-                self.lists.insert(name, entries);
+                debug!(node = %self.opts.name, list = %name, entries = n, "list updated");
                 vec![]
             }
             Msg::Checkpoint { id } => self.checkpoint(id),
@@ -452,9 +459,7 @@ impl Node {
         } else {
             let snap = crate::engine::Snapshot::from_bytes(state)?;
             let mut e = Engine::restore(rules.set.clone(), config, &rules.deployments, snap);
-            for (name, entries) in &self.lists {
-                e.set_list(name, entries.iter().cloned());
-            }
+            e.set_lists(self.lists.clone());
             self.engines.insert(shard, e);
         }
         if let Some(o) = self
@@ -561,9 +566,7 @@ impl Node {
             let engine = self.engines.entry(r.shard).or_insert_with(|| {
                 let mut e =
                     Engine::with_deployments(rules.set.clone(), config.clone(), &rules.deployments);
-                for (name, entries) in lists {
-                    e.set_list(name, entries.iter().cloned());
-                }
+                e.set_lists(lists.clone());
                 e
             });
             engine.set_wall_clock(now);
@@ -1005,6 +1008,139 @@ mod tests {
             matches!(&r[..], [Msg::Error { text }] if text.contains("snapshot")),
             "{r:?}"
         );
+    }
+
+    const LISTED: &str = "event A { k: string, x: int }\nrule r {\n  severity high\n  key k\n  pattern a: A[k in list \"bad\"]\n  within 1m\n}\n";
+
+    /// One event per key `k0`..`k{n-1}`, each on its own key's shard.
+    fn keyed(version: u64, from_seq: u64, keys: &[String]) -> Msg {
+        let events: Vec<Routed> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let seq = from_seq + i as u64;
+                Routed {
+                    seq,
+                    shard: crate::shard::shard_of(&crate::Key::Str(Arc::from(k.as_str()))),
+                    route: Route::Key(0),
+                    clock: seq as i64,
+                    event: Event {
+                        ty: 0,
+                        ts: seq as i64,
+                        id: Arc::from(format!("e{seq}").as_str()),
+                        fields: vec![Value::Str(Arc::from(k.as_str())), Value::Int(1)]
+                            .into_boxed_slice(),
+                        seq: 0,
+                    },
+                }
+            })
+            .collect();
+        let clock = events.last().map_or(i64::MIN, |r| r.clock);
+        Msg::Events(Batch {
+            rules_version: version,
+            events,
+            clock,
+        })
+    }
+
+    /// Bytes of every shard state of one checkpoint.
+    fn checkpoint_bytes(n: &mut Node, id: u64) -> (usize, Vec<(u16, Vec<u8>)>) {
+        let mut states = vec![];
+        for m in n.handle(b"gw", Msg::Checkpoint { id }) {
+            if let Msg::ShardState { shard, state, .. } = m {
+                states.push((shard, state));
+            }
+        }
+        (states.iter().map(|s| s.1.len()).sum(), states)
+    }
+
+    #[test]
+    fn a_list_is_held_once_per_node_and_never_in_a_shard_snapshot() {
+        let mut n = node();
+        hello(&mut n, 1);
+        deploy(&mut n, 1, LISTED);
+        let keys: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+        n.handle(b"gw", keyed(1, 1, &keys));
+        let shards = n.engines.len();
+        assert!(shards > 800, "most shards are live: {shards}");
+        let (before, _) = checkpoint_bytes(&mut n, 1);
+        // One 1 MB entry, and the keys of the next events.
+        let big = "x".repeat(1 << 20);
+        let entries = vec![big, "k1".to_string(), "k7".to_string()];
+        n.handle(
+            b"gw",
+            Msg::SetList {
+                name: "bad".into(),
+                entries,
+            },
+        );
+        // One table, handed to every shard engine: nothing copied per shard.
+        for e in n.engines.values() {
+            assert!(Arc::ptr_eq(e.lists(), &n.lists));
+        }
+        assert_eq!(Arc::strong_count(&n.lists), shards + 1);
+        let list = n.lists.get("bad").expect("the list is set");
+        assert_eq!((Arc::strong_count(list), list.len()), (1, 3));
+        // A checkpoint does not carry the list: same size as before it.
+        let (after, states) = checkpoint_bytes(&mut n, 2);
+        assert_eq!(after, before, "the snapshot holds no list contents");
+        // The list still matches, on any shard.
+        let r = n.handle(b"gw", keyed(1, 10_000, &["k1".into(), "k2".into()]));
+        assert!(
+            matches!(&r[..], [Msg::Alerts(a), Msg::Credit(_)] if a.len() == 1),
+            "{r:?}"
+        );
+        // A shard restored on another node reads that node's current lists.
+        let home = crate::shard::shard_of(&crate::Key::Str(Arc::from("k7")));
+        let (_, state) = states
+            .into_iter()
+            .find(|s| s.0 == home)
+            .expect("k7's shard was checkpointed");
+        let mut b = node();
+        hello(&mut b, 1);
+        deploy(&mut b, 1, LISTED);
+        b.handle(
+            b"gw",
+            Msg::SetList {
+                name: "bad".into(),
+                entries: vec!["k7".into()],
+            },
+        );
+        assert!(
+            b.handle(b"gw", Msg::Restore { shard: home, state })
+                .is_empty()
+        );
+        b.handle(b"gw", Msg::Resume { shards: vec![home] });
+        assert!(Arc::ptr_eq(b.engines[&home].lists(), &b.lists));
+        let r = b.handle(b"gw", keyed(1, 20_000, &["k7".into()]));
+        assert!(
+            matches!(&r[..], [Msg::Alerts(a), Msg::Credit(_)] if a.len() == 1),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_format_1_snapshot_with_lists_is_read_and_its_lists_ignored() {
+        let mut n = node();
+        hello(&mut n, 1);
+        deploy(&mut n, 1, RULES);
+        n.handle(b"gw", batch(1, &[(1, 1)]));
+        let (_, states) = checkpoint_bytes(&mut n, 1);
+        let (shard, mut state) = states.into_iter().next().expect("one shard");
+        // Format 1: the metrics without the run-events cap count, then the lists.
+        let old_lists: std::collections::HashMap<String, Vec<String>> =
+            [("bad".to_string(), vec!["stale".to_string()])].into();
+        state = crate::engine::Snapshot::from_bytes(&state)
+            .expect("decodes")
+            .to_format_1_bytes(&old_lists);
+        assert_eq!(state[0], 1);
+        let mut b = node();
+        hello(&mut b, 1);
+        deploy(&mut b, 1, RULES);
+        assert!(b.handle(b"gw", Msg::Restore { shard, state }).is_empty());
+        assert_eq!(b.stats().active_runs, 1, "the partial match came along");
+        assert!(b.lists.is_empty(), "the old snapshot's lists are not used");
+        assert!(b.engines[&shard].lists().is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! recompute). At most [`MAX_RUNNING`] run at once and the newest
 //! [`MAX_KEPT`] are kept.
 
-use cep_engine::{Alert, Decoder, Engine, EngineConfig};
+use cep_engine::{Alert, Decoder, Deployment, Engine, EngineConfig};
 use rule_lang::RuleSet;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -215,8 +215,18 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(set: &Arc<RuleSet>, lists: &[(String, Vec<String>)]) -> Lane {
-        let mut engine = Engine::new(set.clone(), EngineConfig::default());
+    /// An engine running `set` as `version` (alerts carry it, and their ids
+    /// are computed with it), with the stored lists.
+    fn new(set: &Arc<RuleSet>, version: u32, lists: &[(String, Vec<String>)]) -> Lane {
+        let deployments = vec![
+            Deployment {
+                version,
+                shadow: false
+            };
+            set.rules.len()
+        ];
+        let mut engine =
+            Engine::with_deployments(set.clone(), EngineConfig::default(), &deployments);
         for (name, entries) in lists {
             engine.set_list(name, entries.iter().cloned());
         }
@@ -260,11 +270,11 @@ fn run(job: &Job, spec: Spec) -> anyhow::Result<Option<Report>> {
         }
     };
     job.total.store(total, Ordering::Relaxed);
-    let mut new = Lane::new(&spec.set, &spec.lists);
+    let mut new = Lane::new(&spec.set, spec.version, &spec.lists);
     let mut old = spec
         .against
         .as_ref()
-        .map(|(_, set)| Lane::new(set, &spec.lists));
+        .map(|(v, set)| Lane::new(set, *v, &spec.lists));
     let mut acc = Acc {
         keep_for_score: spec.labels.is_some(),
         ..Acc::default()

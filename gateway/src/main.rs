@@ -158,6 +158,15 @@ struct RunArgs {
     /// Largest HTTP request body, bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Distinct entries per reference list (413 `list_too_large` beyond).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_list_entries: usize,
+    /// Bytes of all entries of one reference list (413 `list_too_large` beyond).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_list_bytes: usize,
+    /// Bytes of one reference-list entry (400 `list_entry_too_long` beyond).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_list_entry_bytes: usize,
     /// Kafka brokers: consume events from --topic in consumer group --group.
     #[arg(long, env = "VIGIL_KAFKA")]
     kafka: Option<String>,
@@ -287,6 +296,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         api: ApiConfig {
             max_body_bytes: a.max_body_bytes,
             samples_dir: Some(a.store.data_dir.join("samples")),
+            lists: vigil_gateway::api::ListLimits {
+                max_entries: a.max_list_entries,
+                max_bytes: a.max_list_bytes,
+                max_entry_bytes: a.max_list_entry_bytes,
+            },
         },
         webhooks: WebhookConfig {
             schedule: parse_schedule(&a.webhook_schedule)

@@ -50,6 +50,11 @@ fn config(rules: PathBuf, store: StoreConfig, publish: Option<String>) -> System
         api: ApiConfig {
             max_body_bytes: 64 * 1024,
             samples_dir: Some(temp("samples")),
+            lists: vigil_gateway::api::ListLimits {
+                max_entries: 5,
+                max_bytes: 40,
+                max_entry_bytes: 16,
+            },
         },
         webhooks: vigil_gateway::webhooks::WebhookConfig {
             allow_loopback: true,
@@ -1375,6 +1380,211 @@ async fn lists_reach_the_nodes_and_in_list_uses_them() {
         (r.status, error_of(&r).1),
         (StatusCode::NOT_FOUND, "no list named `none`".into())
     );
+    t.sys.shutdown().await;
+}
+
+/// The list caps of `config()`: 5 entries, 40 bytes, 16 bytes an entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_beyond_their_caps_are_refused_with_a_reason_and_change_nothing() {
+    let t = setup().await;
+    let too_many = serde_json::json!({"name": "big", "entries": ["a", "b", "c", "d", "e", "f"]});
+    let r = t.post_json("/v1/lists", &t.analyst, too_many).await;
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            (
+                "list_too_large".into(),
+                "list `big` would hold 6 entries of 6 bytes; a list holds at most 5 entries and 40 bytes".into()
+            )
+        )
+    );
+    assert_eq!(
+        t.get("/v1/lists/big", &t.viewer).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was created"
+    );
+    // Duplicates count once.
+    let r = t
+        .post_json(
+            "/v1/lists",
+            &t.analyst,
+            serde_json::json!({"name": "big", "entries": ["a", "a", "b", "b", "c", "d"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // One entry too long.
+    let r = t
+        .post_json(
+            "/v1/lists/big/entries",
+            &t.analyst,
+            serde_json::json!({"entries": ["e", "x".repeat(17)]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (
+            StatusCode::BAD_REQUEST,
+            (
+                "list_entry_too_long".into(),
+                "entry 2 of list `big` is 17 bytes; an entry is at most 16 bytes".into()
+            )
+        )
+    );
+    // Adding past the count: refused; adding what is there already: fine.
+    let r = t
+        .post_json(
+            "/v1/lists/big/entries",
+            &t.analyst,
+            serde_json::json!({"entries": ["e", "f"]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).0),
+        (StatusCode::PAYLOAD_TOO_LARGE, "list_too_large".into())
+    );
+    let r = t
+        .post_json(
+            "/v1/lists/big/entries",
+            &t.analyst,
+            serde_json::json!({"entries": ["a", "e"]}),
+        )
+        .await;
+    assert_eq!(r.json, serde_json::json!({"added": 1, "entries": 5}));
+    // Past the bytes: three entries of 16 bytes are 48.
+    let r = t
+        .call(
+            "PUT",
+            "/v1/lists/big",
+            Some(&t.analyst),
+            Some("text/csv"),
+            &format!(
+                "{}\n{}\n{}\n",
+                "1".repeat(16),
+                "2".repeat(16),
+                "3".repeat(16)
+            ),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            (
+                "list_too_large".into(),
+                "list `big` would hold 3 entries of 48 bytes; a list holds at most 5 entries and 40 bytes".into()
+            )
+        )
+    );
+    let r = t
+        .call(
+            "PUT",
+            "/v1/lists/big",
+            Some(&t.analyst),
+            Some("application/json"),
+            &serde_json::json!(["y".repeat(17)]).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_of(&r).0),
+        (StatusCode::BAD_REQUEST, "list_entry_too_long".into())
+    );
+    let r = t.get("/v1/lists/big", &t.viewer).await;
+    assert_eq!(
+        r.json["entries"],
+        serde_json::json!(["a", "b", "c", "d", "e"]),
+        "refused changes changed nothing"
+    );
+    t.sys.shutdown().await;
+}
+
+/// `/test` and backtests run a version as the nodes would: with the stored
+/// lists, and alerts that say that version and carry its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_and_backtest_use_the_stored_lists_and_the_versions_own_number() {
+    let t = setup().await;
+    let r = t
+        .post_json(
+            "/v1/lists",
+            &t.analyst,
+            serde_json::json!({"name": "blocked", "entries": ["evil"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let v2 = BLOCKED.replace("within 1m", "within 2m");
+    let r = t
+        .call(
+            "POST",
+            "/v1/rules",
+            Some(&t.analyst),
+            Some("text/plain"),
+            &v2,
+        )
+        .await;
+    assert_eq!(r.json["version"], 2, "{}", r.text);
+    let events = [
+        txn("e1", "2026-01-05T12:00:00Z", "k1", 5.0, "evil"),
+        txn("e2", "2026-01-05T12:00:01Z", "k2", 5.0, "fine"),
+    ]
+    .join("\n");
+    let expected_id = |version: u32| {
+        cep_engine::Alert::compute_id(
+            "blocked",
+            version,
+            &cep_engine::Key::Str("k1".into()),
+            &[("t".to_string(), vec!["e1".into()])],
+            None,
+        )
+    };
+    let mut ids = vec![];
+    for v in [1u32, 2] {
+        let r = t
+            .call(
+                "POST",
+                &format!("/v1/rules/blocked/versions/{v}/test"),
+                Some(&t.analyst),
+                Some("application/x-ndjson"),
+                &events,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let alerts = r.json["alerts"].as_array().cloned().unwrap_or_default();
+        assert_eq!(alerts.len(), 1, "the stored list is used: {}", r.text);
+        assert_eq!(
+            (&alerts[0]["key"], &alerts[0]["version"], &alerts[0]["id"]),
+            (
+                &serde_json::json!("k1"),
+                &serde_json::json!(v),
+                &serde_json::json!(expected_id(v))
+            ),
+            "{}",
+            r.text
+        );
+        ids.push(alerts[0]["id"].clone());
+    }
+    assert_ne!(ids[0], ids[1]);
+    // A backtest of version 2 against 1 over the same events.
+    let r = t
+        .post_json(
+            "/v1/backtests",
+            &t.analyst,
+            serde_json::json!({"rule": "blocked", "version": 2, "against": 1, "events": events}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_string();
+    let done = backtest_result(&t, &id).await;
+    let rep = &done["report"];
+    assert_eq!(rep["alerts"], 1, "{done}");
+    assert_eq!(
+        (
+            &rep["sample_alerts"][0]["version"],
+            &rep["sample_alerts"][0]["id"]
+        ),
+        (&serde_json::json!(2), &ids[1]),
+        "{done}"
+    );
+    assert_eq!(rep["diff"]["both"], 1, "{done}");
     t.sys.shutdown().await;
 }
 

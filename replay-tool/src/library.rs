@@ -46,7 +46,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
                 15..95 => 1.0 + pick(20_000) as f64 / 100.0,
                 _ => 200.0 + pick(200_000) as f64 / 100.0,
             };
-            let (country, lat, lon) = COUNTRIES[pick(COUNTRIES.len() as u64) as usize];
+            let (country, lat, lon) = COUNTRIES[home(card, pick(20))];
             format!(
                 "{{{head},\"type\":\"Txn\",\"card_id\":\"card-{card}\",\"account_id\":\"acct-{account}\",\
                  \"amount\":{amount:.2},\"currency\":\"USD\",\"merchant\":\"{}\",\"mcc\":{},\
@@ -64,7 +64,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
             )
         }
         40..50 => {
-            let (country, lat, lon) = COUNTRIES[pick(COUNTRIES.len() as u64) as usize];
+            let (country, lat, lon) = COUNTRIES[home(account, pick(50))];
             format!(
                 "{{{head},\"type\":\"Login\",\"account_id\":\"acct-{account}\",\"ok\":{},\
                  \"ip\":\"10.0.{}.{}\",\"country\":\"{country}\",\"device_id\":\"dev-{}\",\
@@ -193,6 +193,13 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
             10.0 + pick(50_000) as f64 / 100.0
         ),
     }
+}
+
+/// A key's home country (an index into `COUNTRIES`), but abroad when `roll`
+/// is 0 (1 in 20 card payments, 1 in 50 logins).
+fn home(key: u64, roll: u64) -> usize {
+    let k = if roll == 0 { key / 7 + 1 } else { key };
+    (k % COUNTRIES.len() as u64) as usize
 }
 
 const COUNTRIES: [(&str, f64, f64); 7] = [

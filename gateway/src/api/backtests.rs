@@ -202,12 +202,7 @@ pub async fn start_backtest(
         ),
         None => None,
     };
-    let mut lists = vec![];
-    for name in st.store.list_names().await? {
-        if let Some(entries) = st.store.get_list(&name).await? {
-            lists.push((name, entries));
-        }
-    }
+    let lists = super::lists::stored(&st).await?;
     let spec = Spec {
         rule: b.rule,
         version: b.version,

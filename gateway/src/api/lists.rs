@@ -8,17 +8,102 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
+use std::collections::HashSet;
+
+/// How large a list may be (`--max-list-entries`, `--max-list-bytes`,
+/// `--max-list-entry-bytes`). Every node holds each list once in memory, so
+/// these bound what one analyst can make every node hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ListLimits {
+    /// Distinct entries per list (413 `list_too_large` beyond).
+    pub max_entries: usize,
+    /// Bytes of all entries of a list together (413 `list_too_large` beyond).
+    pub max_bytes: usize,
+    /// Bytes of one entry (400 `list_entry_too_long` beyond). The default is
+    /// the default largest event: a longer entry could never equal a field.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for ListLimits {
+    fn default() -> Self {
+        ListLimits {
+            max_entries: 1_000_000,
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ListLimits {
+    /// Checks a list-to-be: `kept` entries already in it (trusted distinct)
+    /// plus `adding`. Entries over the length cap are refused first.
+    fn check(&self, name: &str, kept: &[String], adding: &[String]) -> ApiResult<()> {
+        if let Some((i, e)) = adding
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.len() > self.max_entry_bytes)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "list_entry_too_long",
+                format!(
+                    "entry {} of list `{name}` is {} bytes; an entry is at most {} bytes",
+                    i + 1,
+                    e.len(),
+                    self.max_entry_bytes
+                ),
+            ));
+        }
+        let kept_set: HashSet<&str> = kept.iter().map(String::as_str).collect();
+        let mut new: HashSet<&str> = HashSet::new();
+        let mut bytes: usize = kept.iter().map(String::len).sum();
+        for e in adding {
+            if !kept_set.contains(e.as_str()) && new.insert(e.as_str()) {
+                bytes = bytes.saturating_add(e.len());
+            }
+        }
+        let count = kept.len() + new.len();
+        if count > self.max_entries || bytes > self.max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "list_too_large",
+                format!(
+                    "list `{name}` would hold {count} entries of {bytes} bytes; a list holds at most {} entries and {} bytes",
+                    self.max_entries, self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Sends the stored list to every node. Reads and sends under one lock, so a
 /// publisher that read an older list can never send it after a newer one.
 pub async fn publish(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
     let _order = st.list_lock.lock().await;
+    send(st, name).await
+}
+
+/// [`publish`] for a caller that holds `list_lock`.
+async fn send(st: &AppState, name: &str) -> ApiResult<Vec<String>> {
     let entries = st.store.get_list(name).await?.unwrap_or_default();
     st.command(Command::SetList {
         name: name.to_string(),
         entries: entries.clone(),
     });
     Ok(entries)
+}
+
+/// Every stored list, for the one-engine runs (tests, diffs, backtests) that
+/// must see what the nodes see.
+pub(super) async fn stored(st: &AppState) -> ApiResult<Vec<(String, Vec<String>)>> {
+    let mut lists = vec![];
+    for name in st.store.list_names().await? {
+        if let Some(entries) = st.store.get_list(&name).await? {
+            lists.push((name, entries));
+        }
+    }
+    Ok(lists)
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -62,6 +147,8 @@ pub async fn create_list(State(st): State<AppState>, c: Caller, body: Body) -> A
     c.require(Role::Analyst, "creating a list")?;
     let l: NewList = body.json()?;
     check_name(&l.name)?;
+    // Checked, stored and sent under one lock: no change slips in between.
+    let order = st.list_lock.lock().await;
     if st.store.get_list(&l.name).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -69,8 +156,10 @@ pub async fn create_list(State(st): State<AppState>, c: Caller, body: Body) -> A
             format!("list `{}` exists", l.name),
         ));
     }
+    st.config.lists.check(&l.name, &[], &l.entries)?;
     st.store.put_list(&l.name, &l.entries).await?;
-    let entries = publish(&st, &l.name).await?;
+    let entries = send(&st, &l.name).await?;
+    drop(order);
     st.catalog
         .audit(
             &c.name,
@@ -125,9 +214,12 @@ pub async fn replace_list(
     c.require(Role::Analyst, "loading a list")?;
     check_name(&name)?;
     let entries = parse_bulk(&body)?;
+    st.config.lists.check(&name, &[], &entries)?;
+    let order = st.list_lock.lock().await;
     let before = st.store.get_list(&name).await?.map(|l| l.len());
     st.store.put_list(&name, &entries).await?;
-    let entries = publish(&st, &name).await?;
+    let entries = send(&st, &name).await?;
+    drop(order);
     st.catalog
         .audit(
             &c.name,
@@ -254,8 +346,10 @@ async fn change_entries(
 ) -> ApiResult<Response> {
     c.require(Role::Analyst, "changing a list")?;
     let e: Entries = body.json()?;
-    must_exist(&st, &name).await?;
+    let order = st.list_lock.lock().await;
+    let current = must_exist(&st, &name).await?;
     let (n, action, field) = if add {
+        st.config.lists.check(&name, &current, &e.entries)?;
         (
             st.store.add_to_list(&name, &e.entries).await?,
             "list.add",
@@ -268,7 +362,8 @@ async fn change_entries(
             "removed",
         )
     };
-    let entries = publish(&st, &name).await?;
+    let entries = send(&st, &name).await?;
+    drop(order);
     let change = serde_json::json!({ field: e.entries });
     let (before, after) = if add {
         (serde_json::Value::Null, change)

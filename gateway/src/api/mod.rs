@@ -14,6 +14,7 @@ mod lists;
 pub(crate) mod rules;
 mod webhooks;
 
+pub use lists::ListLimits;
 pub use lists::publish as publish_list;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -40,6 +41,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Where event samples for backtests are kept; `None`: no samples.
     pub samples_dir: Option<std::path::PathBuf>,
+    /// Size limits of reference lists.
+    pub lists: ListLimits,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +50,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 8 << 20,
             samples_dir: None,
+            lists: ListLimits::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::store::{Mode, Role, RuleState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use cep_engine::{Decoder, Engine, EngineConfig};
+use cep_engine::{Decoder, Deployment, Engine, EngineConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -313,14 +313,28 @@ pub fn event_lines(b: &Body) -> ApiResult<Vec<(usize, Vec<u8>)>> {
 }
 
 /// Runs one rule text (with the schema) over events, as replay would.
+/// Runs version `version` of a rule (its `text`) over `events` with the
+/// stored `lists`, as a node would: alerts say that version and carry its ids.
 fn run_text(
     schema: &str,
     text: &str,
+    version: u32,
+    lists: &[(String, Vec<String>)],
     events: &[(usize, Vec<u8>)],
 ) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     let set = Arc::new(catalog::compile(schema, text)?);
     let decoder = Decoder::new(&set);
-    let mut engine = Engine::new(set.clone(), EngineConfig::default());
+    let deployments = vec![
+        Deployment {
+            version,
+            shadow: false
+        };
+        set.rules.len()
+    ];
+    let mut engine = Engine::with_deployments(set.clone(), EngineConfig::default(), &deployments);
+    for (name, entries) in lists {
+        engine.set_list(name, entries.iter().cloned());
+    }
     engine.set_wall_clock(catalog::now_ms());
     let mut rejected = vec![];
     for (line, e) in events {
@@ -354,11 +368,13 @@ pub async fn test_version(
     let ver = version_of(&st, &name, v).await?;
     let events = event_lines(&body)?;
     let schema = st.catalog.schema().await?;
+    let lists = super::lists::stored(&st).await?;
     let n = events.len();
-    let (alerts, rejected) =
-        tokio::task::spawn_blocking(move || run_text(&schema, &ver.text, &events))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (alerts, rejected) = tokio::task::spawn_blocking(move || {
+        run_text(&schema, &ver.text, ver.version, &lists, &events)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(reply(
         StatusCode::OK,
         serde_json::json!({"events": n, "alerts": alerts, "rejected": rejected}),
@@ -495,6 +511,7 @@ pub async fn diff(
         .and_then(Result::ok)
         .unwrap_or_default();
     let schema = st.catalog.schema().await?;
+    let lists = super::lists::stored(&st).await?;
     let n = sample.len();
     let sample: Vec<(usize, Vec<u8>)> = sample
         .into_iter()
@@ -509,8 +526,8 @@ pub async fn diff(
                 .map(|a| serde_json::json!([a["key"], a["at"], a["matched"]]).to_string())
                 .collect()
         };
-        let old = sig(run_text(&schema, &a.text, &sample)?.0);
-        let new = sig(run_text(&schema, &b.text, &sample)?.0);
+        let old = sig(run_text(&schema, &a.text, a.version, &lists, &sample)?.0);
+        let new = sig(run_text(&schema, &b.text, b.version, &lists, &sample)?.0);
         let only_from: Vec<String> = old.difference(&new).cloned().collect();
         let only_to: Vec<String> = new.difference(&old).cloned().collect();
         Ok((only_from, only_to, old.intersection(&new).count()))
