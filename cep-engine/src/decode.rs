@@ -137,6 +137,7 @@ impl Decoder {
                 )
             })?,
         };
+        check_ts_range(ts)?;
         let id: Arc<str> = match id {
             None | Some(Raw::Null) => default_id().into(),
             Some(Raw::Str(s)) => Arc::from(s.as_ref()),
@@ -241,6 +242,49 @@ fn duplicate_key<'p>(pairs: &'p Pairs<'_>) -> Option<&'p str> {
     let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
     keys.sort_unstable();
     keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// The first event time accepted: 1970-01-01T00:00:00.000Z.
+pub const MIN_TS_MS: i64 = 0;
+/// The first event time refused as absurd: 10000-01-01T00:00:00.000Z (the
+/// spec's valid years are 1970 to 9999). A live gateway refuses a `9999-12-31`
+/// "never" sentinel anyway, as `ts_in_future`.
+pub const END_TS_MS: i64 = 253_402_300_800_000;
+
+/// `bad_ts` unless `MIN_TS_MS <= ts < END_TS_MS`: times before 1970 or after
+/// year 9999 are mistakes, never real events. Every
+/// path that decodes events shares this rule (gateway, replay, backtests).
+pub fn check_ts_range(ts: i64) -> Result<(), Rejection> {
+    if (MIN_TS_MS..END_TS_MS).contains(&ts) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        "bad_ts",
+        format!(
+            "`ts` {ts} is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z (epoch ms {MIN_TS_MS} .. {})",
+            END_TS_MS - 1
+        ),
+    ))
+}
+
+/// `ts_in_future` if `ts` is more than `max_future_ms` ahead of `wall_ms`
+/// (the caller's wall clock, epoch ms). Exactly `max_future_ms` ahead is
+/// accepted. For paths that have a wall clock (the gateway); a replay of
+/// recorded events has none and applies only [`check_ts_range`].
+pub fn check_not_future(ts: i64, wall_ms: i64, max_future_ms: i64) -> Result<(), Rejection> {
+    let limit = wall_ms.saturating_add(max_future_ms.max(0));
+    if ts <= limit {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        "ts_in_future",
+        format!(
+            "`ts` {} is {} ms ahead of the gateway's clock {}; at most {max_future_ms} ms is accepted (--max-future)",
+            crate::time::format_ms(ts),
+            ts.saturating_sub(wall_ms),
+            crate::time::format_ms(wall_ms)
+        ),
+    ))
 }
 
 fn wrong(schema: &Schema, field: &str, ty: Type, v: &Raw<'_>) -> Rejection {
@@ -490,6 +534,51 @@ mod tests {
             why(wide.replace(r#","x7":0}"#, "}").as_bytes()).reason,
             "ok"
         );
+    }
+
+    #[test]
+    fn absurd_event_times_are_bad_ts() {
+        let ev =
+            |ts: &str| format!(r#"{{"type":"Txn","ts":{ts},"card_id":"c","amount":1.0,"n":1}}"#);
+        for bad in [
+            i64::MAX.to_string(),
+            i64::MIN.to_string(),
+            u64::MAX.to_string(),
+            "-1".into(),
+            END_TS_MS.to_string(),
+            "\"1969-12-31T23:59:59.999Z\"".into(),
+            "\"0001-01-01T00:00:00Z\"".into(),
+        ] {
+            assert_eq!(reason(&ev(&bad)), "bad_ts", "{bad}");
+        }
+        for good in [
+            "0".to_string(),
+            (END_TS_MS - 1).to_string(),
+            "\"1970-01-01T00:00:00Z\"".into(),
+            "\"9998-12-31T23:59:59.999Z\"".into(),
+            "\"9999-01-01T00:00:00Z\"".into(),
+            "\"9999-12-31T23:59:59.999Z\"".into(),
+        ] {
+            assert_eq!(reason(&ev(&good)), "ok", "{good}");
+        }
+        assert_eq!(
+            crate::time::parse_rfc3339_ms("9999-12-31T23:59:59.999Z"),
+            Some(END_TS_MS - 1)
+        );
+    }
+
+    #[test]
+    fn exactly_max_future_is_accepted_one_ms_beyond_is_not() {
+        let wall = 1_767_571_200_000;
+        assert_eq!(check_not_future(wall + 300_000, wall, 300_000), Ok(()));
+        assert_eq!(check_not_future(wall - 86_400_000, wall, 300_000), Ok(()));
+        let r = check_not_future(wall + 300_001, wall, 300_000).expect_err("1 ms beyond");
+        assert_eq!(r.reason, "ts_in_future");
+        assert!(r.detail.contains("300001 ms ahead"), "{}", r.detail);
+        assert_eq!(check_not_future(wall, wall, 0), Ok(()));
+        assert!(check_not_future(wall + 1, wall, 0).is_err());
+        // No overflow at the extremes of the wall clock or the limit.
+        assert_eq!(check_not_future(END_TS_MS - 1, i64::MAX, i64::MAX), Ok(()));
     }
 }
 

@@ -69,6 +69,10 @@ pub struct NodeStatus {
     pub misrouted: AtomicU64,
     /// Partial matches dropped at `max_run_events`.
     pub runs_dropped_events_cap: AtomicU64,
+    /// Event copies refused for an event time outside the accepted range
+    /// (a gateway that decodes events checks it first; see
+    /// [`crate::decode::check_ts_range`]).
+    pub bad_ts: AtomicU64,
     /// Last error told to the gateway (for logs and `/healthz`).
     pub last_error: Mutex<Option<String>>,
 }
@@ -160,6 +164,12 @@ impl NodeStatus {
             "counter",
             "partial matches dropped on reaching --max-run-events",
             g(&self.runs_dropped_events_cap),
+        );
+        line(
+            "vigil_node_bad_ts_total",
+            "counter",
+            "event copies refused: event time before 1970 or after year 9999",
+            g(&self.bad_ts),
         );
         out
     }
@@ -539,7 +549,14 @@ impl Node {
         let lateness = session.lateness_ms;
         let now = wall_ms();
         let mut misrouted = 0u64;
+        let mut bad_ts = 0u64;
         for r in b.events {
+            // The same range the gateway's decoder enforces: an absurd time
+            // would move this node's clocks past all real data for good.
+            if crate::decode::check_ts_range(r.event.ts).is_err() {
+                bad_ts += 1;
+                continue;
+            }
             let ok_shard = session
                 .owned
                 .get(r.shard as usize)
@@ -594,6 +611,10 @@ impl Node {
             {
                 e.advance_to(clock.saturating_sub(lateness));
             }
+        }
+        if bad_ts > 0 {
+            self.status.bad_ts.fetch_add(bad_ts, Ordering::Relaxed);
+            warn!(node = %self.opts.name, bad_ts, "event copies refused: event time out of range");
         }
         if misrouted > 0 {
             self.status
@@ -889,6 +910,28 @@ mod tests {
         assert_eq!(
             (s.events, s.alerts, s.rules_version, s.rejected_batches),
             (2, 1, 1, 2)
+        );
+    }
+
+    #[test]
+    fn copies_with_an_absurd_event_time_are_refused_and_move_no_clock() {
+        let mut n = node();
+        hello(&mut n, 1);
+        deploy(&mut n, 1, RULES);
+        let Msg::Events(mut b) = batch(1, &[(1, 1), (2, 5)]) else {
+            unreachable!()
+        };
+        b.events[1].event.ts = i64::MAX;
+        let r = n.handle(b"gw", Msg::Events(b));
+        assert!(matches!(&r[..], [Msg::Credit(c)] if c.grant == 2), "{r:?}");
+        assert_eq!(n.status.bad_ts.load(Ordering::Relaxed), 1);
+        assert_eq!(n.stats().events, 1);
+        // The node's clock was not moved to the absurd time: a later
+        // ordinary pair still matches.
+        let r = n.handle(b"gw", batch(1, &[(3, 1), (4, 9)]));
+        assert!(
+            matches!(&r[..], [Msg::Alerts(a), Msg::Credit(_)] if !a.is_empty()),
+            "{r:?}"
         );
     }
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backtest;
 pub mod catalog;
+pub mod clock;
 pub mod http;
 pub mod kafka;
 pub mod router;

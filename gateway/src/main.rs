@@ -126,6 +126,10 @@ struct RunArgs {
     /// Live mode: after this long without events, event time follows the wall clock ("0s" disables).
     #[arg(long, default_value = "5s", value_parser = duration_ms)]
     idle: i64,
+    /// Refuse events whose `ts` is more than this far ahead of this machine's
+    /// clock (reason `ts_in_future`); past times are always fine.
+    #[arg(long, default_value = "5m", value_parser = duration_ms)]
+    max_future: i64,
     /// Event copies per batch message to a node.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
@@ -288,6 +292,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             node_timeout: Duration::from_millis(a.node_timeout.max(100) as u64),
             idle_ms: a.idle,
             max_event_bytes: a.max_event_bytes,
+            max_future_ms: a.max_future,
             checkpoint_every: Duration::from_millis(a.checkpoint_every.max(0) as u64),
             replay_log_bytes: a.replay_log_bytes.max(1 << 20),
             dedup_window: a.dedup_window,

@@ -28,6 +28,7 @@
 //! them; when it returns they move back at the next checkpoint. Alerts emitted
 //! again carry the same ids and are dropped here, so each is published once.
 
+use crate::clock::WallClock;
 use crate::rules::Bundle;
 use crate::status::{NodeView, Status};
 use crate::store::CheckpointManifest;
@@ -67,6 +68,12 @@ pub struct RouterConfig {
     pub idle_ms: i64,
     /// Largest single event accepted, bytes.
     pub max_event_bytes: usize,
+    /// An event whose `ts` is more than this far ahead of the wall clock is
+    /// refused (`ts_in_future`), so one bad clock cannot move event time
+    /// past all real data.
+    pub max_future_ms: i64,
+    /// The wall clock (injectable: tests set it).
+    pub wall: WallClock,
     /// Alert ids remembered to drop alerts emitted again during recovery.
     pub dedup_window: usize,
     /// Time between checkpoints (with [`Router::with_checkpoints`]).
@@ -92,6 +99,8 @@ impl Default for RouterConfig {
             ping_every: Duration::from_millis(250),
             idle_ms: 5_000,
             max_event_bytes: 1 << 20,
+            max_future_ms: 300_000,
+            wall: WallClock::system(),
             dedup_window: 1_000_000,
             checkpoint_every: Duration::from_secs(2),
             replay_log_bytes: 256 << 20,
@@ -166,6 +175,10 @@ struct Inflight {
 }
 
 struct Ckpt {
+    /// [`Router::changes`] as of the last durable checkpoint (`None`: none
+    /// yet), and as of the one being taken (its id).
+    durable_changes: Option<u64>,
+    pending_changes: Option<(u64, u64)>,
     cfg: Checkpoints,
     next_id: u64,
     last_started: Instant,
@@ -408,6 +421,10 @@ pub struct Router {
     ckpt: Option<Ckpt>,
     seen: SeenAlerts,
     recovering: Vec<Recovery>,
+    /// Counts what a checkpoint would record differently: accepted events,
+    /// consumed Kafka offsets, announced inputs, deploys, list changes.
+    /// Equal to the last durable checkpoint's: nothing to checkpoint.
+    changes: u64,
 }
 
 /// Accepted events kept for [`Command::Sample`].
@@ -515,6 +532,7 @@ impl Router {
             ckpt: None,
             seen,
             recovering: vec![],
+            changes: 0,
         })
     }
 
@@ -550,6 +568,20 @@ impl Router {
             if m.clock != i64::MIN {
                 self.idle_base = Some((m.clock, now));
             }
+            if let Some((base, wall_at)) = m.idle_base {
+                self.resume_idle_base(base, wall_at, now);
+            }
+            let ahead = m.clock.saturating_sub(self.cfg.wall.now_ms());
+            if m.clock != i64::MIN && ahead > self.cfg.max_future_ms {
+                error!(
+                    checkpoint = m.id,
+                    clock = m.clock,
+                    ahead_ms = ahead,
+                    "the checkpoint's event clock is ahead of the wall clock by more than --max-future: \
+                     events up to it will be late (a far-future event accepted before this limit existed?); \
+                     see docs/operations.md, 'Event time and the wall clock'"
+                );
+            }
             info!(
                 checkpoint = m.id,
                 seq = m.seq,
@@ -560,6 +592,8 @@ impl Router {
             );
         }
         self.ckpt = Some(Ckpt {
+            durable_changes: durable.map(|_| 0),
+            pending_changes: None,
             cfg,
             next_id,
             last_started: Instant::now(),
@@ -713,6 +747,7 @@ impl Router {
     // -- rules ---------------------------------------------------------------
 
     fn deploy(&mut self, b: Bundle) {
+        self.changes += 1;
         info!(
             version = b.version,
             rules = b.rules.len(),
@@ -755,6 +790,7 @@ impl Router {
     }
 
     fn set_list(&mut self, name: String, entries: Vec<String>) {
+        self.changes += 1;
         let msg = wire::encode(&Msg::SetList {
             name: name.clone(),
             entries: entries.clone(),
@@ -786,6 +822,7 @@ impl Router {
                 for i in req.inputs.iter().flatten() {
                     self.inputs.entry(*i).or_insert((i64::MIN, Instant::now()));
                 }
+                self.changes += 1;
                 let _ = req.reply.send(vec![]);
                 continue;
             }
@@ -806,6 +843,7 @@ impl Router {
                     }
                     // Accepted or refused, the message is consumed.
                     if let Some(o) = req.offsets.as_ref().and_then(|v| v.get(i)) {
+                        self.changes += 1;
                         let p = input.saturating_sub(1) as i32;
                         if let Some(prev) = self.offsets.insert(p, o + 1)
                             && prev != *o
@@ -906,7 +944,13 @@ impl Router {
         };
         let seq = self.seq + 1;
         let ev = decoder.decode(frame, || format!("zmq:{seq}"))?;
+        cep_engine::decode::check_not_future(
+            ev.ts,
+            self.cfg.wall.now_ms(),
+            self.cfg.max_future_ms,
+        )?;
         self.seq = seq;
+        self.changes += 1;
         let before = self.clock;
         let now = Instant::now();
         let inp = self.inputs.entry(input).or_insert((ev.ts, now));
@@ -1265,6 +1309,18 @@ impl Router {
         if !(force || due) {
             return None;
         }
+        if self.unchanged() {
+            // Nothing a checkpoint records has changed: the durable one
+            // restores exactly this state (docs/operations.md).
+            if let Some(ck) = self.ckpt.as_mut() {
+                ck.last_started = Instant::now();
+            }
+            self.status
+                .counters
+                .checkpoints_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         // Every shard must be on a node in step with us; otherwise wait
         // (a failover or a restore is under way).
         let owners: Vec<usize> = (0..self.links.len())
@@ -1277,10 +1333,15 @@ impl Router {
             return None;
         }
         let version = self.bundle.as_ref().map_or(0, |b| b.version);
+        let wall = self.cfg.wall.now_ms();
+        let idle_base = self
+            .idle_base
+            .map(|(b, at)| (b, wall.saturating_sub(at.elapsed().as_millis() as i64)));
         let ck = self.ckpt.as_mut()?;
         let id = ck.next_id;
         ck.next_id += 1;
         ck.last_started = Instant::now();
+        ck.pending_changes = Some((id, self.changes));
         let msg = wire::encode(&Msg::Checkpoint { id });
         for &i in &owners {
             let l = &mut self.links[i];
@@ -1299,12 +1360,56 @@ impl Router {
                 created_ms: 0,
                 shards: vec![],
                 bytes: 0,
+                idle_base,
             },
             waiting: owners,
             shards: vec![],
             started: Instant::now(),
         });
         Some(id)
+    }
+
+    /// True when a checkpoint now would record nothing the durable one does
+    /// not: no event accepted, Kafka offset consumed, input announced, rule
+    /// deploy or list change since it, and no node that is up waiting for
+    /// its shards to move back (a durable checkpoint is what moves them). The event clock may have moved
+    /// without events (live mode): the durable checkpoint carries the idle
+    /// base it follows from, and restored shards are advanced to the
+    /// current clock, so a restore is the same either way.
+    fn unchanged(&self) -> bool {
+        let Some(ck) = &self.ckpt else { return false };
+        ck.durable_changes == Some(self.changes)
+            && ck.inflight.is_none()
+            && ck.storing.is_none()
+            && !self.links.iter().enumerate().any(|(h, l)| {
+                // A node back up waits for a checkpoint to get its shards.
+                l.state == LinkState::Up
+                    && l.home
+                        .iter()
+                        .any(|&s| self.shard_owner[s as usize] as usize != h)
+            })
+    }
+
+    /// At a restart: the idle base the checkpoint recorded (event clock at
+    /// the last event, wall time then), so an idle clock goes on following
+    /// the wall clock from where it would have been, downtime included.
+    fn resume_idle_base(&mut self, base: i64, wall_at: i64, now: Instant) {
+        if self.cfg.idle_ms <= 0 {
+            return;
+        }
+        let away = self.cfg.wall.now_ms().saturating_sub(wall_at).max(0);
+        match now.checked_sub(Duration::from_millis(away as u64)) {
+            Some(at) => self.idle_base = Some((base, at)),
+            None => {
+                // Longer ago than this machine's monotonic clock reaches
+                // (a reboot): the same clock, counted from now.
+                let moved = base.saturating_add(away);
+                if away >= self.cfg.idle_ms {
+                    self.clock = self.clock.max(moved);
+                }
+                self.idle_base = Some((moved, now));
+            }
+        }
     }
 
     /// Shutdown: true once the last checkpoint is durable (or cannot be had).
@@ -1319,6 +1424,14 @@ impl Router {
             None => {
                 if ck.inflight.is_some() || ck.storing.is_some() {
                     return false; // let the running one finish first
+                }
+                if self.unchanged() {
+                    // The durable checkpoint already holds this state.
+                    self.status
+                        .counters
+                        .checkpoints_skipped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return true;
                 }
                 let started = self.maybe_checkpoint(true);
                 if let Some(ck) = &mut self.ckpt {
@@ -1408,6 +1521,9 @@ impl Router {
             }
         };
         ck.durable = Some((m.id, m.seq));
+        if let Some((_, n)) = ck.pending_changes.take().filter(|p| p.0 == m.id) {
+            ck.durable_changes = Some(n);
+        }
         ck.durable_shards = vec![false; SHARDS as usize];
         for sh in &m.shards {
             if let Some(x) = ck.durable_shards.get_mut(sh.shard as usize) {
@@ -1798,6 +1914,13 @@ impl Router {
     fn publish_view(&self) {
         if self.clock != i64::MIN {
             self.status.clock_ms.store(self.clock, Ordering::Relaxed);
+            let ahead = self.clock.saturating_sub(self.cfg.wall.now_ms());
+            let beyond = if ahead > self.cfg.max_future_ms {
+                ahead
+            } else {
+                0
+            };
+            self.status.clock_ahead_ms.store(beyond, Ordering::Relaxed);
         }
         let now = Instant::now();
         let views: Vec<NodeView> = self
@@ -1851,3 +1974,7 @@ fn deploy_msg(b: &Bundle) -> Msg {
         rules: b.rules.clone(),
     })
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -29,6 +29,8 @@ pub struct Counters {
     /// Alerts a node emitted again (during recovery) and the router dropped.
     pub alerts_deduplicated: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Checkpoints due but not taken: nothing changed since the last one.
+    pub checkpoints_skipped: AtomicU64,
     pub checkpoint_failures: AtomicU64,
     /// Shards moved to another node (failover or move back).
     pub shards_moved: AtomicU64,
@@ -102,6 +104,9 @@ pub struct Status {
     pub rules: AtomicU64,
     /// The router's event-time clock (highest accepted `ts`), epoch ms.
     pub clock_ms: std::sync::atomic::AtomicI64,
+    /// How far the event clock is ahead of the wall clock when that is more
+    /// than `--max-future` (else 0): not ready then.
+    pub clock_ahead_ms: std::sync::atomic::AtomicI64,
     /// Stored alerts per (rule, mode).
     pub rule_alerts: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Alert latency: wall clock when stored minus the alert's event time.
@@ -233,6 +238,12 @@ impl Status {
         if nodes.is_empty() {
             return Err("no nodes configured".into());
         }
+        let ahead = self.clock_ahead_ms.load(Ordering::Relaxed);
+        if ahead > 0 {
+            return Err(format!(
+                "the event clock is {ahead} ms ahead of the wall clock (more than --max-future): events are late until the wall clock catches up"
+            ));
+        }
         let bad: Vec<String> = nodes
             .iter()
             .filter(|n| n.state != "up" || n.rules_version != version)
@@ -316,6 +327,11 @@ impl Status {
             "vigil_checkpoints_total",
             "checkpoints made durable",
             &c.checkpoints,
+        );
+        counter(
+            "vigil_checkpoints_skipped_total",
+            "checkpoints due but not taken: nothing changed since the last durable one",
+            &c.checkpoints_skipped,
         );
         counter(
             "vigil_checkpoint_failures_total",

@@ -1356,6 +1356,7 @@ fn manifest(id: u64) -> CheckpointManifest {
         created_ms: 0,
         shards: Vec::new(),
         bytes: 0,
+        idle_base: Some((1_700_000_000_000, 1_700_000_004_000)),
     }
 }
 

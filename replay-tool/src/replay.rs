@@ -36,6 +36,10 @@ pub struct ReplayOpts {
     /// Reference lists for `in list "name"`: a JSON file `{"name": ["a", "b"], ...}`.
     #[arg(long)]
     pub lists: Option<PathBuf>,
+    /// Report an event that moves event time forward by more than this at
+    /// once (a clock jump: every older event after it is late).
+    #[arg(long, default_value = "1h", value_parser = parse_dur)]
+    pub clock_jump: i64,
 }
 
 impl ReplayOpts {
@@ -48,6 +52,7 @@ impl ReplayOpts {
             max_runs_per_key: EngineConfig::default().max_runs_per_key,
             max_run_events: EngineConfig::default().max_run_events,
             lists: None,
+            clock_jump: 3_600_000,
         }
     }
 }
@@ -116,6 +121,32 @@ pub struct GenArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `90061000` → `1d 1h`: the two largest units, for summaries.
+fn human_ms(ms: i64) -> String {
+    let units = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let mut left = ms.max(0);
+    let mut parts = vec![];
+    for (name, size) in units {
+        if left >= size && parts.len() < 2 {
+            parts.push(format!("{}{name}", left / size));
+            left %= size;
+        } else if !parts.is_empty() {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0ms".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn parse_dur(s: &str) -> Result<i64, String> {
     rule_lang::parse_duration(s)
 }
@@ -134,9 +165,38 @@ fn load_rules(path: &Path) -> anyhow::Result<Arc<RuleSet>> {
     }
 }
 
+/// One event that moved the replay's event time forward by more than
+/// `--clock-jump`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClockJump {
+    pub line: u64,
+    /// Event time before it and after it, epoch ms.
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The clock jumps a replay saw: all counted, the first few kept.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClockJumps {
+    pub count: u64,
+    pub first: Vec<ClockJump>,
+}
+
+impl ClockJumps {
+    const KEEP: usize = 10;
+
+    fn saw(&mut self, jump: ClockJump) {
+        self.count += 1;
+        if self.first.len() < Self::KEEP {
+            self.first.push(jump);
+        }
+    }
+}
+
 /// What a replay produced.
 pub struct Replay {
     pub dead: DeadLetters,
+    pub jumps: ClockJumps,
     pub engine_metrics: cep_engine::Metrics,
     pub lines: u64,
     pub secs: f64,
@@ -192,6 +252,9 @@ pub fn replay(
     let wall = || chrono::Utc::now().timestamp_millis();
     engine.set_wall_clock(wall());
     let mut dead = DeadLetters::new(1000);
+    let mut jumps = ClockJumps::default();
+    let mut clock: Option<i64> = None;
+    let jump_ms = opts.clock_jump.max(0);
     let (mut reader, csv, source) = open_events(&opts.events)?;
     let progress = std::io::stderr().is_terminal().then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
@@ -213,7 +276,22 @@ pub fn replay(
                     dead: &mut DeadLetters|
      -> anyhow::Result<()> {
         match decoder.decode(bytes, || format!("{source}:{line}")) {
-            Ok(ev) => engine.push(ev),
+            Ok(ev) => {
+                // No wall clock here: old data is the point of a replay, so
+                // only the absurd range is refused (by the decoder); a far
+                // jump is reported.
+                if let Some(c) = clock
+                    && ev.ts.saturating_sub(c) > jump_ms
+                {
+                    jumps.saw(ClockJump {
+                        line,
+                        from: c,
+                        to: ev.ts,
+                    });
+                }
+                clock = Some(clock.map_or(ev.ts, |c| c.max(ev.ts)));
+                engine.push(ev)
+            }
             Err(r) => dead.record(&source, line, off, &r),
         }
         if line.is_multiple_of(4096) {
@@ -285,6 +363,7 @@ pub fn replay(
     }
     Ok(Replay {
         dead,
+        jumps,
         engine_metrics: engine.metrics().clone(),
         lines,
         secs: start.elapsed().as_secs_f64(),
@@ -367,6 +446,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         "suppressed_by_rule": m.suppressed,
         "runs_dropped_cap": m.runs_dropped_cap,
         "runs_dropped_events_cap": m.runs_dropped_events_cap,
+        "clock_jumps": r.jumps,
         "seconds": r.secs,
         "events_per_sec": (r.lines as f64 / r.secs.max(1e-9)).round(),
     });
@@ -384,6 +464,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         );
         for (reason, n) in &r.dead.by_reason {
             eprintln!("  rejected {reason}: {n}");
+        }
+        if r.jumps.count > 0 {
+            eprintln!(
+                "  clock jumps over {}: {} (later events older than a jump are late)",
+                human_ms(a.opts.clock_jump),
+                r.jumps.count
+            );
+        }
+        for j in &r.jumps.first {
+            eprintln!(
+                "    line {}: {} -> {} (+{})",
+                j.line,
+                cep_engine::time::format_ms(j.from),
+                cep_engine::time::format_ms(j.to),
+                human_ms(j.to.saturating_sub(j.from))
+            );
         }
         for d in r.dead.sample.iter().take(5) {
             eprintln!(

@@ -324,3 +324,64 @@ fn score_and_diff_compare_rule_sets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("big\t1\t0\t1"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15, item 1, replay side: no wall clock here, so old data is fine and
+/// only absurd times are refused (`bad_ts`); a far jump of event time is
+/// reported in the summary with its line, as text and as JSON.
+#[test]
+fn run_refuses_absurd_times_and_reports_clock_jumps() {
+    let dir = scratch("jumps");
+    let rules = dir.join("r.vgl");
+    std::fs::write(
+        &rules,
+        "event T { k: string, v: int }\nrule pair { key k pattern a: T -> b: T[v > a.v] within 1m }\n",
+    )
+    .expect("write");
+    let events = dir.join("e.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            "{\"type\":\"T\",\"ts\":\"2001-01-01T00:00:00Z\",\"k\":\"a\",\"v\":1}\n",
+            "{\"type\":\"T\",\"ts\":\"2001-01-01T00:00:01Z\",\"k\":\"a\",\"v\":2}\n",
+            "{\"type\":\"T\",\"ts\":9223372036854775807,\"k\":\"a\",\"v\":3}\n",
+            "{\"type\":\"T\",\"ts\":-9223372036854775808,\"k\":\"a\",\"v\":3}\n",
+            "{\"type\":\"T\",\"ts\":253402300800000,\"k\":\"a\",\"v\":3}\n",
+            "{\"type\":\"T\",\"ts\":\"1969-12-31T23:59:59Z\",\"k\":\"a\",\"v\":3}\n",
+            "{\"type\":\"T\",\"ts\":\"2100-01-01T00:00:00Z\",\"k\":\"b\",\"v\":1}\n",
+            "{\"type\":\"T\",\"ts\":\"2001-01-01T00:00:02Z\",\"k\":\"a\",\"v\":9}\n",
+        ),
+    )
+    .expect("write");
+    let run = |json: bool| {
+        let mut c = bin();
+        c.args(["run", "--rules"])
+            .arg(&rules)
+            .arg("--events")
+            .arg(&events);
+        if json {
+            c.arg("--json-summary");
+        }
+        c.output().expect("runs")
+    };
+    let out = run(false);
+    // Only the first pair matches: the 2100 event moved event time past it.
+    assert_eq!(alerts_of(&out).len(), 1);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("rejected bad_ts: 4"), "{text}");
+    assert!(text.contains("clock jumps over 1h: 1"), "{text}");
+    assert!(
+        text.contains("line 7: 2001-01-01T00:00:01.000Z -> 2100-01-01T00:00:00.000Z (+36158d 23h)"),
+        "{text}"
+    );
+    let out = run(true);
+    let summary: serde_json::Value =
+        serde_json::from_slice(out.stderr.trim_ascii()).expect("summary json");
+    assert_eq!(summary["rejected_by_reason"]["bad_ts"], 4);
+    assert_eq!(summary["late"], 1);
+    assert_eq!(summary["clock_jumps"]["count"], 1);
+    assert_eq!(
+        summary["clock_jumps"]["first"][0],
+        serde_json::json!({"line": 7, "from": 978_307_201_000_i64, "to": 4_102_444_800_000_i64})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -234,6 +234,11 @@ pub struct CheckpointManifest {
     pub shards: Vec<CheckpointShard>,
     /// Total blob bytes (filled in by the store).
     pub bytes: u64,
+    /// Live mode: the event clock at the last accepted event and the wall
+    /// time then (epoch ms), so a restart's idle clock follows the wall
+    /// clock from where it was (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_base: Option<(i64, i64)>,
 }
 
 /// One shard's blob in a checkpoint.
