@@ -38,5 +38,27 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzz targets (fuzz/README.md): stable toolchain, no sanitizer; each runs a
+# few seconds over its committed corpus (new inputs go to a temporary
+# directory). cargo-fuzz is installed once per machine (about 2 minutes);
+# building the targets takes about 6 minutes from scratch.
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz" ]; then
+  echo "== installing cargo-fuzz (cargo install)"
+  cargo install --locked cargo-fuzz --version 0.13.2
+fi
+echo "== fuzz (5 s per target)"
+cargo fuzz build -s none -O --debug-assertions
+for target in parse_rules check_rules decode_event wire_decode; do
+  scratch="$(mktemp -d)"
+  if ! cargo fuzz run -s none -O --debug-assertions "$target" "$scratch" "fuzz/corpus/$target" -- \
+      -max_total_time=5 -max_len=4096 -print_final_stats=1 >"$scratch.log" 2>&1; then
+    tail -n 80 "$scratch.log"
+    echo "fuzz target $target failed"
+    exit 1
+  fi
+  echo "$target: $(grep -E '^Done' "$scratch.log" || echo 'no stats')"
+  rm -rf "$scratch" "$scratch.log"
+done
+
 echo "== tests"
 cargo test --workspace

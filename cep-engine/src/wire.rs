@@ -670,8 +670,9 @@ pub fn decode(bytes: &[u8]) -> Result<Msg, WireError> {
 fn decode_batch(r: &mut Reader<'_>) -> Result<Batch, WireError> {
     let rules_version = r.u64()?;
     let n = u32::from_le_bytes(r.take(4)?.try_into().map_err(|_| WireError::Truncated)?);
-    // The smallest record is 9 bytes.
-    let n = r.bounded(u64::from(n), 9)?;
+    // The smallest record is 8 bytes: seq delta, shard, route, type, ts,
+    // clock delta, id length and field count, one byte each.
+    let n = r.bounded(u64::from(n), 8)?;
     let mut events = Vec::with_capacity(n);
     let mut seq = 0u64;
     for _ in 0..n {
@@ -1013,6 +1014,32 @@ mod tests {
         let mut over = Writer::with_header(9);
         over.buf.extend_from_slice(&[0xff; 11]);
         assert!(decode(&over.buf).is_err());
+    }
+
+    #[test]
+    fn a_batch_of_smallest_records_decodes() {
+        // Found by fuzzing (wire_decode): 8-byte records (empty id, no
+        // fields, small numbers) were refused as truncated by a bound that
+        // assumed 9 bytes each, so re-encoding a decoded message failed.
+        let mut w = BatchWriter::new(1);
+        for seq in 1..=16 {
+            w.push_parts(seq, 0, Route::All, 0, &ev(0, 0, "", vec![]));
+        }
+        let bytes = w.finish(0);
+        match decode(&bytes) {
+            Ok(Msg::Events(b)) => assert_eq!(b.events.len(), 16),
+            other => panic!("{other:?}"),
+        }
+        let fuzzed: &[u8] = &[
+            86, 71, 2, 5, 86, 9, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0,
+            0, 16, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 162, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 216, 61, 216, 2, 216,
+            216, 216, 71, 2, 9, 37, 0, 0,
+        ];
+        if let Ok(msg) = decode(fuzzed) {
+            let again = encode(&msg);
+            assert_eq!(decode(&again).map(|m| encode(&m)), Ok(again));
+        }
     }
 
     #[test]

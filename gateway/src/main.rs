@@ -156,9 +156,15 @@ struct RunArgs {
     /// it without completing is dropped and counted.
     #[arg(long, default_value_t = cep_engine::engine::DEFAULT_MAX_RUN_EVENTS)]
     max_run_events: usize,
-    /// Largest single event accepted, bytes.
+    /// Largest single event accepted, bytes (ZeroMQ frames far over it close the producer's connection).
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
+    /// Frames in one ZeroMQ ingest message; a larger message is refused whole (too_many_frames).
+    #[arg(long, default_value_t = 1_000)]
+    max_frames: usize,
+    /// Bytes of recent events kept for rule diffs (at most 10,000 events).
+    #[arg(long, default_value_t = 16 << 20)]
+    sample_bytes: usize,
     /// Largest HTTP request body, bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -293,6 +299,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             idle_ms: a.idle,
             max_event_bytes: a.max_event_bytes,
             max_future_ms: a.max_future,
+            max_frames: a.max_frames,
+            sample_bytes: a.sample_bytes,
             checkpoint_every: Duration::from_millis(a.checkpoint_every.max(0) as u64),
             replay_log_bytes: a.replay_log_bytes.max(1 << 20),
             dedup_window: a.dedup_window,

@@ -30,8 +30,10 @@
 
 use crate::clock::WallClock;
 use crate::rules::Bundle;
+use crate::sample::Sample;
 use crate::status::{NodeView, Status};
 use crate::store::CheckpointManifest;
+use crate::zmq_ingest::{disconnects, ingest_monitor, recv_capped};
 use cep_engine::engine::Route;
 use cep_engine::shard::{Routes, SHARDS};
 use cep_engine::wire::{self, BatchWriter, Deploy, Hello, Msg};
@@ -74,6 +76,11 @@ pub struct RouterConfig {
     pub max_future_ms: i64,
     /// The wall clock (injectable: tests set it).
     pub wall: WallClock,
+    /// Frames in one ZeroMQ ingest message (a batch) before it is refused
+    /// whole (`too_many_frames`).
+    pub max_frames: usize,
+    /// Bytes of recent events kept for rule diffs (besides the count bound).
+    pub sample_bytes: usize,
     /// Alert ids remembered to drop alerts emitted again during recovery.
     pub dedup_window: usize,
     /// Time between checkpoints (with [`Router::with_checkpoints`]).
@@ -101,6 +108,8 @@ impl Default for RouterConfig {
             max_event_bytes: 1 << 20,
             max_future_ms: 300_000,
             wall: WallClock::system(),
+            max_frames: 1_000,
+            sample_bytes: 16 << 20,
             dedup_window: 1_000_000,
             checkpoint_every: Duration::from_secs(2),
             replay_log_bytes: 256 << 20,
@@ -116,8 +125,8 @@ pub enum Command {
         name: String,
         entries: Vec<String>,
     },
-    /// A copy of the most recent accepted events (raw JSON), newest last.
-    Sample(tokio::sync::oneshot::Sender<Vec<Vec<u8>>>),
+    /// The most recent accepted events (raw JSON, shared), newest last.
+    Sample(tokio::sync::oneshot::Sender<Vec<Arc<[u8]>>>),
     /// The store's answer for a checkpoint handed to the writer.
     CheckpointStored {
         id: u64,
@@ -413,7 +422,9 @@ pub struct Router {
     /// Commands received while waiting for a checkpoint to be stored.
     deferred: VecDeque<Command>,
     /// The most recent accepted events, raw (for rule diffs and tests).
-    sample: VecDeque<Vec<u8>>,
+    sample: Sample,
+    /// Socket monitors of the ingest sockets (disconnects are counted).
+    monitors: Vec<zmq::Socket>,
     /// Per input: highest event time, and when it last sent an event.
     inputs: std::collections::BTreeMap<u32, (i64, Instant)>,
     /// Per Kafka partition: the next offset after the last event accepted.
@@ -427,8 +438,20 @@ pub struct Router {
     changes: u64,
 }
 
-/// Accepted events kept for [`Command::Sample`].
+/// Accepted events kept for [`Command::Sample`] (and at most
+/// [`RouterConfig::sample_bytes`] of them).
 const SAMPLE_SIZE: usize = 10_000;
+
+/// The largest frame the ingest sockets take (`ZMQ_MAXMSGSIZE`): a frame a
+/// little over `--max-event-bytes` is still read and refused by index with
+/// `oversize` (a producer's mistake deserves a reason); one far over it is
+/// cut off by libzmq while it arrives, before it is buffered, and the
+/// producer's connection is closed (counted as an ingest disconnect).
+pub fn transport_frame_limit(max_event_bytes: usize) -> usize {
+    max_event_bytes
+        .saturating_mul(2)
+        .max(max_event_bytes.saturating_add(64 << 10))
+}
 
 /// Bytes a replay-log entry costs besides its frame (counted against
 /// [`RouterConfig::replay_log_bytes`]).
@@ -486,23 +509,30 @@ impl Router {
                 stats: wire::Stats::default(),
             });
         }
-        let bind = |kind: zmq::SocketType,
-                    ep: &Option<String>,
-                    what: &str|
+        let frame_limit =
+            i64::try_from(transport_frame_limit(cfg.max_event_bytes)).unwrap_or(i64::MAX);
+        let mut monitors = vec![];
+        let mut bind = |kind: zmq::SocketType,
+                        ep: &Option<String>,
+                        what: &str|
          -> anyhow::Result<Option<zmq::Socket>> {
             let Some(ep) = ep else { return Ok(None) };
             let s = ctx.socket(kind)?;
             s.set_linger(500)?;
             s.set_rcvhwm(10_000)?;
             s.set_sndhwm(100_000)?;
-            s.set_maxmsgsize(64 << 20)?;
+            s.set_maxmsgsize(frame_limit)?;
             s.bind(ep)
                 .map_err(|e| anyhow::anyhow!("cannot bind the {what} endpoint {ep}: {e}"))?;
+            if kind != zmq::PUB {
+                monitors.push(ingest_monitor(&ctx, &s, gateway_id, monitors.len())?);
+            }
             Ok(Some(s))
         };
         let pull = bind(zmq::PULL, &cfg.pull, "PULL ingest")?;
         let router = bind(zmq::ROUTER, &cfg.router, "ROUTER ingest")?;
         let publish = bind(zmq::PUB, &cfg.publish, "alert PUB")?;
+        let sample = Sample::new(SAMPLE_SIZE, cfg.sample_bytes);
         let seen = SeenAlerts::new(cfg.dedup_window);
         Ok(Router {
             cfg,
@@ -526,7 +556,8 @@ impl Router {
             channels: Channels::default(),
             commands: None,
             deferred: VecDeque::new(),
-            sample: VecDeque::new(),
+            sample,
+            monitors,
             inputs: std::collections::BTreeMap::new(),
             offsets: BTreeMap::new(),
             ckpt: None,
@@ -666,7 +697,7 @@ impl Router {
                 Ok(Command::Deploy(b)) => self.deploy(b),
                 Ok(Command::SetList { name, entries }) => self.set_list(name, entries),
                 Ok(Command::Sample(reply)) => {
-                    let _ = reply.send(self.sample.iter().cloned().collect());
+                    let _ = reply.send(self.sample.snapshot());
                 }
                 Ok(Command::CheckpointStored { id, result }) => self.on_stored(id, result),
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -862,15 +893,21 @@ impl Router {
             let _ = req.reply.send(results);
         }
         const BUDGET: usize = 4096;
+        let max_frames = self.cfg.max_frames;
         let mut n = 0;
         while n < BUDGET && !self.backpressured() {
             let Some(sock) = &self.pull else { break };
-            let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) else {
+            let Some(msg) = recv_capped(sock, max_frames) else {
                 break;
             };
-            for f in &frames {
+            if msg.total > max_frames {
                 n += 1;
-                if let Err(r) = self.ingest(f) {
+                self.status.reject_many("too_many_frames", msg.total as u64);
+                continue;
+            }
+            for f in &msg.frames {
+                n += 1;
+                if let Err(r) = self.ingest(&f[..]) {
                     self.status.reject(r.reason);
                 }
             }
@@ -878,24 +915,47 @@ impl Router {
         let mut n = 0;
         while n < BUDGET && !self.backpressured() {
             let Some(sock) = &self.router else { break };
-            let Ok(frames) = sock.recv_multipart(zmq::DONTWAIT) else {
+            // The peer's identity, a REQ delimiter, then the events.
+            let Some(msg) = recv_capped(sock, max_frames.saturating_add(2)) else {
                 break;
             };
+            let frames = &msg.frames;
             let Some((peer, rest)) = frames.split_first() else {
                 continue;
             };
-            // REQ peers put an empty delimiter frame first; echo it back.
+            // REQ peers put an empty delimiter frame first; echo it back. A
+            // lone empty frame can only come from a DEALER (a REQ message
+            // has a delimiter and at least one frame): it is an empty event.
             let (delim, events) = match rest.split_first() {
-                Some((d, ev)) if d.is_empty() => (true, ev),
+                Some((d, ev)) if d.is_empty() && !ev.is_empty() => (true, ev),
                 _ => (false, rest),
             };
             let mut ack = Ack {
                 accepted: 0,
                 rejected: vec![],
             };
+            let frames_in = msg.total.saturating_sub(1 + usize::from(delim));
+            if frames_in > max_frames {
+                // Refused whole: nothing of it is ingested.
+                n += 1;
+                self.status.reject_many("too_many_frames", frames_in as u64);
+                ack.rejected.push(AckRejection {
+                    index: 0,
+                    reason: "too_many_frames".to_string(),
+                    message: format!(
+                        "the message has {frames_in} event frames; the limit is {max_frames} \
+                         per message (--max-frames): none of them was ingested"
+                    ),
+                });
+            }
+            let events = if frames_in > max_frames {
+                &[][..]
+            } else {
+                events
+            };
             for (i, f) in events.iter().enumerate() {
                 n += 1;
-                match self.ingest(f) {
+                match self.ingest(&f[..]) {
                     Ok(()) => ack.accepted += 1,
                     Err(r) => {
                         self.status.reject(r.reason);
@@ -908,7 +968,7 @@ impl Router {
                 }
             }
             let body = serde_json::to_vec(&ack).unwrap_or_default();
-            let mut reply: Vec<&[u8]> = vec![peer.as_slice()];
+            let mut reply: Vec<&[u8]> = vec![&peer[..]];
             if delim {
                 reply.push(b"");
             }
@@ -921,6 +981,25 @@ impl Router {
         }
     }
 
+    /// Producer connections closed on the ingest sockets: by the producer,
+    /// or by libzmq for a frame over the transport limit (it gives no
+    /// reason, so both are counted; a producer that keeps its connection
+    /// open and still shows here had a frame cut off).
+    fn count_disconnects(&mut self) {
+        let n: u64 = self.monitors.iter().map(disconnects).sum();
+        if n > 0 {
+            self.status
+                .counters
+                .ingest_disconnects
+                .fetch_add(n, Ordering::Relaxed);
+            info!(
+                connections = n,
+                frame_limit = transport_frame_limit(self.cfg.max_event_bytes),
+                "ZeroMQ producer connections closed (by the producer, or by the gateway for a frame over the limit)"
+            );
+        }
+    }
+
     /// Validates, numbers and routes one event.
     fn ingest(&mut self, frame: &[u8]) -> Result<(), Rejection> {
         self.ingest_from(0, frame)
@@ -929,6 +1008,9 @@ impl Router {
     /// Validates, numbers and routes one event from one input (0: ZeroMQ and
     /// HTTP; 1 + partition: Kafka).
     fn ingest_from(&mut self, input: u32, frame: &[u8]) -> Result<(), Rejection> {
+        if frame.is_empty() {
+            return Err(Rejection::new("empty", "the event is empty (zero bytes)"));
+        }
         if frame.len() > self.cfg.max_event_bytes {
             return Err(Rejection::new(
                 "oversize",
@@ -971,10 +1053,13 @@ impl Router {
                 frame: frame.into(),
             });
         }
-        if self.sample.len() >= SAMPLE_SIZE {
-            self.sample.pop_front();
-        }
-        self.sample.push_back(frame.to_vec());
+        self.sample.push(frame);
+        self.status
+            .sample_bytes
+            .store(self.sample.bytes() as u64, Ordering::Relaxed);
+        self.status
+            .sample_events
+            .store(self.sample.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1842,6 +1927,7 @@ impl Router {
     }
 
     fn housekeeping(&mut self) {
+        self.count_disconnects();
         let now = Instant::now();
         // Live mode: a silent stream lets event time follow the wall clock.
         if self.cfg.idle_ms > 0

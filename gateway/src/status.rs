@@ -24,6 +24,9 @@ pub struct Counters {
     pub ingest_pauses: AtomicU64,
     /// Microseconds ingest spent paused.
     pub ingest_paused_us: AtomicU64,
+    /// Producer connections closed on the ZeroMQ ingest sockets (by the
+    /// producer, or by the gateway for a frame over the transport limit).
+    pub ingest_disconnects: AtomicU64,
     pub deploys: AtomicU64,
     pub node_errors: AtomicU64,
     /// Alerts a node emitted again (during recovery) and the router dropped.
@@ -99,6 +102,9 @@ pub struct NodeView {
 pub struct Status {
     pub counters: Counters,
     pub rejected: Mutex<BTreeMap<String, u64>>,
+    /// The recent-events sample: events and bytes held.
+    pub sample_events: AtomicU64,
+    pub sample_bytes: AtomicU64,
     pub nodes: Mutex<Vec<NodeView>>,
     pub rules_version: AtomicU64,
     pub rules: AtomicU64,
@@ -177,8 +183,13 @@ pub struct ClusterView {
 
 impl Status {
     pub fn reject(&self, reason: &str) {
+        self.reject_many(reason, 1);
+    }
+
+    /// `n` events refused for one reason (a whole message of them).
+    pub fn reject_many(&self, reason: &str, n: u64) {
         if let Ok(mut m) = self.rejected.lock() {
-            *m.entry(reason.to_string()).or_default() += 1;
+            *m.entry(reason.to_string()).or_default() += n;
         }
     }
 
@@ -312,6 +323,11 @@ impl Status {
             "time ingest spent paused for back-pressure",
             &c.ingest_paused_us,
         );
+        counter(
+            "vigil_ingest_disconnects_total",
+            "producer connections closed on the ZeroMQ ingest sockets (by the producer, or by the gateway for a frame over the transport limit)",
+            &c.ingest_disconnects,
+        );
         counter("vigil_deploys_total", "rule-set deploys", &c.deploys);
         counter(
             "vigil_node_errors_total",
@@ -369,6 +385,16 @@ impl Status {
                 "vigil_replay_log_bytes",
                 "accepted events kept since the last checkpoint, bytes",
                 ck.replay_log_bytes as u64,
+            ),
+            (
+                "vigil_sample_events",
+                "recent events kept for rule diffs",
+                self.sample_events.load(Ordering::Relaxed),
+            ),
+            (
+                "vigil_sample_bytes",
+                "recent events kept for rule diffs, bytes (bounded by --sample-bytes)",
+                self.sample_bytes.load(Ordering::Relaxed),
             ),
         ] {
             let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");

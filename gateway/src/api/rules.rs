@@ -315,12 +315,12 @@ pub fn event_lines(b: &Body) -> ApiResult<Vec<(usize, Vec<u8>)>> {
 /// Runs one rule text (with the schema) over events, as replay would.
 /// Runs version `version` of a rule (its `text`) over `events` with the
 /// stored `lists`, as a node would: alerts say that version and carry its ids.
-fn run_text(
+fn run_text<E: AsRef<[u8]>>(
     schema: &str,
     text: &str,
     version: u32,
     lists: &[(String, Vec<String>)],
-    events: &[(usize, Vec<u8>)],
+    events: &[(usize, E)],
 ) -> ApiResult<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     let set = Arc::new(catalog::compile(schema, text)?);
     let decoder = Decoder::new(&set);
@@ -338,7 +338,7 @@ fn run_text(
     engine.set_wall_clock(catalog::now_ms());
     let mut rejected = vec![];
     for (line, e) in events {
-        match decoder.decode(e, || format!("test:{line}")) {
+        match decoder.decode(e.as_ref(), || format!("test:{line}")) {
             Ok(ev) => engine.push(ev),
             Err(r) => rejected
                 .push(serde_json::json!({"line": line, "reason": r.reason, "message": r.detail})),
@@ -513,7 +513,7 @@ pub async fn diff(
     let schema = st.catalog.schema().await?;
     let lists = super::lists::stored(&st).await?;
     let n = sample.len();
-    let sample: Vec<(usize, Vec<u8>)> = sample
+    let sample: Vec<(usize, Arc<[u8]>)> = sample
         .into_iter()
         .enumerate()
         .map(|(i, e)| (i + 1, e))
