@@ -13,9 +13,14 @@
 #
 # What it does: starts the gateway on its embedded default (two in-process
 # engine nodes, the 24 rules of rules/, redb under a temporary directory,
-# checkpoints every 2 s) and pushes RATE x MINUTES x 60 generated events over
-# ZeroMQ PUSH (`vigil-replay load --rate`, streamed, not held in memory),
-# with event time one millisecond apart and ending before the wall clock.
+# checkpoints every 2 s) and pushes generated events of every type the rule
+# library reads (`vigil-replay load --flavor library --rate RATE`, streamed,
+# not held in memory) over ZeroMQ PUSH for MINUTES minutes, with event time
+# 50 ms apart (about 35 days in all at the defaults, so the library's longest
+# window, 7 days, is full after a quarter of the run) and ending before the
+# wall clock. When the gateway
+# cannot take RATE, ingest pushes back and fewer events are sent: the report
+# gives the rate reached.
 # Meanwhile:
 #  - every minute both reference lists of the rule library are replaced with
 #    LIST_ENTRIES fresh entries (the workload has no Login or Order events,
@@ -23,7 +28,8 @@
 #  - every 5 s the alert API is read (GET /v1/alerts?limit=100);
 #  - every SAMPLE_EVERY s the gateway's RSS, events accepted and the last
 #    checkpoint's size are written to rss.csv.
-# Afterwards the same events are regenerated (`vigil-replay gen --base-ms`)
+# Afterwards the same events are regenerated (`vigil-replay gen --flavor
+# library --base-ms`, as many as were sent)
 # and replayed (`vigil-replay run`); the ids of the alerts published by the
 # gateway (its alert PUB) must equal replay's. Prints the RSS curve a minute a
 # line, the checkpoint sizes, and the comparison; exits 1 on a mismatch.
@@ -37,6 +43,7 @@ RATE=${RATE:-50000}
 CARDS=${CARDS:-100000}
 LIST_ENTRIES=${LIST_ENTRIES:-50000}
 SAMPLE_EVERY=${SAMPLE_EVERY:-10}
+# At most this many events (the run stops after MINUTES anyway).
 EVENTS=$((RATE * MINUTES * 60))
 
 for b in vigil-gateway vigil-replay; do
@@ -104,14 +111,16 @@ api() { curl -fsS -H "$AUTH" "$@"; }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$GW/status" 2>/dev/null || echo 0; }
 
-# Event time: one ms apart, the last event a minute before the start.
-BASE_MS=$(($(date +%s%3N) - EVENTS - 60000))
+# Event time: 50 ms apart (replay-tool/src/library.rs, STEP_MS), the last
+# event a minute before the start.
+BASE_MS=$(($(date +%s%3N) - EVENTS * 50 - 60000))
 
-echo "== $EVENTS events at $RATE/s over $MINUTES min ($CARDS cards), base $BASE_MS"
+echo "== library workload at $RATE/s for $MINUTES min ($CARDS cards), base $BASE_MS"
 START=$(date +%s)
-"$BIN/vigil-replay" load --generate "$EVENTS" --cards "$CARDS" --base-ms "$BASE_MS" \
-  --rate "$RATE" --push "$PULL" --sub "$PUB" --http "$HTTP" --api-key "$KEY" \
-  --alerts-out "$TMP/gateway-alerts.jsonl" >"$TMP/load.txt" 2>&1 &
+"$BIN/vigil-replay" load --flavor library --generate "$EVENTS" --cards "$CARDS" \
+  --base-ms "$BASE_MS" --rate "$RATE" --max-secs $((MINUTES * 60)) --batch 100 \
+  --push "$PULL" --sub "$PUB" --http "$HTTP" --api-key "$KEY" --json \
+  --alerts-out "$TMP/gateway-alerts.jsonl" >"$TMP/load.json" 2>"$TMP/load.err" &
 LOAD=$!
 PIDS+=("$LOAD")
 
@@ -150,12 +159,13 @@ while kill -0 "$LOAD" 2>/dev/null; do
   fi
   sleep 1
 done
-wait "$LOAD" || { cat "$TMP/load.txt"; echo "load generator failed" >&2; exit 1; }
-cat "$TMP/load.txt"
+wait "$LOAD" || { cat "$TMP/load.err"; echo "load generator failed" >&2; exit 1; }
+SENT=$(jq -r .events "$TMP/load.json")
+jq -r '"events sent \(.events) in \(.send_secs | floor) s (\(.send_rate | floor)/s), through the cluster \(.cluster_rate | floor)/s, alerts received \(.alerts)\ningest->alert latency us: p50 \(.latency_us_p50)  p99 \(.latency_us_p99)  p99.9 \(.latency_us_p999)  max \(.latency_us_max)"' "$TMP/load.json"
 echo "$(($(date +%s) - START)),$(rss_kb),$(api "http://$HTTP/v1/cluster" | jq -r '.events_accepted'),," >>"$TMP/rss.csv"
 
 echo "== replay of the same events"
-"$BIN/vigil-replay" gen --events "$EVENTS" --cards "$CARDS" --base-ms "$BASE_MS" |
+"$BIN/vigil-replay" gen --flavor library --events "$SENT" --cards "$CARDS" --base-ms "$BASE_MS" |
   "$BIN/vigil-replay" run --rules "$ROOT/rules" --events - --out "$TMP/replay-alerts.jsonl" \
     >"$TMP/replay.txt" 2>&1
 jq -r .id "$TMP/gateway-alerts.jsonl" | sort >"$TMP/gateway-ids"

@@ -2,9 +2,14 @@
 //! values drawn so that the rule library's patterns and aggregates see both
 //! ordinary traffic and now and then what they look for (tiny card probes,
 //! big transfers, night ATM withdrawals, 5xx bursts, silent devices…).
-//! Deterministic (seed, index), event time one millisecond apart, ids
-//! `e<i>`, like the `gen` workload; event `i` depends only on the seed and
-//! `i`, so any range can be generated on its own (a soak streams it).
+//! Deterministic (seed, index), ids `e<i>` like the `gen` workload, event
+//! time [`STEP_MS`] apart; event `i` depends only on the seed and `i`, so any
+//! range can be generated on its own (a soak streams it).
+
+/// Event time between two events: 20 events a second of event time, so a
+/// long run covers the rule library's longest window (7 days) in about 12M
+/// events and its state then stops growing.
+pub const STEP_MS: i64 = 50;
 
 use crate::replay::SplitMix;
 
@@ -35,7 +40,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
     let mut r = SplitMix(seed ^ i.wrapping_mul(0xA24B_AED4_963E_E407));
     let keys = keys.max(16);
     let mut pick = |n: u64| r.next_u64() % n.max(1);
-    let ts = base_ms + i as i64;
+    let ts = base_ms + i as i64 * STEP_MS;
     let card = pick(keys);
     let account = card / 2;
     let head = format!("\"id\":\"e{i}\",\"ts\":{ts}");
@@ -99,7 +104,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
         53..58 => format!(
             "{{{head},\"type\":\"Transfer\",\"account_id\":\"acct-{account}\",\"to_account\":\"acct-{}\",\
              \"amount\":{:.2},\"currency\":\"USD\",\"channel\":\"web\",\"device_id\":\"dev-{}\"}}",
-            pick(500),
+            pick(5000),
             if pick(20) == 0 {
                 2000.0 + pick(300_000) as f64 / 100.0
             } else {
@@ -109,7 +114,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
         ),
         58..60 => format!(
             "{{{head},\"type\":\"Deposit\",\"account_id\":\"acct-{}\",\"amount\":{:.2},\"channel\":\"{}\",\"branch\":\"br-{}\"}}",
-            account % 2000,
+            card,
             if pick(5) == 0 {
                 8000.0 + pick(200_000) as f64 / 100.0
             } else {
@@ -121,13 +126,13 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
         60..62 => format!(
             "{{{head},\"type\":\"Refund\",\"card_id\":\"card-{card}\",\"account_id\":\"acct-{}\",\"merchant\":\"{}\",\
              \"amount\":{:.2},\"reason\":\"{}\"}}",
-            account % 500,
+            account,
             MERCHANTS[pick(MERCHANTS.len() as u64) as usize],
             20.0 + pick(40_000) as f64 / 100.0,
             ["returned", "not_received", "not_as_described", "other"][pick(4) as usize]
         ),
         62..70 => {
-            let device = pick(500);
+            let device = pick(32);
             format!(
                 "{{{head},\"type\":\"Heartbeat\",\"device_id\":\"hb-{device}\",\"site\":\"site-{}\",\
                  \"battery\":{:.1},\"firmware\":\"{}\"}}",
@@ -155,8 +160,8 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
             pick(256)
         ),
         85..95 => {
-            let trader = pick(200);
-            let symbol = SYMBOLS[pick(SYMBOLS.len() as u64) as usize];
+            let trader = pick(5000);
+            let symbol = symbol(pick(500));
             let order = pick(1_000_000);
             if pick(10) < 3 {
                 format!(
@@ -176,11 +181,11 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
             }
         }
         95..98 => {
-            let trader = pick(200);
+            let trader = pick(5000);
             format!(
                 "{{{head},\"type\":\"Trade\",\"trader_id\":\"t-{trader}\",\"symbol\":\"{}\",\"buyer_account\":\"acct-{}\",\
                  \"seller_account\":\"acct-{}\",\"qty\":{},\"price\":{:.2}}}",
-                SYMBOLS[pick(SYMBOLS.len() as u64) as usize],
+                symbol(pick(500)),
                 pick(300),
                 pick(300),
                 1 + pick(1000),
@@ -189,7 +194,7 @@ pub fn event(seed: u64, i: u64, keys: u64, base_ms: i64) -> String {
         }
         _ => format!(
             "{{{head},\"type\":\"Quote\",\"symbol\":\"{}\",\"price\":{:.2},\"venue\":\"XNAS\"}}",
-            SYMBOLS[pick(SYMBOLS.len() as u64) as usize],
+            symbol(pick(500)),
             10.0 + pick(50_000) as f64 / 100.0
         ),
     }
@@ -223,4 +228,8 @@ const MERCHANTS: [&str; 8] = [
     "ONLINE STORE",
 ];
 
-const SYMBOLS: [&str; 6] = ["ACME", "GLOBX", "INIT", "ZETA", "NOVA", "QRTZ"];
+/// Symbols `SYM0` … `SYM499`: few enough that a symbol sees quotes every
+/// few seconds, enough that no symbol's five-minute window holds thousands.
+fn symbol(n: u64) -> String {
+    format!("SYM{}", n % 500)
+}

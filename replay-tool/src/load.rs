@@ -54,6 +54,10 @@ pub struct LoadArgs {
     /// Also write every alert received (JSON, one per line) to this file.
     #[arg(long)]
     pub alerts_out: Option<PathBuf>,
+    /// Stop sending after this many seconds (0: send every event); the report
+    /// counts the events sent, always a whole number of batches from the start.
+    #[arg(long, default_value_t = 0)]
+    pub max_secs: u64,
     /// API key for `/v1/cluster` on the API port.
     #[arg(long, env = "VIGIL_API_KEY")]
     pub api_key: Option<String>,
@@ -248,7 +252,14 @@ pub fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     push.set_linger(10_000)?;
     push.connect(&a.push)?;
     let t0 = Instant::now();
+    let stop_at = (a.max_secs > 0).then(|| Duration::from_secs(a.max_secs));
+    let mut n = n;
     for b in 0..n.div_ceil(batch) {
+        if stop_at.is_some_and(|s| t0.elapsed() >= s) {
+            // Out of time: what was sent so far is the run.
+            n = b * batch;
+            break;
+        }
         let chunk = src.batch(b * batch, batch);
         if a.rate > 0 {
             let due = Duration::from_secs_f64((b * batch) as f64 / a.rate as f64);
