@@ -8,7 +8,8 @@
 # Usage (from the workspace root, after a release build):
 #   cargo build --release -p vigil-gateway -p vigil-replay --bins
 #   bash benches/list-memory.sh
-# Knobs (environment): CARDS (default 20000), EVENTS (100000), FIVE_MB=1 also
+# Knobs (environment): CARDS (default 20000), EVENTS (100000), ENTRY_BYTES
+# (1000000; 10 gives the control run: the same steps with a tiny entry), FIVE_MB=1 also
 # puts a 5 MB entry (the gateway then runs with --max-list-entry-bytes 8 MiB;
 # by default an entry over 1 MiB is refused with 400 list_entry_too_long).
 # BIN=target/debug measures a debug build instead.
@@ -59,7 +60,7 @@ next_checkpoint() {
 }
 
 "$BIN/vigil-replay" load --generate "$EVENTS" --cards "$CARDS" --push "$PULL" \
-  --sub "$PUB" --http "$HTTP" >"$WORK/load.txt"
+  --sub "$PUB" --http "$HTTP" --api-key "$KEY" >"$WORK/load.txt"
 read -r id bytes shards ms < <(next_checkpoint 0)
 echo "traffic: $EVENTS events over $CARDS cards; shards in the checkpoint: $shards"
 echo "before:        RSS $(rss_mb) MB, checkpoint $bytes bytes ($ms ms)"
@@ -75,10 +76,10 @@ put_entry() { # $1: list name, $2: entry bytes
 # an unchanged state is not checkpointed again.
 touch_state() {
   "$BIN/vigil-replay" load --generate 1000 --cards "$CARDS" --push "$PULL" \
-    --sub "$PUB" --http "$HTTP" >/dev/null
+    --sub "$PUB" --http "$HTTP" --api-key "$KEY" >/dev/null
 }
 
-code=$(put_entry bench-1mb 1000000)
+code=$(put_entry bench-1mb "${ENTRY_BYTES:-1000000}")
 [ "$code" = 200 ] || { echo "PUT 1 MB entry: $code $(cat "$WORK/put.json")"; exit 1; }
 touch_state
 read -r id bytes1 _ ms1 < <(next_checkpoint "$id")
