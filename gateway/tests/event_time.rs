@@ -1,6 +1,7 @@
 //! Event time against the wall clock, and idle checkpoints, through a real
 //! `vigil-gateway` process (one in-process node, ZeroMQ ROUTER ingest with
-//! its acknowledgements, `/metrics` for the counters).
+//! its acknowledgements, `/metrics` on the key-less operations listener,
+//! `--metrics-addr`, for the counters).
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +16,16 @@ fn temp(tag: &str) -> std::path::PathBuf {
     d
 }
 
+fn get_from(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -25,6 +36,8 @@ fn free_port() -> u16 {
 struct Gateway {
     child: Child,
     http: String,
+    /// The operations listener (`--metrics-addr`): `/metrics` without a key.
+    ops: String,
     router: String,
 }
 
@@ -33,6 +46,7 @@ impl Gateway {
     /// until it is ready.
     fn start(data: &std::path::Path, rules: &std::path::Path, extra: &[&str]) -> Gateway {
         let http = format!("127.0.0.1:{}", free_port());
+        let ops = format!("127.0.0.1:{}", free_port());
         let router = format!("tcp://127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_vigil-gateway"))
             .arg("--rules")
@@ -40,6 +54,7 @@ impl Gateway {
             .arg("--data-dir")
             .arg(data)
             .args(["--http", &http, "--zmq-router", &router, "--nodes", "1"])
+            .args(["--metrics-addr", &ops])
             .args(["--zmq-pull", &format!("tcp://127.0.0.1:{}", free_port())])
             .args(["--zmq-pub", &format!("tcp://127.0.0.1:{}", free_port())])
             .args(extra)
@@ -50,6 +65,7 @@ impl Gateway {
         let g = Gateway {
             child,
             http,
+            ops,
             router,
         };
         wait_for("/readyz 200", || {
@@ -59,18 +75,12 @@ impl Gateway {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(&self.http).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+        get_from(&self.http, path)
     }
 
     /// One sample of `/metrics` (0 when the series is absent).
     fn metric(&self, series: &str) -> u64 {
-        let Some((_, text)) = self.get("/metrics") else {
+        let Some((_, text)) = get_from(&self.ops, "/metrics") else {
             return 0;
         };
         text.lines()
