@@ -28,7 +28,7 @@ fn small_gateway() -> (Proc, Endpoints) {
 
 /// The value of one metric line (`name` with its labels, if any).
 fn metric(ep: &Endpoints, name: &str) -> Option<u64> {
-    let (_, text) = http_get(&ep.http, "/metrics")?;
+    let (_, text) = http_get(&ep.ops, "/metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
