@@ -74,6 +74,8 @@ pub struct RouterConfig {
     /// refused (`ts_in_future`), so one bad clock cannot move event time
     /// past all real data.
     pub max_future_ms: i64,
+    /// Skip a due checkpoint when nothing changed since the last durable one.
+    pub skip_unchanged_checkpoints: bool,
     /// The wall clock (injectable: tests set it).
     pub wall: WallClock,
     /// Frames in one ZeroMQ ingest message (a batch) before it is refused
@@ -107,6 +109,7 @@ impl Default for RouterConfig {
             idle_ms: 5_000,
             max_event_bytes: 1 << 20,
             max_future_ms: 300_000,
+            skip_unchanged_checkpoints: false,
             wall: WallClock::system(),
             max_frames: 1_000,
             sample_bytes: 16 << 20,
@@ -1462,6 +1465,9 @@ impl Router {
     /// base it follows from, and restored shards are advanced to the
     /// current clock, so a restore is the same either way.
     fn unchanged(&self) -> bool {
+        if !self.cfg.skip_unchanged_checkpoints {
+            return false;
+        }
         let Some(ck) = &self.ckpt else { return false };
         ck.durable_changes == Some(self.changes)
             && ck.inflight.is_none()

@@ -19,6 +19,7 @@ fn bare(wall: &Arc<AtomicI64>, idle_ms: i64) -> Router {
         nodes: vec!["tcp://127.0.0.1:9".into()],
         idle_ms,
         wall: WallClock::manual(wall.clone()),
+        skip_unchanged_checkpoints: true,
         ..RouterConfig::default()
     };
     Router::new(zmq::Context::new(), cfg, Arc::new(Status::default())).expect("a router")

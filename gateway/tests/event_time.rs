@@ -161,7 +161,13 @@ fn far_future_and_absurd_event_times_are_refused_and_detection_goes_on() {
     std::fs::create_dir_all(&rules).expect("rules dir");
     std::fs::write(rules.join("r.vgl"), RULES).expect("write");
     let data = dir.join("data");
-    let flags = ["--idle", "0s", "--checkpoint-every", "100ms"];
+    let flags = [
+        "--idle",
+        "0s",
+        "--checkpoint-every",
+        "100ms",
+        "--skip-unchanged-checkpoints",
+    ];
     let gw = Gateway::start(&data, &rules, &flags);
     let ctx = zmq::Context::new();
 
@@ -251,7 +257,13 @@ fn an_idle_gateway_takes_no_checkpoint_until_something_changes() {
     let gw = Gateway::start(
         &dir.join("data"),
         &rules,
-        &["--idle", "200ms", "--checkpoint-every", "100ms"],
+        &[
+            "--idle",
+            "200ms",
+            "--checkpoint-every",
+            "100ms",
+            "--skip-unchanged-checkpoints",
+        ],
     );
     let ctx = zmq::Context::new();
     let ack = gw.send(&ctx, &[txn("a1", "\"2026-01-05T10:00:00Z\"", "c1", 10.0)]);
