@@ -231,7 +231,6 @@ struct MetricsV1 {
 
 impl From<SnapshotV1> for Snapshot {
     fn from(v: SnapshotV1) -> Snapshot {
-        let m = v.metrics;
         Snapshot {
             rules: v.rules,
             identities: v.identities,
@@ -240,20 +239,46 @@ impl From<SnapshotV1> for Snapshot {
             watermark: v.watermark,
             arrivals: v.arrivals,
             next_seq: v.next_seq,
-            metrics: Metrics {
-                events_in: m.events_in,
-                events_processed: m.events_processed,
-                late: m.late,
-                unused: m.unused,
-                runs_started: m.runs_started,
-                runs_dropped_cap: m.runs_dropped_cap,
-                runs_refused_cap: m.runs_refused_cap,
-                window_dropped_cap: m.window_dropped_cap,
-                runs_dropped_events_cap: 0,
-                matches: m.matches,
-                alerts: m.alerts,
-                suppressed: m.suppressed,
-            },
+            metrics: v.metrics.into(),
+        }
+    }
+}
+
+/// Format 1's metrics, as read (the new count starts at 0).
+impl From<MetricsV1> for Metrics {
+    fn from(m: MetricsV1) -> Metrics {
+        Metrics {
+            events_in: m.events_in,
+            events_processed: m.events_processed,
+            late: m.late,
+            unused: m.unused,
+            runs_started: m.runs_started,
+            runs_dropped_cap: m.runs_dropped_cap,
+            runs_refused_cap: m.runs_refused_cap,
+            window_dropped_cap: m.window_dropped_cap,
+            runs_dropped_events_cap: 0,
+            matches: m.matches,
+            alerts: m.alerts,
+            suppressed: m.suppressed,
+        }
+    }
+}
+
+/// Format 1's metrics, as written (tests of the upgrade path).
+impl From<Metrics> for MetricsV1 {
+    fn from(m: Metrics) -> MetricsV1 {
+        MetricsV1 {
+            events_in: m.events_in,
+            events_processed: m.events_processed,
+            late: m.late,
+            unused: m.unused,
+            runs_started: m.runs_started,
+            runs_dropped_cap: m.runs_dropped_cap,
+            runs_refused_cap: m.runs_refused_cap,
+            window_dropped_cap: m.window_dropped_cap,
+            matches: m.matches,
+            alerts: m.alerts,
+            suppressed: m.suppressed,
         }
     }
 }
@@ -271,7 +296,6 @@ impl Snapshot {
     /// path).
     #[doc(hidden)]
     pub fn to_format_1_bytes(&self, lists: &HashMap<String, Vec<String>>) -> Vec<u8> {
-        let m = &self.metrics;
         let v1 = SnapshotV1 {
             rules: self.rules.clone(),
             identities: self.identities.clone(),
@@ -280,19 +304,7 @@ impl Snapshot {
             watermark: self.watermark,
             arrivals: self.arrivals,
             next_seq: self.next_seq,
-            metrics: MetricsV1 {
-                events_in: m.events_in,
-                events_processed: m.events_processed,
-                late: m.late,
-                unused: m.unused,
-                runs_started: m.runs_started,
-                runs_dropped_cap: m.runs_dropped_cap,
-                runs_refused_cap: m.runs_refused_cap,
-                window_dropped_cap: m.window_dropped_cap,
-                matches: m.matches.clone(),
-                alerts: m.alerts.clone(),
-                suppressed: m.suppressed.clone(),
-            },
+            metrics: self.metrics.clone().into(),
         };
         let mut out =
             postcard::to_extend(&v1, vec![SNAPSHOT_FORMAT_WITH_LISTS]).unwrap_or_default();
