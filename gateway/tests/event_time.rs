@@ -161,13 +161,7 @@ fn far_future_and_absurd_event_times_are_refused_and_detection_goes_on() {
     std::fs::create_dir_all(&rules).expect("rules dir");
     std::fs::write(rules.join("r.vgl"), RULES).expect("write");
     let data = dir.join("data");
-    let flags = [
-        "--idle",
-        "0s",
-        "--checkpoint-every",
-        "100ms",
-        "--skip-unchanged-checkpoints",
-    ];
+    let flags = ["--idle", "0s", "--checkpoint-every", "100ms"];
     let gw = Gateway::start(&data, &rules, &flags);
     let ctx = zmq::Context::new();
 
@@ -257,13 +251,7 @@ fn an_idle_gateway_takes_no_checkpoint_until_something_changes() {
     let gw = Gateway::start(
         &dir.join("data"),
         &rules,
-        &[
-            "--idle",
-            "200ms",
-            "--checkpoint-every",
-            "100ms",
-            "--skip-unchanged-checkpoints",
-        ],
+        &["--idle", "200ms", "--checkpoint-every", "100ms"],
     );
     let ctx = zmq::Context::new();
     let ack = gw.send(&ctx, &[txn("a1", "\"2026-01-05T10:00:00Z\"", "c1", 10.0)]);
@@ -293,6 +281,40 @@ fn an_idle_gateway_takes_no_checkpoint_until_something_changes() {
         gw.metric("vigil_checkpoints_total") > taken
     });
     assert!(gw.metric("vigil_checkpoint_last_id") > last_id);
+    gw.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The off switch: `--skip-unchanged-checkpoints false` rewrites the
+/// checkpoint on schedule even when nothing changed.
+#[test]
+fn skipping_can_be_turned_off() {
+    let dir = temp("noskip");
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(rules.join("r.vgl"), RULES).expect("write");
+    let gw = Gateway::start(
+        &dir.join("data"),
+        &rules,
+        &[
+            "--idle",
+            "0s",
+            "--checkpoint-every",
+            "100ms",
+            "--skip-unchanged-checkpoints",
+            "false",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let ack = gw.send(&ctx, &[txn("a1", "\"2026-01-05T10:00:00Z\"", "c1", 10.0)]);
+    assert_eq!(ack["accepted"], 1, "{ack}");
+    wait_for("a checkpoint", || gw.metric("vigil_checkpoints_total") >= 1);
+    let taken = gw.metric("vigil_checkpoints_total");
+    // Idle, yet the checkpoints go on and none is skipped.
+    wait_for("five more checkpoints while idle", || {
+        gw.metric("vigil_checkpoints_total") >= taken + 5
+    });
+    assert_eq!(gw.metric("vigil_checkpoints_skipped_total"), 0);
     gw.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
