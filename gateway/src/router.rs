@@ -51,6 +51,13 @@ use tracing::{error, info, warn};
 pub struct RouterConfig {
     /// Node endpoints to connect to, in shard-map order.
     pub nodes: Vec<String>,
+    /// For nodes running in this process (the embedded default), in the
+    /// order of `nodes`: a flag that is true while the node's thread runs.
+    /// Such a node is never timed out: a silent thread in our own process is
+    /// busy (starved of CPU, a long restore), not gone, and failing it over
+    /// would add a restore to the overload. It is marked down when its
+    /// thread ends. Empty for nodes on other hosts.
+    pub in_process: Vec<NodeAlive>,
     pub pull: Option<String>,
     pub router: Option<String>,
     pub publish: Option<String>,
@@ -96,6 +103,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             nodes: vec![],
+            in_process: vec![],
             pull: None,
             router: None,
             publish: None,
@@ -117,6 +125,35 @@ impl Default for RouterConfig {
             checkpoint_every: Duration::from_secs(2),
             replay_log_bytes: 256 << 20,
         }
+    }
+}
+
+/// True while an in-process node's thread runs (see `RouterConfig::in_process`).
+#[derive(Debug, Clone, Default)]
+pub struct NodeAlive(Arc<std::sync::atomic::AtomicBool>);
+
+impl NodeAlive {
+    pub fn new() -> NodeAlive {
+        NodeAlive(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    pub fn alive(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Held by the node's thread: clears the flag when the thread ends,
+    /// by return or by panic.
+    pub fn guard(&self) -> NodeAliveGuard {
+        NodeAliveGuard(self.clone())
+    }
+}
+
+/// Clears its `NodeAlive` when dropped.
+pub struct NodeAliveGuard(NodeAlive);
+
+impl Drop for NodeAliveGuard {
+    fn drop(&mut self) {
+        self.0.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -316,6 +353,12 @@ struct Link {
     /// gap, so they are rebuilt (checkpoint, replay) when it returns.
     shed: bool,
     state: LinkState,
+    /// Set for a node in this process: its thread's liveness replaces the
+    /// timeout.
+    alive: Option<NodeAlive>,
+    /// An in-process node silent past the timeout was reported busy (once
+    /// per silence).
+    busy_reported: bool,
     instance: Option<u64>,
     credits: u64,
     current: Option<BatchWriter>,
@@ -498,6 +541,8 @@ impl Router {
                 needs_restore: false,
                 shed: false,
                 state: LinkState::Connecting,
+                alive: cfg.in_process.get(i).cloned(),
+                busy_reported: false,
                 instance: None,
                 credits: 0,
                 current: None,
@@ -1972,7 +2017,28 @@ impl Router {
                     {
                         l.send(&Msg::Advance { clock });
                     }
-                    if now.duration_since(l.last_heard) > self.cfg.node_timeout {
+                    let silent = now.duration_since(l.last_heard);
+                    let gone = match &l.alive {
+                        Some(a) => {
+                            if silent > self.cfg.node_timeout && !l.busy_reported {
+                                l.busy_reported = true;
+                                self.status
+                                    .counters
+                                    .nodes_busy
+                                    .fetch_add(1, Ordering::Relaxed);
+                                warn!(
+                                    node = %l.name,
+                                    silent_ms = silent.as_millis() as u64,
+                                    "in-process node busy past the node timeout: not failed over (its thread runs)"
+                                );
+                            } else if silent <= self.cfg.node_timeout {
+                                l.busy_reported = false;
+                            }
+                            !a.alive()
+                        }
+                        None => silent > self.cfg.node_timeout,
+                    };
+                    if gone {
                         warn!(
                             node = %l.name,
                             endpoint = %l.endpoint,

@@ -188,3 +188,39 @@ fn a_restart_goes_on_with_the_idle_clock_where_it_would_be() {
     r.housekeeping();
     assert_eq!(r.clock, base);
 }
+
+/// A node in this process that is silent past the timeout is busy, not
+/// gone: it stays up (counted) until its thread ends. A node elsewhere that
+/// is as silent is marked down.
+#[test]
+fn a_silent_in_process_node_stays_up_until_its_thread_ends() {
+    let alive = NodeAlive::new();
+    let cfg = RouterConfig {
+        nodes: vec!["tcp://127.0.0.1:9".into(), "tcp://127.0.0.1:9".into()],
+        in_process: vec![alive.clone()],
+        node_timeout: Duration::from_millis(100),
+        ..RouterConfig::default()
+    };
+    let mut r =
+        Router::new(zmq::Context::new(), cfg, Arc::new(Status::default())).expect("a router");
+    let long_ago = Instant::now() - Duration::from_secs(10);
+    for l in &mut r.links {
+        l.state = LinkState::Up;
+        l.last_heard = long_ago;
+    }
+    r.housekeeping();
+    assert_eq!(r.links[0].state, LinkState::Up, "busy, its thread runs");
+    assert_eq!(
+        r.links[1].state,
+        LinkState::Down,
+        "another host's node: timed out"
+    );
+    let status = r.status.clone();
+    let busy = || status.counters.nodes_busy.load(Ordering::Relaxed);
+    assert_eq!(busy(), 1);
+    r.housekeeping();
+    assert_eq!(busy(), 1, "one report per silence");
+    drop(alive.guard()); // the thread ends
+    r.housekeeping();
+    assert_eq!(r.links[0].state, LinkState::Down, "its thread ended");
+}

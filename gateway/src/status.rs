@@ -29,6 +29,9 @@ pub struct Counters {
     pub ingest_disconnects: AtomicU64,
     pub deploys: AtomicU64,
     pub node_errors: AtomicU64,
+    /// Times an in-process node was silent past the node timeout while its
+    /// thread ran (busy, so not failed over).
+    pub nodes_busy: AtomicU64,
     /// Alerts a node emitted again (during recovery) and the router dropped.
     pub alerts_deduplicated: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -333,6 +336,11 @@ impl Status {
             "vigil_node_errors_total",
             "error messages received from nodes",
             &c.node_errors,
+        );
+        counter(
+            "vigil_nodes_busy_total",
+            "times an in-process node was silent past the node timeout while its thread ran (not failed over)",
+            &c.nodes_busy,
         );
         counter(
             "vigil_alerts_deduplicated_total",

@@ -4,7 +4,9 @@
 
 use crate::api::{self, ApiConfig, AppState, Inner};
 use crate::catalog::Catalog;
-use crate::router::{AlertOut, Channels, Checkpoints, Command, Router, RouterConfig, ToWriter};
+use crate::router::{
+    AlertOut, Channels, Checkpoints, Command, NodeAlive, Router, RouterConfig, ToWriter,
+};
 use crate::status::Status;
 use crate::store::{AlertFilter, Mode, Role, Store, StoredAlert};
 use cep_engine::node::{NodeOptions, NodeStatus};
@@ -74,6 +76,7 @@ impl System {
         let ctx = zmq::Context::new();
         let node_stop = Arc::new(AtomicBool::new(false));
         let mut node_threads = vec![];
+        let mut in_process = vec![];
         let endpoints: Vec<String> = if cfg.nodes.is_empty() {
             let id = EMBEDDED.fetch_add(1, Ordering::Relaxed);
             let mut eps = vec![];
@@ -85,11 +88,14 @@ impl System {
                     ..NodeOptions::default()
                 };
                 eps.push(opts.bind.clone());
+                let alive = NodeAlive::new();
+                in_process.push(alive.clone());
                 let (ctx, stop) = (ctx.clone(), node_stop.clone());
                 node_threads.push(
                     std::thread::Builder::new()
                         .name(format!("node-{i}"))
                         .spawn(move || {
+                            let _alive = alive.guard();
                             if let Err(e) = cep_engine::node::serve(
                                 &ctx,
                                 opts,
@@ -116,6 +122,7 @@ impl System {
             ctx,
             RouterConfig {
                 nodes: endpoints,
+                in_process,
                 ..cfg.router.clone()
             },
             status.clone(),
