@@ -29,7 +29,12 @@ fn tansu() -> std::path::PathBuf {
 }
 
 fn start_broker() -> (Proc, String) {
-    let port = free_port();
+    start_broker_on(free_port())
+}
+
+/// A broker on `port` (in memory: a restart there is a broker that lost
+/// its data).
+fn start_broker_on(port: u16) -> (Proc, String) {
     let url = format!("tcp://127.0.0.1:{port}");
     let p = Proc::spawn(
         "tansu",
@@ -63,7 +68,14 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
         .await
         .expect("create topics");
     for x in r {
-        x.expect("topic created");
+        // A consumer's metadata request may have created it first.
+        if let Err((t, code)) = x {
+            assert_eq!(
+                code,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "creating topic {t}"
+            );
+        }
     }
 }
 
@@ -522,4 +534,88 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
             })
         })
     });
+}
+
+/// Issue 16, item 2 (part of the fault suite, `tests/faults.rs`): the broker
+/// restarts empty (its in-memory storage gone), the topic is recreated and
+/// offsets start again from 0, below the offset the gateway's checkpoint
+/// resumes from. The gateway must notice (counted, named in `/healthz`),
+/// apply `--kafka-offset-reset` (default `earliest`: read the new topic
+/// whole), and raise replay's alerts for everything produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_recreated_behind_the_checkpoint_is_detected_and_read_again() {
+    let port = free_port();
+    let (broker, brokers) = start_broker_on(port);
+    create_topic(&brokers, "events", 1).await;
+    let s = Scenario::new("kafka-backwards", 9_000, 300);
+    let (first, second) = (&s.events[..6_000], &s.events[6_000..]);
+    produce(&brokers, "events", first).await;
+    let ep = Endpoints::fresh();
+    let gw = start_gateway(
+        &s.rules,
+        &[],
+        &ep,
+        &[
+            "--idle",
+            "0s",
+            "--kafka",
+            &brokers,
+            "--topic",
+            "events",
+            "--group",
+            "vigil-backwards",
+            "--checkpoint-every",
+            "300ms",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let sink = AlertSink::subscribe(&ctx, &ep.publish, "alert.");
+    let h = ep.http.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_processed(&h, 6_000);
+        wait_until(
+            "a checkpoint at offset 6000",
+            Duration::from_secs(30),
+            || cluster(&h).is_some_and(|c| c["checkpoint"]["offsets"]["0"].as_i64() == Some(6_000)),
+        );
+    })
+    .await
+    .expect("first part");
+
+    // The broker loses everything; the topic comes back with 3,000 new
+    // events at offsets 0..3000, all below the checkpoint's 6,000.
+    drop(broker);
+    let (_broker, brokers) = start_broker_on(port);
+    create_topic(&brokers, "events", 1).await;
+    produce(&brokers, "events", second).await;
+
+    let h = ep.http.clone();
+    let health = tokio::task::spawn_blocking(move || {
+        wait_processed(&h, 9_000);
+        http_get(&h, "/healthz")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .unwrap_or_default()
+    })
+    .await
+    .expect("second part");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let kafka = health["problems"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["component"] == "kafka").cloned())
+        .unwrap_or_else(|| panic!("no kafka problem in {health}"));
+    let msg = kafka["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("recreated"), "{msg}");
+    let (_, metrics) = http_get(&ops_addr(&ep.http), "/metrics").expect("metrics");
+    let resets: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vigil_kafka_offset_resets_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(resets >= 1, "the reset is counted");
+    let got = id_counts(sink.all_published(&ep.http).iter());
+    assert_same_alerts(&got, &s.expected(), "after the topic was recreated", "");
+    drop(gw);
 }

@@ -19,6 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
@@ -27,6 +28,67 @@ pub struct KafkaSource {
     pub brokers: String,
     pub topic: String,
     pub group: String,
+    pub reset: OffsetReset,
+}
+
+/// What the source does when a partition's next offset is outside what the
+/// broker holds: beyond its end (the topic was recreated, or the broker
+/// lost its data, so offsets start again from 0) or before its start
+/// (retention deleted events before they were read). Each case is logged,
+/// counted (`vigil_kafka_offset_resets_total`) and shown in `/healthz` for
+/// [`ALARM_HOLD`] whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Read on from the earliest offset the broker holds (a recreated
+    /// topic is read whole).
+    #[default]
+    Earliest,
+    /// Read on from the end: only messages produced from now on.
+    Latest,
+    /// Stop consuming (the gateway stays up, degraded, until restarted).
+    Fail,
+}
+
+impl std::str::FromStr for OffsetReset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<OffsetReset> {
+        match s {
+            "earliest" => Ok(OffsetReset::Earliest),
+            "latest" => Ok(OffsetReset::Latest),
+            "fail" => Ok(OffsetReset::Fail),
+            other => {
+                anyhow::bail!("unknown offset reset policy {other:?} (earliest, latest, fail)")
+            }
+        }
+    }
+}
+
+/// How long `/healthz` names an offset reset after it happened.
+pub const ALARM_HOLD: Duration = Duration::from_secs(15 * 60);
+
+/// A partition whose next offset was outside the broker's range.
+#[derive(Debug, Clone)]
+struct OffsetJump {
+    partition: i32,
+    want: i64,
+    low: i64,
+    high: i64,
+}
+
+impl OffsetJump {
+    fn describe(&self) -> String {
+        if self.want > self.high {
+            format!(
+                "partition {} resumes at offset {} but the broker holds {}..{}: the topic was recreated or lost its data",
+                self.partition, self.want, self.low, self.high
+            )
+        } else {
+            format!(
+                "partition {} resumes at offset {} but the broker holds {}..{}: events were deleted by retention before they were read",
+                self.partition, self.want, self.low, self.high
+            )
+        }
+    }
 }
 
 /// Events per batch handed to the router.
@@ -123,11 +185,37 @@ pub async fn consume(
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = std::time::Instant::now();
             let c = consumer.clone();
-            positions = tokio::task::spawn_blocking(move || {
-                positions.check_stalled(&c);
-                positions
+            let reset = src.reset;
+            let (p, jumps) = tokio::task::spawn_blocking(move || {
+                let jumps = positions.check_stalled(&c, reset);
+                (positions, jumps)
             })
             .await?;
+            positions = p;
+            for j in &jumps {
+                let what = j.describe();
+                status
+                    .counters
+                    .kafka_offset_resets
+                    .fetch_add(1, Ordering::Relaxed);
+                status.alarm(
+                    "kafka",
+                    format!("{what} (policy: {:?})", src.reset),
+                    ALARM_HOLD,
+                );
+                error!(partition = j.partition, want = j.want, low = j.low, high = j.high, policy = ?src.reset, "{what}");
+            }
+            if src.reset == OffsetReset::Fail && !jumps.is_empty() {
+                anyhow::bail!(
+                    "stopped consuming (--kafka-offset-reset fail): {}",
+                    jumps
+                        .iter()
+                        .map(OffsetJump::describe)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            status.expire_alarms();
         }
         if events.is_empty() {
             continue;
@@ -264,9 +352,12 @@ impl Positions {
     }
 
     /// Re-reads each partition that has delivered nothing for [`STALL`]
-    /// although the broker holds messages past its next offset.
-    fn check_stalled(&mut self, consumer: &StreamConsumer) {
+    /// although the broker holds messages past its next offset. A partition
+    /// whose next offset is outside what the broker holds is returned, and
+    /// moved by `reset` (left alone for [`OffsetReset::Fail`]).
+    fn check_stalled(&mut self, consumer: &StreamConsumer, reset: OffsetReset) -> Vec<OffsetJump> {
         let now = std::time::Instant::now();
+        let mut jumps = vec![];
         for (p, part) in self.parts.iter_mut() {
             let Some(n) = part.next else { continue };
             if now.duration_since(part.progress) < STALL {
@@ -278,34 +369,53 @@ impl Positions {
                 continue;
             };
             part.progress = now;
-            if high <= n {
+            if high == n {
                 continue; // nothing new: quiet, not stalled
             }
-            if low > n {
-                error!(
-                    partition = *p,
-                    want = n,
+            if high < n || low > n {
+                // Offsets went backwards (the topic was recreated) or the
+                // events due were deleted: the policy decides.
+                jumps.push(OffsetJump {
+                    partition: *p,
+                    want: n,
                     low,
-                    "events were deleted by the topic's retention before they were read"
-                );
-                part.next = None;
-            } else {
-                warn!(
-                    partition = *p,
-                    want = n,
                     high,
-                    "no message from a partition that holds more; re-reading it from its start"
-                );
-                part.rewound = true;
+                });
+                match reset {
+                    OffsetReset::Fail => {}
+                    OffsetReset::Earliest => {
+                        part.next = None;
+                        part.rewound = false;
+                        seek(consumer, &self.topic, *p, Offset::Beginning);
+                    }
+                    OffsetReset::Latest => {
+                        part.next = Some(high);
+                        part.rewound = false;
+                        seek(consumer, &self.topic, *p, Offset::Offset(high));
+                    }
+                }
+                continue;
             }
+            warn!(
+                partition = *p,
+                want = n,
+                high,
+                "no message from a partition that holds more; re-reading it from its start"
+            );
+            part.rewound = true;
             rewind(consumer, &self.topic, *p);
         }
+        jumps
     }
 }
 
 /// Re-reads partition `p` from its start.
 fn rewind(consumer: &StreamConsumer, topic: &str, p: i32) {
-    if let Err(e) = consumer.seek(topic, p, Offset::Beginning, Duration::from_secs(5)) {
+    seek(consumer, topic, p, Offset::Beginning);
+}
+
+fn seek(consumer: &StreamConsumer, topic: &str, p: i32, to: Offset) {
+    if let Err(e) = consumer.seek(topic, p, to, Duration::from_secs(5)) {
         warn!(partition = p, error = %e, "seek failed");
     }
 }

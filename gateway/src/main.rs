@@ -191,6 +191,12 @@ struct RunArgs {
     /// Kafka consumer group.
     #[arg(long, default_value = "vigil", env = "VIGIL_KAFKA_GROUP")]
     group: String,
+    /// When a partition's next offset is outside what the broker holds (the
+    /// topic was recreated, or retention deleted unread events): read on
+    /// from the `earliest` or `latest` offset it holds, or `fail` (stop
+    /// consuming). Each is logged, counted and shown in /healthz.
+    #[arg(long, default_value = "earliest", value_parser = ["earliest", "latest", "fail"])]
+    kafka_offset_reset: String,
     /// Also publish alerts to this Kafka topic (key = alert key, payload = alert JSON).
     #[arg(long, env = "VIGIL_ALERTS_TOPIC")]
     alerts_topic: Option<String>,
@@ -336,6 +342,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 brokers: b.clone(),
                 topic: t.clone(),
                 group: a.group.clone(),
+                reset: a.kafka_offset_reset.parse()?,
             }),
             (Some(_), None) => anyhow::bail!("--kafka needs --topic"),
             _ => None,

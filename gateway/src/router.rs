@@ -157,6 +157,18 @@ impl Drop for NodeAliveGuard {
     }
 }
 
+/// A router turn longer than this is not counted as the nodes' silence.
+const DEAF_GAP: Duration = Duration::from_millis(250);
+
+/// A checkpoint handed to the store and not stored after this long is
+/// counted as failed (once) and reported; it may still be stored later.
+const STORE_LATE: Duration = Duration::from_secs(30);
+
+/// Ingest pauses while the alert writer has fewer free slots than this, so
+/// alerts still in flight from the nodes find room and the router does not
+/// block on a full queue.
+const ALERT_HEADROOM: usize = 1024;
+
 /// Orders from the rest of the gateway.
 pub enum Command {
     Deploy(Bundle),
@@ -238,6 +250,8 @@ struct Ckpt {
     inflight: Option<Inflight>,
     /// Handed to the store: (id, barrier time, snapshot ms).
     storing: Option<(u64, Instant, u64)>,
+    /// The checkpoint being stored that was reported late (once).
+    storing_late: Option<u64>,
     log: VecDeque<LogEntry>,
     log_bytes: usize,
     /// The shutdown checkpoint: `Some(id)` once started, `Some(0)` if it
@@ -680,6 +694,7 @@ impl Router {
             durable_shards,
             inflight: None,
             storing: None,
+            storing_late: None,
             log: VecDeque::new(),
             log_bytes: 0,
             last: None,
@@ -697,8 +712,20 @@ impl Router {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut last_ping = Instant::now();
         let mut last_view = Instant::now();
+        let mut last_turn = Instant::now();
         self.commands = Some(commands);
         loop {
+            // A long turn (waiting on a full alert queue behind a stalled
+            // store, reading a checkpoint) is time nobody listened to the
+            // nodes: it does not count as their silence.
+            let now = Instant::now();
+            let gap = now.duration_since(last_turn);
+            if gap > DEAF_GAP {
+                for l in &mut self.links {
+                    l.last_heard = (l.last_heard + gap).min(now);
+                }
+            }
+            last_turn = now;
             self.drain_commands();
             if let Some(since) = self.stopping {
                 let drained = self.drained();
@@ -798,7 +825,17 @@ impl Router {
             .ckpt
             .as_ref()
             .is_some_and(|c| c.log_bytes >= self.cfg.replay_log_bytes);
+        // The store cannot take alerts (a full disk, Redis gone): take no
+        // more events until it can; what is in flight waits in the queue.
+        let store_failing = self.status.store_failing.load(Ordering::Relaxed);
+        let alerts_full = self
+            .channels
+            .alerts
+            .as_ref()
+            .is_some_and(|tx| tx.capacity() < ALERT_HEADROOM);
         let full = log_full
+            || store_failing
+            || alerts_full
             || self
                 .links
                 .iter()
@@ -1703,30 +1740,43 @@ impl Router {
         true
     }
 
-    /// Waits (bounded) for the checkpoint being stored, if any: once stored
-    /// it replaces the one a restore would read, so a restore must know which
-    /// is current. Other commands arriving meanwhile keep their order.
+    /// Takes the store's answer for the checkpoint being stored if it has
+    /// already come: once stored it replaces the one a restore would read.
+    /// Other commands taken meanwhile keep their order.
     fn settle_storing(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(id) = self.ckpt.as_ref().and_then(|c| c.storing.map(|s| s.0)) {
+        // Without waiting: a restore from the durable checkpoint plus the
+        // replay log (which still holds everything since it) is as exact as
+        // one from the checkpoint being stored, and the router must not stop
+        // listening for a slow store.
+        while self.ckpt.as_ref().is_some_and(|c| c.storing.is_some()) {
             let Some(rx) = &self.commands else { return };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Command::CheckpointStored { id: got, result }) => {
-                    self.stored(got, result);
+            match rx.try_recv() {
+                Ok(Command::CheckpointStored { id, result }) => {
+                    self.stored(id, result);
                 }
                 Ok(other) => self.deferred.push_back(other),
-                Err(_) => {
-                    error!(
-                        checkpoint = id,
-                        "checkpoint not stored within 30 s; restoring from the previous one"
-                    );
-                    if let Some(c) = &mut self.ckpt {
-                        c.storing = None;
-                    }
-                    return;
-                }
+                Err(_) => return,
             }
+        }
+    }
+
+    /// Counts (once) a checkpoint the store has not taken after
+    /// [`STORE_LATE`]: a failing store shows in the checkpoint failures.
+    fn check_storing_late(&mut self) {
+        let Some(ck) = &mut self.ckpt else { return };
+        let Some((id, started, _)) = ck.storing else {
+            return;
+        };
+        if started.elapsed() > STORE_LATE && ck.storing_late != Some(id) {
+            ck.storing_late = Some(id);
+            self.status
+                .counters
+                .checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            error!(
+                checkpoint = id,
+                "checkpoint not stored within 30 s (is the store failing?); the previous one stays current until it is"
+            );
         }
     }
 
@@ -1979,6 +2029,7 @@ impl Router {
 
     fn housekeeping(&mut self) {
         self.count_disconnects();
+        self.check_storing_late();
         let now = Instant::now();
         // Live mode: a silent stream lets event time follow the wall clock.
         if self.cfg.idle_ms > 0
@@ -2070,6 +2121,12 @@ impl Router {
     }
 
     fn publish_view(&self) {
+        if let Some(ck) = &self.ckpt
+            && let Ok(mut v) = self.status.checkpoint.lock()
+        {
+            v.replay_log_events = ck.log.len();
+            v.replay_log_bytes = ck.log_bytes;
+        }
         if self.clock != i64::MIN {
             self.status.clock_ms.store(self.clock, Ordering::Relaxed);
             let ahead = self.clock.saturating_sub(self.cfg.wall.now_ms());

@@ -29,6 +29,9 @@ pub struct Counters {
     pub ingest_disconnects: AtomicU64,
     pub deploys: AtomicU64,
     pub node_errors: AtomicU64,
+    /// Kafka partitions whose next offset was outside what the broker holds
+    /// (topic recreated, events deleted unread).
+    pub kafka_offset_resets: AtomicU64,
     /// Times an in-process node was silent past the node timeout while its
     /// thread ran (busy, so not failed over).
     pub nodes_busy: AtomicU64,
@@ -122,7 +125,27 @@ pub struct Status {
     pub alert_latency: Histogram,
     /// Kafka consumer lag per (topic, partition).
     pub kafka_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Dependencies failing now, by component ("store", "kafka", …): named
+    /// in `/healthz`.
+    pub problems: Mutex<BTreeMap<&'static str, Problem>>,
+    /// Failed calls to a dependency, by component.
+    pub dependency_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// The store cannot take alerts now: ingest pauses, not ready.
+    pub store_failing: std::sync::atomic::AtomicBool,
     pub checkpoint: Mutex<CheckpointView>,
+}
+
+/// A dependency failing now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub component: &'static str,
+    pub message: String,
+    /// Since when (epoch ms).
+    pub since_ms: i64,
+    /// An alarm about something that happened (not a state that lasts) is
+    /// shown until then (epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
 }
 
 /// Bucket bounds of [`Histogram`], seconds.
@@ -245,12 +268,101 @@ impl Status {
         }
     }
 
+    /// A call to `component` failed: counted; the problem is named in
+    /// health until [`Status::recovered`]. The store's failures also pause
+    /// ingest (the router reads `store_failing`).
+    pub fn failing(&self, component: &'static str, message: String) {
+        if let Ok(mut m) = self.dependency_failures.lock() {
+            *m.entry(component).or_default() += 1;
+        }
+        if component == "store" {
+            self.store_failing.store(true, Ordering::Relaxed);
+        }
+        if let Ok(mut p) = self.problems.lock() {
+            let since_ms = p
+                .get(component)
+                .map_or_else(|| chrono::Utc::now().timestamp_millis(), |x| x.since_ms);
+            p.insert(
+                component,
+                Problem {
+                    component,
+                    message,
+                    since_ms,
+                    until_ms: None,
+                },
+            );
+        }
+    }
+
+    /// Something went wrong in `component` that is over once handled (a
+    /// Kafka offset reset): counted, and named in health for `hold`.
+    pub fn alarm(&self, component: &'static str, message: String, hold: std::time::Duration) {
+        if let Ok(mut m) = self.dependency_failures.lock() {
+            *m.entry(component).or_default() += 1;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Ok(mut p) = self.problems.lock() {
+            p.insert(
+                component,
+                Problem {
+                    component,
+                    message,
+                    since_ms: now,
+                    until_ms: Some(now.saturating_add(hold.as_millis() as i64)),
+                },
+            );
+        }
+    }
+
+    /// Drops alarms whose time is up.
+    pub fn expire_alarms(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Ok(mut p) = self.problems.lock() {
+            p.retain(|_, x| x.until_ms.is_none_or(|u| u > now));
+        }
+    }
+
+    /// A call to `component` succeeded: its problem, if any, is over.
+    pub fn recovered(&self, component: &'static str) {
+        if component == "store" {
+            self.store_failing.store(false, Ordering::Relaxed);
+        }
+        if let Ok(mut p) = self.problems.lock()
+            && let Some(was) = p.remove(component)
+        {
+            let ms = chrono::Utc::now().timestamp_millis() - was.since_ms;
+            tracing::info!(component, failing_ms = ms, "{component} works again");
+        }
+    }
+
+    /// The problems now (alarms whose time is up left out).
+    pub fn problems(&self) -> Vec<Problem> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.problems
+            .lock()
+            .map(|p| {
+                p.values()
+                    .filter(|x| x.until_ms.is_none_or(|u| u > now))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Ready: every node up and running the current rule-set version.
     pub fn ready(&self) -> Result<(), String> {
         let version = self.rules_version.load(Ordering::Relaxed);
         let nodes = self.nodes();
         if nodes.is_empty() {
             return Err("no nodes configured".into());
+        }
+        if self.store_failing.load(Ordering::Relaxed) {
+            let why = self
+                .problems()
+                .into_iter()
+                .find(|p| p.component == "store")
+                .map_or_else(String::new, |p| p.message);
+            return Err(format!("the store is failing, ingest is paused: {why}"));
         }
         let ahead = self.clock_ahead_ms.load(Ordering::Relaxed);
         if ahead > 0 {
@@ -338,6 +450,11 @@ impl Status {
             &c.node_errors,
         );
         counter(
+            "vigil_kafka_offset_resets_total",
+            "Kafka partitions found resuming outside the broker's offsets (topic recreated, events deleted unread)",
+            &c.kafka_offset_resets,
+        );
+        counter(
             "vigil_nodes_busy_total",
             "times an in-process node was silent past the node timeout while its thread ran (not failed over)",
             &c.nodes_busy,
@@ -395,6 +512,11 @@ impl Status {
                 ck.replay_log_bytes as u64,
             ),
             (
+                "vigil_replay_log_events",
+                "accepted events kept since the last checkpoint",
+                ck.replay_log_events as u64,
+            ),
+            (
                 "vigil_sample_events",
                 "recent events kept for rule diffs",
                 self.sample_events.load(Ordering::Relaxed),
@@ -406,6 +528,25 @@ impl Status {
             ),
         ] {
             let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        }
+        o.push_str("# HELP vigil_dependency_failures_total failed calls to a dependency (store, kafka), by component\n# TYPE vigil_dependency_failures_total counter\n");
+        let failures = self
+            .dependency_failures
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        for component in ["store", "kafka"] {
+            let n = failures.get(component).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "vigil_dependency_failures_total{{component=\"{component}\"}} {n}"
+            );
+        }
+        let problems = self.problems();
+        o.push_str("# HELP vigil_dependency_up 0 while a dependency is failing (named in /healthz), else 1\n# TYPE vigil_dependency_up gauge\n");
+        for component in ["store", "kafka"] {
+            let up = u8::from(!problems.iter().any(|p| p.component == component));
+            let _ = writeln!(o, "vigil_dependency_up{{component=\"{component}\"}} {up}");
         }
         o.push_str("# HELP vigil_events_rejected_total events refused, by reason\n# TYPE vigil_events_rejected_total counter\n");
         for (reason, n) in self.rejected.lock().map(|m| m.clone()).unwrap_or_default() {

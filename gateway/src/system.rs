@@ -181,22 +181,7 @@ impl System {
             hourly: Default::default(),
         });
 
-        // First start: import the rule files, create the first admin key.
-        if store.schema().await?.is_none() && store.rule_states().await?.is_empty() {
-            let n = catalog
-                .import(std::slice::from_ref(&cfg.rules), "import")
-                .await?;
-            info!(changes = n, rules = %cfg.rules.display(), "imported the rule files into an empty store");
-        }
-        let first_admin_key = if store.keys().await?.is_empty() {
-            Some(
-                api::create_key(&store, "admin", Role::Admin)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", e.message))?,
-            )
-        } else {
-            None
-        };
+        let first_admin_key = bootstrap(&store, &catalog, &cfg.rules).await?;
         // Lists, then the rules, reach the nodes before any event.
         for name in store.list_names().await? {
             if let Some(entries) = store.get_list(&name).await? {
@@ -222,17 +207,21 @@ impl System {
             sink,
             commands.clone(),
         )));
-        // Only a shared store can change under us.
+        // Only a shared store can change under us (or lose its data).
         if matches!(cfg.store, StoreConfig::Redis { .. }) {
-            tasks.push(tokio::spawn(watch_shared_changes(state.clone())));
+            tasks.push(tokio::spawn(watch_shared_changes(
+                state.clone(),
+                cfg.rules.clone(),
+            )));
         }
         if let Some(src) = cfg.kafka.clone() {
             let (ingest, status) = (state.ingest.clone(), state.status.clone());
             tasks.push(tokio::spawn(async move {
                 if let Err(e) =
-                    crate::kafka::consume(src, ingest, status, kafka_start, commit_rx).await
+                    crate::kafka::consume(src, ingest, status.clone(), kafka_start, commit_rx).await
                 {
                     error!(error = %e, "the Kafka source stopped");
+                    status.failing("kafka", format!("the Kafka source stopped: {e}"));
                 }
             }));
         }
@@ -288,13 +277,34 @@ impl System {
         // The router is gone, so the alert channel is closed: the writer
         // stores and fans out what it still holds, then ends (bounded wait:
         // a dead Kafka sink must not hold the shutdown forever).
-        if let Some(t) = self.alert_task.take()
-            && tokio::time::timeout(WRITER_STOP_LIMIT, t).await.is_err()
-        {
-            warn!(
-                limit = ?WRITER_STOP_LIMIT,
-                "alert writer still busy; stopping anyway (the alerts it did not store are emitted again after a restart: the last checkpoint it stored precedes them)"
-            );
+        if let Some(mut t) = self.alert_task.take() {
+            // A failing store gets a short grace: its alerts are not lost
+            // by stopping (see the warning), and waiting on a full disk
+            // would hold the shutdown for good.
+            let started = std::time::Instant::now();
+            loop {
+                if tokio::time::timeout(Duration::from_secs(1), &mut t)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                let failing = self.state.status.store_failing.load(Ordering::Relaxed);
+                let limit = if failing {
+                    WRITER_STOP_LIMIT_FAILING
+                } else {
+                    WRITER_STOP_LIMIT
+                };
+                if started.elapsed() >= limit {
+                    warn!(
+                        ?limit,
+                        store_failing = failing,
+                        "alert writer still busy; stopping anyway (the alerts it did not store are emitted again after a restart: the last checkpoint it stored precedes them)"
+                    );
+                    t.abort();
+                    break;
+                }
+            }
         }
         for t in std::mem::take(&mut self.tasks) {
             t.abort();
@@ -311,6 +321,9 @@ const ALERT_QUEUE: usize = 16_384;
 
 /// How long a shutdown waits for the alert writer to empty its queue.
 const WRITER_STOP_LIMIT: Duration = Duration::from_secs(60);
+
+/// The same while the store is failing.
+const WRITER_STOP_LIMIT_FAILING: Duration = Duration::from_secs(5);
 
 /// Alert ids the router starts knowing (newest first): after a restart, the
 /// alerts emitted again from the checkpoint on are recognised.
@@ -383,10 +396,15 @@ async fn alert_writer(
             ToWriter::Alert(a) => a,
             ToWriter::Checkpoint(job) => {
                 let id = job.manifest.id;
-                let result = store
-                    .put_checkpoint(job.manifest, job.shards)
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = store.put_checkpoint(job.manifest, job.shards).await;
+                match &result {
+                    Ok(_) => status.recovered("store"),
+                    Err(e @ crate::store::StoreError::Unavailable(_)) => {
+                        status.failing("store", format!("storing a checkpoint failed: {e}"));
+                    }
+                    Err(_) => {}
+                }
+                let result = result.map_err(|e| e.to_string());
                 if router
                     .send(Command::CheckpointStored { id, result })
                     .is_err()
@@ -445,7 +463,10 @@ async fn handle_alerts(
     sink: Option<&crate::kafka::AlertSink>,
 ) {
     let ids: Vec<String> = batch.iter().map(|a| a.id.clone()).collect();
-    let known = until_ok("reading stored alert ids", || store.alerts_known(&ids)).await;
+    let known = until_ok(status, "store", "reading stored alert ids", || {
+        store.alerts_known(&ids)
+    })
+    .await;
     let mut in_batch = HashSet::with_capacity(batch.len());
     let fresh: Vec<StoredAlert> = batch
         .into_iter()
@@ -459,7 +480,7 @@ async fn handle_alerts(
         // Deliveries are queued in the store (they survive a restart from
         // here on; the same alert queued twice is one delivery).
         let tags = catalog.rule_tags(&stored.rule);
-        until_ok("queueing webhook deliveries", || {
+        until_ok(status, "store", "queueing webhook deliveries", || {
             dispatcher.on_alert(stored, &tags)
         })
         .await;
@@ -469,9 +490,15 @@ async fn handle_alerts(
             .iter()
             .map(|a| (a.key.clone(), a.alert.to_string()))
             .collect();
-        until_ok("publishing alerts to Kafka", || sink.send_all(&records)).await;
+        until_ok(status, "kafka", "publishing alerts to Kafka", || {
+            sink.send_all(&records)
+        })
+        .await;
     }
-    let new = until_ok("storing alerts", || store.put_alerts(&fresh)).await;
+    let new = until_ok(status, "store", "storing alerts", || {
+        store.put_alerts(&fresh)
+    })
+    .await;
     for (stored, new) in fresh.into_iter().zip(new) {
         // Only another gateway on the same shared store can have stored it
         // in between; it counts and announces its own copy.
@@ -508,18 +535,25 @@ fn stored_alert(a: AlertOut) -> StoredAlert {
 }
 
 /// Runs `f` until it succeeds, backing off from 50 ms to 5 s between tries.
-/// Alerts wait rather than get lost; the bounded channel upstream slows the
-/// router meanwhile.
+/// Alerts wait rather than get lost; meanwhile `component` is reported
+/// failing (health, `vigil_dependency_failures_total`), which for the store
+/// pauses ingest, and the bounded channel upstream slows the router.
 async fn until_ok<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
+    status: &Status,
+    component: &'static str,
     what: &str,
     mut f: impl FnMut() -> Fut,
 ) -> T {
     let mut delay = Duration::from_millis(50);
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => {
+                status.recovered(component);
+                return v;
+            }
             Err(e) => {
-                warn!(error = %e, "{what} failed; retrying");
+                status.failing(component, format!("{what} failed: {e}"));
+                warn!(error = %e, component, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -527,9 +561,76 @@ async fn until_ok<T, E: std::fmt::Display, Fut: std::future::Future<Output = Res
     }
 }
 
+/// A store's first start (or a store found empty again): import the rule
+/// files, create the first admin key (returned, to be shown once), and write
+/// the store's marker.
+async fn bootstrap(
+    store: &Store,
+    catalog: &Catalog,
+    rules: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if store.schema().await?.is_none() && store.rule_states().await?.is_empty() {
+        let n = catalog
+            .import(std::slice::from_ref(&rules.to_path_buf()), "import")
+            .await?;
+        info!(changes = n, rules = %rules.display(), "imported the rule files into an empty store");
+    }
+    let key = if store.keys().await?.is_empty() {
+        Some(
+            api::create_key(store, "admin", Role::Admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?,
+        )
+    } else {
+        None
+    };
+    if store.marker().await?.is_none() {
+        let id = format!("{:016x}", cep_engine::node::random_u64());
+        store.put_marker(&id).await?;
+    }
+    Ok(key)
+}
+
+/// How long `/healthz` names a store found empty again.
+const DATA_LOSS_ALARM: Duration = Duration::from_secs(15 * 60);
+
+/// The shared store answers but its marker is gone: it lost its data (a
+/// Redis restarted without persistence). Say so loudly, then run the
+/// first-start bootstrap again, so the gateway serves again with the rule
+/// files and a new admin key (printed once) instead of answering 401 to
+/// everyone. What only the lost store held (other API keys, rule versions
+/// made through the API, lists, webhooks, stored alerts, the checkpoint)
+/// is gone: docs/operations.md says what to do.
+async fn store_lost_its_data(st: &AppState, rules: &std::path::Path) {
+    error!(
+        "the store answers but has lost its data (its marker is gone: a Redis restarted empty?); running the first-start bootstrap again"
+    );
+    st.status.alarm(
+        "store_data",
+        "the store lost its data (restarted empty): rules re-imported from the rule files, a new admin key printed in the log; API keys, lists and webhooks made since must be made again".into(),
+        DATA_LOSS_ALARM,
+    );
+    match bootstrap(&st.store, &st.catalog, rules).await {
+        Ok(key) => {
+            if let Some(k) = key {
+                println!();
+                println!(
+                    "  The store lost its data: a new admin API key was created. It is shown only this once:"
+                );
+                println!("    {k}");
+            }
+            if let Err(e) = st.catalog.deploy().await {
+                error!(error = %e, "deploying the re-imported rules failed");
+            }
+        }
+        Err(e) => error!(error = %e, "the bootstrap after a data loss failed; retrying"),
+    }
+}
+
 /// Several gateways can share one Redis store: poll for changes made elsewhere
-/// (list revisions, audit entries about rules) and push them to our nodes.
-async fn watch_shared_changes(st: AppState) {
+/// (list revisions, audit entries about rules) and push them to our nodes;
+/// and notice a store that lost its data.
+async fn watch_shared_changes(st: AppState, rules: PathBuf) {
     let mut lists_rev = st.store.lists_revision().await.unwrap_or(0);
     let mut audit_seq = 0;
     while let Ok(page) = st.store.audit(audit_seq, 1000).await {
@@ -541,6 +642,10 @@ async fn watch_shared_changes(st: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
+        if let Ok(None) = st.store.marker().await {
+            store_lost_its_data(&st, &rules).await;
+            audit_seq = 0;
+        }
         if let Ok(rev) = st.store.lists_revision().await
             && rev != lists_rev
         {

@@ -242,6 +242,7 @@ async fn suite(s: Store, spare: Store) {
     versions(&s).await;
     rule_states(&s).await;
     schema(&s).await;
+    marker(&s).await;
     audit(&s).await;
     alerts(&s).await;
     batch_alerts(&s).await;
@@ -405,6 +406,16 @@ async fn schema(s: &Store) {
     assert_eq!(
         s.schema().await.unwrap().as_deref(),
         Some("event Login { user: string }\n")
+    );
+}
+
+/// The marker a first start writes: absent in a new (or emptied) store.
+async fn marker(s: &Store) {
+    assert_eq!(s.marker().await.unwrap(), None);
+    s.put_marker("0123456789abcdef").await.unwrap();
+    assert_eq!(
+        s.marker().await.unwrap().as_deref(),
+        Some("0123456789abcdef")
     );
 }
 

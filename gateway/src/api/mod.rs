@@ -133,7 +133,7 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             E::NotFound(m) => ApiError::not_found(m),
             E::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            E::Backend(m) => ApiError::new(
+            E::Backend(m) | E::Unavailable(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 format!("the store failed: {m}"),
@@ -469,7 +469,8 @@ pub fn app(state: AppState) -> axum::Router {
     .with_state(state)
 }
 
-/// Liveness: 200 while the gateway runs; the body says which nodes are down.
+/// Liveness: 200 while the gateway runs; the body says which nodes are down
+/// and which dependencies are failing (`problems`).
 async fn healthz(State(st): State<AppState>) -> Response {
     let nodes = st.status.nodes();
     let down: Vec<&str> = nodes
@@ -477,11 +478,14 @@ async fn healthz(State(st): State<AppState>) -> Response {
         .filter(|n| n.state != "up")
         .map(|n| n.name.as_str())
         .collect();
+    let problems = st.status.problems();
+    let ok = down.is_empty() && problems.is_empty();
     Json(serde_json::json!({
-        "status": if down.is_empty() { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
         "nodes_up": nodes.len() - down.len(),
         "nodes_not_up": down,
         "store": st.store.backend(),
+        "problems": problems,
     }))
     .into_response()
 }

@@ -6,7 +6,7 @@
 //! new") atomic.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{
@@ -73,19 +73,112 @@ const DEAD: Queue = Queue {
 };
 
 const SCHEMA: &str = "schema";
+const MARKER: &str = "marker";
 const CHECKPOINT: &str = "checkpoint";
 const LISTS_REVISION: &str = "lists_revision";
 
 /// The redb store. Clones share the database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     max_alerts: usize,
     checkpoint_chunk: usize,
 }
 
-fn be(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("redb: {e}"))
+/// The open database, closed after an I/O error and opened again by the next
+/// transaction. After one failed write (a full disk) redb refuses every
+/// transaction ("Previous I/O error") until the file is closed and opened
+/// again; opening it again runs redb's repair, which brings it back to its
+/// last commit. Until then every call fails as `Unavailable` and is retried
+/// by its caller.
+struct Handle {
+    path: PathBuf,
+    db: std::sync::Mutex<Option<Arc<Database>>>,
+}
+
+impl Handle {
+    fn get(&self) -> StoreResult<Arc<Database>> {
+        let mut db = self
+            .db
+            .lock()
+            .map_err(|_| StoreError::Backend("redb: handle lock poisoned".into()))?;
+        if let Some(d) = db.as_ref() {
+            return Ok(d.clone());
+        }
+        // Transactions still running on the old handle keep the file open:
+        // then this fails (`DatabaseAlreadyOpen`) and the next call tries again.
+        let d = Arc::new(open_db(&self.path)?);
+        tracing::warn!(path = %self.path.display(), "embedded store reopened after an I/O error");
+        *db = Some(d.clone());
+        Ok(d)
+    }
+
+    /// `d` failed with an I/O error: close it (when the last transaction on
+    /// it ends) so the next call reopens the file.
+    fn failed(&self, d: &Arc<Database>) {
+        if let Ok(mut db) = self.db.lock()
+            && db.as_ref().is_some_and(|x| Arc::ptr_eq(x, d))
+        {
+            *db = None;
+        }
+    }
+}
+
+/// A redb error as a store error: I/O errors (a full disk) make the store
+/// unavailable until it is reopened; the rest are backend errors.
+fn be(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseAlreadyOpen) => {
+            StoreError::Unavailable(format!("redb: {e}"))
+        }
+        e => StoreError::Backend(format!("redb: {e}")),
+    }
+}
+
+/// redb's page cache (its default is 1 GiB, which a gateway writing
+/// checkpoints fills in minutes). Reads of cold pages go to the OS page
+/// cache, which the kernel can reclaim; this one it cannot.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Opens (creating if needed) the database at `path`, with every table.
+fn open_db(path: &Path) -> StoreResult<Database> {
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match be(e) {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("opening {}: {m}", path.display()))
+            }
+            other => StoreError::Backend(format!("opening {}: {other}", path.display())),
+        })?;
+    // Create every table now, so read transactions always find them.
+    let txn = db.begin_write().map_err(be)?;
+    txn.open_table(KEYS).map_err(be)?;
+    txn.open_table(KEY_HASHES).map_err(be)?;
+    txn.open_table(VERSIONS).map_err(be)?;
+    txn.open_table(RULE_STATES).map_err(be)?;
+    txn.open_table(SETTINGS).map_err(be)?;
+    txn.open_table(COUNTERS).map_err(be)?;
+    txn.open_table(AUDIT).map_err(be)?;
+    txn.open_table(ALERTS).map_err(be)?;
+    txn.open_table(ALERTS_BY_TIME).map_err(be)?;
+    txn.open_table(LISTS).map_err(be)?;
+    txn.open_table(LIST_ENTRIES).map_err(be)?;
+    txn.open_table(WEBHOOKS).map_err(be)?;
+    txn.open_table(DEDUP).map_err(be)?;
+    txn.open_table(DEDUP_BY_EXPIRY).map_err(be)?;
+    txn.open_table(DELIVERY_LOG).map_err(be)?;
+    txn.open_table(CHECKPOINT_CHUNKS).map_err(be)?;
+    for queue in [PENDING, DEAD] {
+        txn.open_table(queue.records).map_err(be)?;
+        txn.open_table(queue.by_age).map_err(be)?;
+        txn.open_table(queue.of).map_err(be)?;
+        if let Some(due) = queue.due {
+            txn.open_table(due).map_err(be)?;
+        }
+    }
+    txn.commit().map_err(be)?;
+    Ok(db)
 }
 
 /// Runs `f` on tokio's blocking pool.
@@ -132,6 +225,7 @@ fn owner_only(_dir: &Path, _file: &Path, _dir_created: bool) -> std::io::Result<
 
 impl EmbeddedStore {
     pub(crate) async fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
+        let dir_path = dir.to_path_buf();
         let dir = dir.to_path_buf();
         let db = blocking(move || {
             let created = !dir.exists();
@@ -140,40 +234,14 @@ impl EmbeddedStore {
             let path = dir.join("vigil.redb");
             owner_only(&dir, &path, created)
                 .map_err(|e| StoreError::Backend(format!("securing {}: {e}", path.display())))?;
-            let db = Database::create(&path)
-                .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-            // Create every table now, so read transactions always find them.
-            let txn = db.begin_write().map_err(be)?;
-            txn.open_table(KEYS).map_err(be)?;
-            txn.open_table(KEY_HASHES).map_err(be)?;
-            txn.open_table(VERSIONS).map_err(be)?;
-            txn.open_table(RULE_STATES).map_err(be)?;
-            txn.open_table(SETTINGS).map_err(be)?;
-            txn.open_table(COUNTERS).map_err(be)?;
-            txn.open_table(AUDIT).map_err(be)?;
-            txn.open_table(ALERTS).map_err(be)?;
-            txn.open_table(ALERTS_BY_TIME).map_err(be)?;
-            txn.open_table(LISTS).map_err(be)?;
-            txn.open_table(LIST_ENTRIES).map_err(be)?;
-            txn.open_table(WEBHOOKS).map_err(be)?;
-            txn.open_table(DEDUP).map_err(be)?;
-            txn.open_table(DEDUP_BY_EXPIRY).map_err(be)?;
-            txn.open_table(DELIVERY_LOG).map_err(be)?;
-            txn.open_table(CHECKPOINT_CHUNKS).map_err(be)?;
-            for queue in [PENDING, DEAD] {
-                txn.open_table(queue.records).map_err(be)?;
-                txn.open_table(queue.by_age).map_err(be)?;
-                txn.open_table(queue.of).map_err(be)?;
-                if let Some(due) = queue.due {
-                    txn.open_table(due).map_err(be)?;
-                }
-            }
-            txn.commit().map_err(be)?;
-            Ok(db)
+            open_db(&path)
         })
         .await?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db: Arc::new(Handle {
+                path: dir_path.join("vigil.redb"),
+                db: std::sync::Mutex::new(Some(Arc::new(db))),
+            }),
             max_alerts: DEFAULT_MAX_ALERTS,
             checkpoint_chunk: CHECKPOINT_CHUNK,
         })
@@ -203,10 +271,14 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let handle = Arc::clone(&self.db);
         blocking(move || {
-            let txn = db.begin_read().map_err(be)?;
-            f(&txn)
+            let db = handle.get()?;
+            let out = db.begin_read().map_err(be).and_then(|txn| f(&txn));
+            if let Err(StoreError::Unavailable(_)) = &out {
+                handle.failed(&db);
+            }
+            out
         })
         .await
     }
@@ -218,12 +290,18 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let handle = Arc::clone(&self.db);
         blocking(move || {
-            let txn = db.begin_write().map_err(be)?;
-            let out = f(&txn)?;
-            txn.commit().map_err(be)?;
-            Ok(out)
+            let db = handle.get()?;
+            let out = db.begin_write().map_err(be).and_then(|txn| {
+                let out = f(&txn)?;
+                txn.commit().map_err(be)?;
+                Ok(out)
+            });
+            if let Err(StoreError::Unavailable(_)) = &out {
+                handle.failed(&db);
+            }
+            out
         })
         .await
     }
@@ -445,6 +523,27 @@ impl EmbeddedStore {
         self.write(move |txn| {
             let mut settings = txn.open_table(SETTINGS).map_err(be)?;
             settings.insert(SCHEMA, text.as_str()).map_err(be)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn marker(&self) -> StoreResult<Option<String>> {
+        self.read(|txn| {
+            let settings = txn.open_table(SETTINGS).map_err(be)?;
+            Ok(settings
+                .get(MARKER)
+                .map_err(be)?
+                .map(|text| text.value().to_string()))
+        })
+        .await
+    }
+
+    pub(crate) async fn put_marker(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut settings = txn.open_table(SETTINGS).map_err(be)?;
+            settings.insert(MARKER, id.as_str()).map_err(be)?;
             Ok(())
         })
         .await

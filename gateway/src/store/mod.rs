@@ -43,9 +43,14 @@ pub enum StoreError {
     /// its input cannot be used (an unparsable alert cursor).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The backend failed: I/O, connection, corrupt record.
+    /// The backend failed: a corrupt record, a refused command.
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The backend cannot be reached or written at all (a full disk, an I/O
+    /// error, a lost connection): retried, reported in health, and ingest
+    /// pauses while alerts cannot be stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -209,6 +214,16 @@ impl Store {
 
     pub async fn put_schema(&self, text: &str) -> StoreResult<()> {
         dispatch!(self.put_schema(text))
+    }
+
+    /// The store's identity, written at its first start: a store that
+    /// answers without it has lost its data (a Redis restarted empty).
+    pub async fn marker(&self) -> StoreResult<Option<String>> {
+        dispatch!(self.marker())
+    }
+
+    pub async fn put_marker(&self, id: &str) -> StoreResult<()> {
+        dispatch!(self.put_marker(id))
     }
 
     // --- audit ---

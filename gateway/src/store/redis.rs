@@ -320,8 +320,15 @@ pub struct RedisStore {
     checkpoint_chunk: usize,
 }
 
+/// A Redis error as a store error: one that means Redis cannot be reached
+/// (connection refused or dropped, a timeout, I/O) makes the store
+/// unavailable; a refused command is a backend error.
 fn be(e: RedisError) -> StoreError {
-    StoreError::Backend(format!("redis: {e}"))
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StoreError::Unavailable(format!("redis: {e}"))
+    } else {
+        StoreError::Backend(format!("redis: {e}"))
+    }
 }
 
 /// Errors after which the connection manager reconnects: worth one retry.
@@ -659,6 +666,26 @@ impl RedisStore {
             ::redis::cmd("SET")
                 .arg(key)
                 .arg(text)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn marker(&self) -> StoreResult<Option<String>> {
+        let key = self.k("marker");
+        let key = &key;
+        self.run(|mut c| async move { ::redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn put_marker(&self, id: &str) -> StoreResult<()> {
+        let key = self.k("marker");
+        let key = &key;
+        self.run(|mut c| async move {
+            ::redis::cmd("SET")
+                .arg(key)
+                .arg(id)
                 .exec_async(&mut c)
                 .await
         })
