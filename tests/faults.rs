@@ -380,8 +380,11 @@ fn a_redis_stalled_for_a_minute_moves_no_shard_and_loses_nothing() {
         push_events(&zmq::Context::new(), &pull, &middle, 20);
     });
     // API calls meanwhile (they wait on the store or fail; they must not
-    // disturb the nodes).
+    // disturb the nodes). Store calls time out after 10 s: from then on
+    // health names the store.
+    let mut said_so = false;
     while stalled.elapsed() < Duration::from_secs(60) {
+        said_so |= store_problem(&health(&ep.http));
         let auth = format!("Bearer {key}");
         let _ = http_request(
             &ep.http,
@@ -392,7 +395,12 @@ fn a_redis_stalled_for_a_minute_moves_no_shard_and_loses_nothing() {
         );
         std::thread::sleep(Duration::from_secs(5));
     }
+    said_so |= store_problem(&health(&ep.http));
+    assert!(said_so, "health named the stalled store");
     redis.proc.signal("CONT");
+    wait_until("health ok again", Duration::from_secs(60), || {
+        health(&ep.http)["status"] == "ok"
+    });
     pusher.join().expect("pusher");
     push_events(&ctx, &ep.pull, &s.events[12_000..], 100);
     wait_processed(&ep.http, s.events.len() as u64);
