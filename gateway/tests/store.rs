@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use vigil_gateway::store::{
     AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest,
-    CheckpointShard, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, Mode, Role, RuleState, Store,
-    StoreError, StoredAlert, Webhook, WebhookSecret,
+    CheckpointShard, DELIVERY_LOG_MAX, DeadCursor, Delivery, DeliveryAttempt, Mode, Role,
+    RuleState, Store, StoreError, StoredAlert, Webhook, WebhookSecret,
 };
 
 // ---------------------------------------------------------------- harness
@@ -1185,7 +1185,7 @@ async fn due_order_and_updates(s: &Store) {
 }
 
 async fn dead_letters(s: &Store) {
-    assert!(s.dead_letters(None, 10).await.unwrap().is_empty());
+    assert!(s.dead_letters(None, None, 10).await.unwrap().is_empty());
     let p1 = delivery("wh_1", "m_1", "al_1", 100, 30);
     let p2 = delivery("wh_2", "m_2", "al_2", 100, 20);
     let p3 = delivery("wh_1", "m_3", "al_3", 100, 10);
@@ -1217,32 +1217,56 @@ async fn dead_letters(s: &Store) {
 
     // Oldest first.
     assert_eq!(
-        s.dead_letters(None, 10).await.unwrap(),
+        s.dead_letters(None, None, 10).await.unwrap(),
         vec![p3d.clone(), x.clone(), p1d.clone()]
     );
     assert_eq!(
-        msg_ids(&s.dead_letters(None, 2).await.unwrap()),
+        msg_ids(&s.dead_letters(None, None, 2).await.unwrap()),
         ["m_3", "m_9"]
     );
     assert_eq!(
-        s.dead_letters(Some("wh_1"), 10).await.unwrap(),
+        s.dead_letters(Some("wh_1"), None, 10).await.unwrap(),
         vec![p3d.clone(), p1d.clone()]
     );
     assert_eq!(
-        msg_ids(&s.dead_letters(Some("wh_1"), 1).await.unwrap()),
+        msg_ids(&s.dead_letters(Some("wh_1"), None, 1).await.unwrap()),
         ["m_3"]
     );
     assert_eq!(
-        s.dead_letters(Some("wh_2"), 10).await.unwrap(),
+        s.dead_letters(Some("wh_2"), None, 10).await.unwrap(),
         vec![x.clone()]
     );
     assert!(
-        s.dead_letters(Some("wh_nope"), 10)
+        s.dead_letters(Some("wh_nope"), None, 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert!(s.dead_letters(None, 0).await.unwrap().is_empty());
+    assert!(s.dead_letters(None, None, 0).await.unwrap().is_empty());
+    // Pages: after the last one returned, in the same order, to the end.
+    let c = DeadCursor::of(&p3d);
+    assert_eq!(
+        s.dead_letters(None, Some(&c), 10).await.unwrap(),
+        vec![x.clone(), p1d.clone()]
+    );
+    let c = DeadCursor::parse(&DeadCursor::of(&x).text()).unwrap();
+    assert_eq!(
+        s.dead_letters(None, Some(&c), 10).await.unwrap(),
+        vec![p1d.clone()]
+    );
+    assert!(
+        s.dead_letters(None, Some(&DeadCursor::of(&p1d)), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.dead_letters(Some("wh_1"), Some(&DeadCursor::of(&p3d)), 10)
+            .await
+            .unwrap(),
+        vec![p1d.clone()]
+    );
+    assert!(DeadCursor::parse("nope").is_err());
 
     // Dead-lettering the same message again replaces it.
     let x2 = Delivery {
@@ -1252,7 +1276,7 @@ async fn dead_letters(s: &Store) {
     };
     s.dead_letter(&x2).await.unwrap();
     assert_eq!(
-        s.dead_letters(None, 10).await.unwrap(),
+        s.dead_letters(None, None, 10).await.unwrap(),
         vec![x2.clone(), p3d.clone(), p1d.clone()]
     );
 
@@ -1261,13 +1285,18 @@ async fn dead_letters(s: &Store) {
     assert_eq!(s.take_dead_letter("wh_1", "m_1").await.unwrap(), None);
     assert_eq!(s.take_dead_letter("wh_2", "m_3").await.unwrap(), None);
     assert_eq!(
-        s.dead_letters(None, 10).await.unwrap(),
+        s.dead_letters(None, None, 10).await.unwrap(),
         vec![x2.clone(), p3d.clone()]
     );
     assert_eq!(s.take_dead_letter("wh_2", "m_9").await.unwrap(), Some(x2));
     assert_eq!(s.take_dead_letter("wh_1", "m_3").await.unwrap(), Some(p3d));
-    assert!(s.dead_letters(None, 10).await.unwrap().is_empty());
-    assert!(s.dead_letters(Some("wh_1"), 10).await.unwrap().is_empty());
+    assert!(s.dead_letters(None, None, 10).await.unwrap().is_empty());
+    assert!(
+        s.dead_letters(Some("wh_1"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Dead letters are not pending: the pending one is untouched.
     assert_eq!(s.pending_for("wh_2", 10).await.unwrap(), vec![p2.clone()]);
     assert!(s.complete_delivery("wh_2", "m_2").await.unwrap());
@@ -1338,11 +1367,19 @@ async fn delete_webhook_drops_its_data(s: &Store) {
         vec![y.clone()]
     );
     assert_eq!(s.pending_stats().await.unwrap(), (1, Some(10)));
-    assert!(s.dead_letters(Some("wh_x"), 10).await.unwrap().is_empty());
+    assert!(
+        s.dead_letters(Some("wh_x"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.delivery_log("wh_x", 10).await.unwrap().is_empty());
     // The other webhook keeps everything.
     assert_eq!(s.pending_for("wh_y", 10).await.unwrap(), vec![y]);
-    assert_eq!(msg_ids(&s.dead_letters(None, 10).await.unwrap()), ["m_9"]);
+    assert_eq!(
+        msg_ids(&s.dead_letters(None, None, 10).await.unwrap()),
+        ["m_9"]
+    );
     assert_eq!(s.delivery_log("wh_y", 10).await.unwrap().len(), 1);
     assert_eq!(s.webhooks().await.unwrap(), vec![webhook("wh_y")]);
     // Deleting again: nothing there.
@@ -1649,7 +1686,7 @@ async fn check_filled(s: &Store) {
     assert_eq!(s.due_deliveries(25, 10).await.unwrap(), vec![m2.clone()]);
     assert_eq!(s.pending_stats().await.unwrap(), (2, Some(2)));
     assert_eq!(
-        s.dead_letters(None, 10).await.unwrap(),
+        s.dead_letters(None, None, 10).await.unwrap(),
         vec![delivery("wh_p", "m_3", "al-m_3", 10, 1)]
     );
     assert_eq!(

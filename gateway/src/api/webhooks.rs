@@ -1,7 +1,7 @@
 //! Webhook endpoints (admin), their delivery logs, and dead letters.
 
 use super::{ApiError, ApiResult, AppState, Body, Caller, reply};
-use crate::store::{Role, Webhook, WebhookSecret};
+use crate::store::{DeadCursor, Role, Webhook, WebhookSecret};
 use crate::webhooks::{check_url, new_secret};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -266,6 +266,7 @@ pub async fn rotate_secret(
 pub struct LimitQuery {
     limit: Option<usize>,
     webhook: Option<String>,
+    cursor: Option<String>,
 }
 
 /// The endpoint's delivery log, newest first: attempt, status, latency, outcome.
@@ -293,20 +294,36 @@ pub async fn deliveries(
     Ok(reply(StatusCode::OK, log))
 }
 
-/// Messages whose retries ran out, oldest first.
+/// Messages whose retries ran out, oldest first, a page at a time.
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "webhooks", security(("api_key" = [])),
-    params(("webhook" = Option<String>, Query, description = "Only this endpoint"), ("limit" = Option<usize>, Query, description = "At most (default 100)")),
-    responses((status = 200, description = "`[{webhook, msg_id, alert_id, attempts, last_status, last_error, created_at}]`")))]
+    params(("webhook" = Option<String>, Query, description = "Only this endpoint"), ("limit" = Option<usize>, Query, description = "At most (default 100, at most 1000)"),
+        ("cursor" = Option<String>, Query, description = "`next` of the previous page")),
+    responses((status = 200, description = "`{dead_letters: [{webhook, msg_id, alert_id, attempts, last_status, last_error, created_at}], next}`; `next` is null on the last page"),
+        (status = 400, description = "Bad cursor")))]
 pub async fn dead_letters(
     State(st): State<AppState>,
     c: Caller,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Response> {
     c.require(Role::Admin, "reading dead letters")?;
-    let list: Vec<_> = st
+    let after = q
+        .cursor
+        .as_deref()
+        .map(DeadCursor::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut found = st
         .store
-        .dead_letters(q.webhook.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
-        .await?
+        .dead_letters(q.webhook.as_deref(), after.as_ref(), limit + 1)
+        .await?;
+    let next = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(|d| DeadCursor::of(d).text())
+    } else {
+        None
+    };
+    let list: Vec<_> = found
         .into_iter()
         .map(|d| serde_json::json!({
             "webhook": d.webhook, "msg_id": d.msg_id, "alert_id": d.alert_id, "attempts": d.attempts,
@@ -314,7 +331,10 @@ pub async fn dead_letters(
             "created_at": cep_engine::time::format_ms(d.created_at),
         }))
         .collect();
-    Ok(reply(StatusCode::OK, list))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"dead_letters": list, "next": next}),
+    ))
 }
 
 /// Send a dead letter again (same `webhook-id`, a fresh retry schedule).

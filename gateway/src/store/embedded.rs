@@ -16,9 +16,9 @@ use redb::{
 
 use super::{
     AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest, Cursor,
-    DEDUP_PURGE_BATCH, DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState,
-    RuleVersion, StoreError, StoreResult, StoredAlert, Webhook, filter_matches, from_json,
-    join_chunks, page, to_json,
+    DEDUP_PURGE_BATCH, DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, DeadCursor, Delivery, DeliveryAttempt,
+    RuleState, RuleVersion, StoreError, StoreResult, StoredAlert, Webhook, filter_matches,
+    from_json, join_chunks, page, to_json,
 };
 
 /// Key name → `ApiKey` JSON.
@@ -195,7 +195,7 @@ where
 /// The exclusive upper bound of every key whose first component is `first`
 /// (e.g. the `(list, entry)` keys of a list): the smallest string greater
 /// than `first` is `first` + NUL.
-fn after(first: &str) -> String {
+fn after_key(first: &str) -> String {
     format!("{first}\0")
 }
 
@@ -725,7 +725,7 @@ impl EmbeddedStore {
                 return Ok(None);
             }
             let entries = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after(&name);
+            let end = after_key(&name);
             let mut out = Vec::new();
             for item in entries
                 .range((name.as_str(), "")..(end.as_str(), ""))
@@ -746,7 +746,7 @@ impl EmbeddedStore {
             let mut lists = txn.open_table(LISTS).map_err(be)?;
             lists.insert(name.as_str(), ()).map_err(be)?;
             let mut table = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after(&name);
+            let end = after_key(&name);
             table
                 .retain_in((name.as_str(), "")..(end.as_str(), ""), |_, _| false)
                 .map_err(be)?;
@@ -826,7 +826,7 @@ impl EmbeddedStore {
                 return Ok(false);
             }
             let mut table = txn.open_table(LIST_ENTRIES).map_err(be)?;
-            let end = after(&name);
+            let end = after_key(&name);
             table
                 .retain_in((name.as_str(), "")..(end.as_str(), ""), |_, _| false)
                 .map_err(be)?;
@@ -971,7 +971,7 @@ impl EmbeddedStore {
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let webhook = webhook.to_string();
-        self.read(move |txn| PENDING.list(txn, Some(&webhook), limit))
+        self.read(move |txn| PENDING.list(txn, Some(&webhook), None, limit))
             .await
     }
 
@@ -1030,10 +1030,12 @@ impl EmbeddedStore {
     pub(crate) async fn dead_letters(
         &self,
         webhook: Option<&str>,
+        after: Option<&DeadCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let webhook = webhook.map(str::to_string);
-        self.read(move |txn| DEAD.list(txn, webhook.as_deref(), limit))
+        let after = after.cloned();
+        self.read(move |txn| DEAD.list(txn, webhook.as_deref(), after.as_ref(), limit))
             .await
     }
 
@@ -1373,7 +1375,7 @@ impl Queue {
 
     /// Removes every record of `webhook`.
     fn remove_all_of(&self, txn: &WriteTransaction, webhook: &str) -> StoreResult<()> {
-        let end = after(webhook);
+        let end = after_key(webhook);
         let mut msg_ids = Vec::new();
         {
             let of = txn.open_table(self.of).map_err(be)?;
@@ -1396,6 +1398,7 @@ impl Queue {
         &self,
         txn: &ReadTransaction,
         webhook: Option<&str>,
+        after: Option<&DeadCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let records = txn.open_table(self.records).map_err(be)?;
@@ -1409,9 +1412,16 @@ impl Queue {
         match webhook {
             Some(webhook) => {
                 let of = txn.open_table(self.of).map_err(be)?;
-                let end = after(webhook);
+                let end = after_key(webhook);
+                let start = match after {
+                    Some(c) => Bound::Excluded((webhook, c.created_at, c.msg_id.as_str())),
+                    None => Bound::Included((webhook, i64::MIN, "")),
+                };
                 for item in of
-                    .range((webhook, i64::MIN, "")..(end.as_str(), i64::MIN, ""))
+                    .range::<(&str, i64, &str)>((
+                        start,
+                        Bound::Excluded((end.as_str(), i64::MIN, "")),
+                    ))
                     .map_err(be)?
                     .take(limit)
                 {
@@ -1421,7 +1431,17 @@ impl Queue {
             }
             None => {
                 let by_age = txn.open_table(self.by_age).map_err(be)?;
-                for item in by_age.iter().map_err(be)?.take(limit) {
+                let start = match after {
+                    Some(c) => {
+                        Bound::Excluded((c.created_at, c.msg_id.as_str(), c.webhook.as_str()))
+                    }
+                    None => Bound::Unbounded,
+                };
+                for item in by_age
+                    .range::<(i64, &str, &str)>((start, Bound::Unbounded))
+                    .map_err(be)?
+                    .take(limit)
+                {
                     let (k, _) = item.map_err(be)?;
                     let (_, msg_id, webhook) = k.value();
                     push(webhook, msg_id)?;

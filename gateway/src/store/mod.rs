@@ -426,16 +426,18 @@ impl Store {
     }
 
     /// Up to `limit` dead letters of `webhook` (`None`: of every webhook),
-    /// oldest first: by (`created_at`, `msg_id`, then webhook).
+    /// oldest first: by (`created_at`, `msg_id`, then webhook); `after`: only
+    /// those past that one (the last of the previous page).
     pub async fn dead_letters(
         &self,
         webhook: Option<&str>,
+        after: Option<&DeadCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        dispatch!(self.dead_letters(webhook, limit))
+        dispatch!(self.dead_letters(webhook, after, limit))
     }
 
     /// Removes the dead letter and returns it (e.g. to queue it again).
@@ -644,6 +646,43 @@ impl Cursor {
 
     pub(crate) fn text(&self) -> String {
         format!("{}:{}", self.at, self.id)
+    }
+}
+
+/// A position in the dead-letter order: the (`created_at`, `msg_id`,
+/// webhook) of the last dead letter returned. Its text form
+/// `"<created_at>:<webhook>:<msg_id>"` is a page's `next` (webhook ids are
+/// generated, `wh_` and hex: no colon).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadCursor {
+    pub created_at: i64,
+    pub webhook: String,
+    pub msg_id: String,
+}
+
+impl DeadCursor {
+    pub fn of(d: &Delivery) -> DeadCursor {
+        DeadCursor {
+            created_at: d.created_at,
+            webhook: d.webhook.clone(),
+            msg_id: d.msg_id.clone(),
+        }
+    }
+
+    /// An unparsable cursor is [`StoreError::Conflict`].
+    pub fn parse(text: &str) -> StoreResult<DeadCursor> {
+        let bad = || StoreError::Conflict(format!("bad cursor {text:?}"));
+        let (at, rest) = text.split_once(':').ok_or_else(bad)?;
+        let (webhook, msg_id) = rest.split_once(':').ok_or_else(bad)?;
+        Ok(DeadCursor {
+            created_at: at.parse::<i64>().map_err(|_| bad())?,
+            webhook: webhook.to_string(),
+            msg_id: msg_id.to_string(),
+        })
+    }
+
+    pub fn text(&self) -> String {
+        format!("{}:{}:{}", self.created_at, self.webhook, self.msg_id)
     }
 }
 

@@ -61,9 +61,9 @@ use ::redis::{Client, RedisError, RedisResult, Script};
 
 use super::{
     AlertFilter, AlertPage, ApiKey, AuditEntry, CHECKPOINT_CHUNK, CheckpointManifest, Cursor,
-    DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, Delivery, DeliveryAttempt, RuleState, RuleVersion,
-    StoreError, StoreResult, StoredAlert, Webhook, filter_matches, from_json, join_chunks, page,
-    to_json,
+    DEFAULT_MAX_ALERTS, DELIVERY_LOG_MAX, DeadCursor, Delivery, DeliveryAttempt, RuleState,
+    RuleVersion, StoreError, StoreResult, StoredAlert, Webhook, filter_matches, from_json,
+    join_chunks, page, to_json,
 };
 
 /// Alerts fetched by the first round trip of a query scan; each further
@@ -1257,25 +1257,36 @@ impl RedisStore {
     pub(crate) async fn dead_letters(
         &self,
         webhook: Option<&str>,
+        after: Option<&DeadCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let records = self.k("dead_letters");
         match webhook {
             Some(webhook) => {
+                // Members `CREATED20:MSG`: past the cursor's, exclusive.
+                let min = after.map_or_else(
+                    || "-".to_string(),
+                    |c| format!("({}:{}", at20(c.created_at), c.msg_id),
+                );
                 self.range_records(
                     &self.k(&format!("dead_letters_of:{webhook}")),
                     &records,
-                    ("-", "+"),
+                    (&min, "+"),
                     limit,
                     (AGE_FIELD_AT, &format!("\0{webhook}")),
                 )
                 .await
             }
             None => {
+                // Members `CREATED20:MSG\0WH`.
+                let min = after.map_or_else(
+                    || "-".to_string(),
+                    |c| format!("({}:{}\0{}", at20(c.created_at), c.msg_id, c.webhook),
+                );
                 self.range_records(
                     &self.k("dead_letters_by_age"),
                     &records,
-                    ("-", "+"),
+                    (&min, "+"),
                     limit,
                     (AGE_FIELD_AT, ""),
                 )
