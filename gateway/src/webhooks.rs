@@ -202,6 +202,9 @@ pub struct DeliveryMetrics {
     pub outcomes: Mutex<BTreeMap<&'static str, u64>>,
     pub pending: AtomicU64,
     pub oldest_pending_age_ms: AtomicU64,
+    /// Per endpoint: the age of its oldest pending delivery, ms (0: none).
+    /// A hanging or failing endpoint shows here while the others stay 0.
+    pub oldest_pending_by_webhook: Mutex<BTreeMap<String, u64>>,
 }
 
 impl DeliveryMetrics {
@@ -228,6 +231,18 @@ impl DeliveryMetrics {
             "# HELP vigil_webhook_oldest_pending_seconds age of the oldest pending delivery\n# TYPE vigil_webhook_oldest_pending_seconds gauge\nvigil_webhook_oldest_pending_seconds {}\n",
             self.oldest_pending_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
         ));
+        o.push_str("# HELP vigil_webhook_endpoint_oldest_pending_seconds age of the oldest pending delivery of each endpoint (0: none pending)\n# TYPE vigil_webhook_endpoint_oldest_pending_seconds gauge\n");
+        for (w, ms) in self
+            .oldest_pending_by_webhook
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            o.push_str(&format!(
+                "vigil_webhook_endpoint_oldest_pending_seconds{{webhook=\"{w}\"}} {}\n",
+                ms as f64 / 1000.0
+            ));
+        }
         o
     }
 }
@@ -297,6 +312,26 @@ impl Dispatcher {
                     me.metrics
                         .oldest_pending_age_ms
                         .store(age, Ordering::Relaxed);
+                    // Per endpoint (its oldest first in its queue).
+                    let mut by = BTreeMap::new();
+                    if let Ok(hooks) = me.endpoints().await {
+                        for w in hooks.iter() {
+                            let age = if n == 0 {
+                                0
+                            } else {
+                                me.store
+                                    .pending_for(&w.id, 1)
+                                    .await
+                                    .ok()
+                                    .and_then(|d| d.first().map(|d| d.created_at))
+                                    .map_or(0, |t| (now_ms() - t).max(0) as u64)
+                            };
+                            by.insert(w.id.clone(), age);
+                        }
+                    }
+                    if let Ok(mut m) = me.metrics.oldest_pending_by_webhook.lock() {
+                        *m = by;
+                    }
                 }
             }
         });

@@ -449,6 +449,38 @@ async fn three_failures_then_success_delivers_once_with_the_same_id() {
     g.sys.shutdown().await;
 }
 
+/// Issue 16, item 6: an endpoint whose deliveries cannot get through shows
+/// the age of its oldest pending one; a healthy endpoint shows 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_shows_the_age_of_its_oldest_pending_delivery() {
+    let bad = Receiver::start(Duration::ZERO).await;
+    bad.answer(&[], 500);
+    let good = Receiver::start(Duration::ZERO).await;
+    let g = G::start(temp("data"), rules(), "1h").await;
+    let (bad_id, _) = g.register(serde_json::json!({"url": bad.url})).await;
+    let (good_id, _) = g.register(serde_json::json!({"url": good.url})).await;
+    g.pair("c9", 0).await;
+    good.wait(1, Duration::from_secs(10)).await;
+    bad.wait(1, Duration::from_secs(10)).await;
+    let age = |text: &str, id: &str| -> f64 {
+        let series = format!("vigil_webhook_endpoint_oldest_pending_seconds{{webhook=\"{id}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = g.sys.state.dispatcher.metrics.prometheus();
+        if age(&text, &bad_id) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(age(&text, &bad_id) >= 1.0, "{text}");
+    assert_eq!(age(&text, &good_id), 0.0, "{text}");
+    g.sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_the_whole_schedule_ends_in_dead_letters_and_resend_delivers() {
     let rx = Receiver::start(Duration::ZERO).await;
