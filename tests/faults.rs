@@ -192,6 +192,9 @@ fn a_full_disk_pauses_ingest_says_so_and_loses_nothing_once_freed() {
         0.0
     );
     assert!(metric(&ep.http, "vigil_ingest_pauses_total") > 0.0);
+    // What no durable checkpoint covers yet is held for replay, and shown.
+    assert!(metric(&ep.http, "vigil_replay_log_events") > 0.0);
+    assert!(metric(&ep.http, "vigil_replay_log_bytes") > 0.0);
     // Paused: the accepted count stops moving.
     let accepted = |http: &str| cluster(http).and_then(|c| c["events_accepted"].as_u64());
     let a1 = accepted(&ep.http);
@@ -408,6 +411,10 @@ fn a_redis_stalled_for_a_minute_moves_no_shard_and_loses_nothing() {
         metric(&ep.http, "vigil_shards_moved_total"),
         0.0,
         "no failover while every node was alive"
+    );
+    assert!(
+        metric(&ep.http, "vigil_checkpoint_failures_total") > 0.0,
+        "checkpoints that could not be stored are counted"
     );
     let published = id_counts(sink.all_published(&ep.http).iter());
     assert_same_alerts(&published, &expected, "after a 60 s Redis stall", "");
