@@ -424,5 +424,19 @@ fn a_redis_stalled_for_a_minute_moves_no_shard_and_loses_nothing() {
         stored.values().sum::<usize>() >= expected.values().sum::<usize>()
     });
     assert_same_alerts(&stored, &expected, "stored after a 60 s Redis stall", "");
+    // The per-rule counter agrees with the store after the stall.
+    let counted: f64 = http_get(&ops_addr(&ep.http), "/metrics")
+        .map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("vigil_rule_alerts_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    assert_eq!(
+        counted as usize,
+        expected.values().sum::<usize>(),
+        "vigil_rule_alerts_total counts every stored alert"
+    );
     drop(gw);
 }

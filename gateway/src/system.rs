@@ -495,10 +495,20 @@ async fn handle_alerts(
         })
         .await;
     }
+    let mut attempts = 0;
     let new = until_ok(status, "store", "storing alerts", || {
+        attempts += 1;
         store.put_alerts(&fresh)
     })
     .await;
+    // After a failed attempt (a Redis timeout) the write may have happened
+    // anyway, and the retry then finds the alerts stored: they are still
+    // ours to count and announce (they were not stored when checked above).
+    let new = if attempts > 1 {
+        vec![true; fresh.len()]
+    } else {
+        new
+    };
     for (stored, new) in fresh.into_iter().zip(new) {
         // Only another gateway on the same shared store can have stored it
         // in between; it counts and announces its own copy.
