@@ -267,6 +267,87 @@ fn get_with(http: &str, path: &str, key: &str) -> u16 {
     http_request(http, "GET", path, &[("Authorization", &auth)], "").map_or(0, |(s, _)| s)
 }
 
+/// Issue 16, item 4: while the store stalls, what the gateway reports is
+/// true and live: `/v1/cluster` and `/healthz` answer at once (the router
+/// never waits on the store), health names the store, ingest pauses are
+/// counted, the replay log shows what no checkpoint covers yet, and the
+/// checkpoints that could not be stored are counted; all clear after.
+#[test]
+fn health_and_metrics_tell_the_truth_while_the_store_stalls() {
+    let redis = start_redis();
+    let s = Scenario::new("redis-truth", 8_000, 200);
+    let ep = Endpoints::fresh();
+    let _gw = start_gateway_in(
+        &fresh_dir("data"),
+        &s.rules,
+        &[],
+        &ep,
+        &[
+            "--idle",
+            "0s",
+            "--redis",
+            &redis.url,
+            "--checkpoint-every",
+            "300ms",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    push_events(&ctx, &ep.pull, &s.events[..2_000], 100);
+    wait_processed(&ep.http, 2_000);
+    let failures_before = metric(&ep.http, "vigil_checkpoint_failures_total");
+
+    redis.proc.signal("STOP");
+    let (pull, rest) = (ep.pull.clone(), s.events[2_000..].to_vec());
+    let pusher = std::thread::spawn(move || {
+        push_events(&zmq::Context::new(), &pull, &rest, 20);
+    });
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut named = false;
+    // Past the 10 s store timeout and the 30 s after which a checkpoint not
+    // stored counts as failed.
+    while started.elapsed() < Duration::from_secs(35) {
+        let t = Instant::now();
+        let c = cluster(&ep.http).expect("/v1/cluster answers during the stall");
+        let h = health(&ep.http);
+        slowest = slowest.max(t.elapsed());
+        assert!(c["nodes"].as_array().is_some_and(|n| !n.is_empty()), "{c}");
+        named |= store_problem(&h);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the cluster view and health answer at once: slowest {slowest:?}"
+    );
+    assert!(named, "health named the stalled store");
+    let ready = http_get(&ep.http, "/readyz").expect("readyz");
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(metric(&ep.http, "vigil_ingest_pauses_total") > 0.0);
+    assert!(metric(&ep.http, "vigil_replay_log_events") > 0.0);
+    assert!(
+        metric(&ep.http, "vigil_checkpoint_failures_total") > failures_before,
+        "checkpoints not stored are counted"
+    );
+    assert!(
+        metric(
+            &ep.http,
+            "vigil_dependency_failures_total{component=\"store\"}"
+        ) > 0.0
+    );
+
+    redis.proc.signal("CONT");
+    pusher.join().expect("pusher");
+    wait_processed(&ep.http, s.events.len() as u64);
+    wait_until("health ok again", Duration::from_secs(60), || {
+        health(&ep.http)["status"] == "ok"
+    });
+    assert_eq!(
+        metric(&ep.http, "vigil_dependency_up{component=\"store\"}"),
+        1.0
+    );
+    assert_eq!(http_get(&ep.http, "/readyz").map(|r| r.0), Some(200));
+}
+
 /// Issue 16, item 5: Redis restarts empty under a running gateway. The
 /// gateway notices (the store's marker is gone), says so in the log and in
 /// `/healthz`, and runs the first-start bootstrap again: the rule files are

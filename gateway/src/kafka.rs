@@ -269,6 +269,11 @@ struct Part {
     rewound: bool,
     /// When this partition last delivered its next offset (or was re-read).
     progress: std::time::Instant,
+    /// The offset of the last message delivered (routed or not).
+    last_seen: Option<i64>,
+    /// The broker's end was below our next offset: its last message was
+    /// asked for again, to tell a quirk from lost data (see `check_stalled`).
+    probing: bool,
 }
 
 /// How far before a checkpoint's offset a resumed partition is fetched from.
@@ -290,6 +295,8 @@ impl Positions {
                         next: Some(*o),
                         rewound: false,
                         progress: now,
+                        last_seen: None,
+                        probing: false,
                     };
                     (*p, part)
                 })
@@ -309,7 +316,10 @@ impl Positions {
             next: None,
             rewound: false,
             progress: now,
+            last_seen: None,
+            probing: false,
         });
+        part.last_seen = Some(offset);
         match part.next {
             None => {
                 part.next = Some(offset + 1);
@@ -363,16 +373,45 @@ impl Positions {
             if now.duration_since(part.progress) < STALL {
                 continue;
             }
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(2))
-            else {
-                continue;
+            let (low, high) = match consumer.fetch_watermarks(
+                &self.topic,
+                *p,
+                Duration::from_secs(2),
+            ) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(partition = *p, error = %e, "cannot read the partition's offsets from the broker");
+                    continue;
+                }
             };
             part.progress = now;
-            if high == n {
+            // Beyond the end: the broker holds less than what was read? Its
+            // high watermark alone does not say so (tansu 0.6 may report
+            // the start of its last record batch, a few offsets below what
+            // was read from that batch). So its last message is asked for
+            // again: a broker that still holds what was read delivers up to
+            // `n - 1` (the whole batch); one that lost it (the topic was
+            // recreated) delivers only offsets well below, or nothing.
+            let mut backwards = false;
+            if high < n {
+                if high <= low {
+                    backwards = true; // it holds nothing at all
+                } else if !part.probing {
+                    part.probing = true;
+                    part.last_seen = None;
+                    seek(consumer, &self.topic, *p, Offset::Offset(high - 1));
+                    continue;
+                } else {
+                    part.probing = false;
+                    backwards = part.last_seen.is_none_or(|m| m + 1 < n);
+                }
+            } else {
+                part.probing = false;
+            }
+            if high <= n && !backwards {
                 continue; // nothing new: quiet, not stalled
             }
-            if high < n || low > n {
+            if backwards || low > n {
                 // Offsets went backwards (the topic was recreated) or the
                 // events due were deleted: the policy decides.
                 jumps.push(OffsetJump {
