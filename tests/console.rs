@@ -67,6 +67,12 @@ fn txns(prefix: &str, cards: &[(&str, bool)], start: chrono::DateTime<chrono::Ut
     out
 }
 
+/// Whether the element was replaced by a re-render after it was found.
+fn is_stale(err: &fantoccini::error::CmdError) -> bool {
+    matches!(err, fantoccini::error::CmdError::Standard(e)
+        if e.error == fantoccini::error::ErrorStatus::StaleElementReference)
+}
+
 struct Browser {
     c: Client,
     base: String,
@@ -129,10 +135,37 @@ impl Browser {
             .expect("navigate");
     }
 
+    /// Replaces the text of `css` like a user would. The console re-renders
+    /// a view when the server answers (a promotion, a save), which can
+    /// replace the element between finding and typing: a stale element is
+    /// found again, and plain text is read back until the field holds it.
     async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await;
-        e.clear().await.expect("clear");
-        e.send_keys(text).await.expect("type");
+        let plain = !text.chars().any(|c| ('\u{E000}'..='\u{F8FF}').contains(&c));
+        let start = Instant::now();
+        loop {
+            let e = self.find(css).await;
+            let typed = match e.clear().await {
+                Ok(()) => e.send_keys(text).await,
+                Err(err) => Err(err),
+            };
+            let settled = match typed {
+                Ok(()) if !plain => return,
+                Ok(()) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let value = self.find(css).await.prop("value").await;
+                    matches!(value, Ok(Some(v)) if v == text)
+                }
+                Err(err) if is_stale(&err) => false,
+                Err(err) => panic!("typing into `{css}`: {err}"),
+            };
+            if settled {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                self.shot("failure").await;
+                panic!("typing into `{css}`: the field never held the text");
+            }
+        }
     }
 
     /// A screenshot with `css` scrolled into the middle of the window.
