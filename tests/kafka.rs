@@ -543,7 +543,6 @@ async fn events_from_kafka_give_the_alerts_of_replay_and_reach_the_alerts_topic(
 /// apply `--kafka-offset-reset` (default `earliest`: read the new topic
 /// whole), and raise replay's alerts for everything produced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: in about half the runs the Kafka source stops reading after the broker restarts on the same port (the consume loop stays inside StreamConsumer::recv; issue 16 stays open)"]
 async fn a_topic_recreated_behind_the_checkpoint_is_detected_and_read_again() {
     let port = free_port();
     let (broker, brokers) = start_broker_on(port);
@@ -625,7 +624,6 @@ async fn a_topic_recreated_behind_the_checkpoint_is_detected_and_read_again() {
 /// loudly (health names `kafka` as stopped), instead of reading on; the rest
 /// of the gateway keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: in about half the runs the Kafka source stops reading after the broker restarts on the same port (the consume loop stays inside StreamConsumer::recv; issue 16 stays open)"]
 async fn with_the_fail_policy_a_recreated_topic_stops_the_source_loudly() {
     let port = free_port();
     let (broker, brokers) = start_broker_on(port);

@@ -104,58 +104,134 @@ pub async fn consume(
     start: BTreeMap<i32, i64>,
     committed: tokio::sync::watch::Receiver<BTreeMap<i32, i64>>,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &src.brokers)
-        .set("group.id", &src.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let consumer = Arc::new(consumer);
-    let partitions = {
-        let (c, t) = (consumer.clone(), src.topic.clone());
-        tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(10))
-                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        })
-        .await??
-    };
-    anyhow::ensure!(
-        partitions > 0,
-        "Kafka topic `{}` has no partitions (does it exist?)",
-        src.topic
-    );
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(&src.topic, p, Positions::fetch_from(start.get(&p)))?;
-    }
-    consumer.assign(&tpl)?;
-    // Every partition is an input of the event-time clock from the start: an
-    // input not heard from yet holds the clock back (until the idle period).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let announce = HttpIngest {
-        events: vec![],
-        inputs: Some((0..partitions as u32).map(|p| 1 + p).collect()),
-        offsets: None,
-        reply: tx,
-    };
-    if ingest.send(announce).await.is_err() {
-        return Ok(());
-    }
-    let _ = rx.await;
-    info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions, resumed = !start.is_empty(), "consuming Kafka");
-    tokio::spawn(report_lag(
-        consumer.clone(),
-        src.topic.clone(),
-        status.clone(),
-    ));
-    tokio::spawn(commit_checkpointed(
-        consumer.clone(),
-        src.topic.clone(),
-        committed,
-    ));
     let mut positions = Positions::new(&src.topic, &start);
+    let mut announced = false;
+    loop {
+        let client = Client::connect(&src, &positions, status.clone(), committed.clone()).await?;
+        if !announced {
+            announced = true;
+            // Every partition is an input of the event-time clock from the
+            // start: an input not heard from yet holds the clock back (until
+            // the idle period).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let announce = HttpIngest {
+                events: vec![],
+                inputs: Some((0..client.partitions as u32).map(|p| 1 + p).collect()),
+                offsets: None,
+                reply: tx,
+            };
+            if ingest.send(announce).await.is_err() {
+                return Ok(());
+            }
+            let _ = rx.await;
+        }
+        info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions = client.partitions, resumed = !positions.parts.is_empty(), "consuming Kafka");
+        let (p, outcome) = run(&src, &client, positions, &ingest, &status).await;
+        positions = p;
+        client.close();
+        match outcome? {
+            Outcome::Closed => return Ok(()),
+            Outcome::Wedged => {
+                status
+                    .counters
+                    .kafka_client_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    "a Kafka partition that holds more delivered nothing through {WEDGED} re-reads; replacing the consumer client (it resumes at the offsets due)"
+                );
+            }
+        }
+    }
+}
+
+/// A consumer client and the tasks that share it.
+struct Client {
+    consumer: Arc<StreamConsumer>,
+    partitions: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Client {
+    /// A client assigned every partition of the topic, each at the offset
+    /// `positions` has due (or the group's committed one).
+    async fn connect(
+        src: &KafkaSource,
+        positions: &Positions,
+        status: Arc<Status>,
+        committed: tokio::sync::watch::Receiver<BTreeMap<i32, i64>>,
+    ) -> anyhow::Result<Client> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &src.brokers)
+            .set("group.id", &src.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let consumer = Arc::new(consumer);
+        let partitions = {
+            let (c, t) = (consumer.clone(), src.topic.clone());
+            tokio::task::spawn_blocking(move || {
+                c.fetch_metadata(Some(&t), Duration::from_secs(10))
+                    .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+            })
+            .await??
+        };
+        anyhow::ensure!(
+            partitions > 0,
+            "Kafka topic `{}` has no partitions (does it exist?)",
+            src.topic
+        );
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(&src.topic, p, positions.fetch_from(p))?;
+        }
+        consumer.assign(&tpl)?;
+        let tasks = vec![
+            tokio::spawn(report_lag(consumer.clone(), src.topic.clone(), status)),
+            tokio::spawn(commit_checkpointed(
+                consumer.clone(),
+                src.topic.clone(),
+                committed,
+            )),
+        ];
+        Ok(Client {
+            consumer,
+            partitions,
+            tasks,
+        })
+    }
+
+    fn close(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Why [`run`] returned.
+enum Outcome {
+    /// The router is gone: the gateway is shutting down.
+    Closed,
+    /// The client stopped delivering: replace it.
+    Wedged,
+}
+
+/// Re-reads of one partition without a message, in a row, after which the
+/// client is replaced (librdkafka can leave a partition's fetcher stuck
+/// after a broker restart; seeks then change nothing).
+const WEDGED: u32 = 3;
+
+/// Reads batches from `client` into the router until the router goes away
+/// or the client stops delivering. Returns the positions either way.
+async fn run(
+    src: &KafkaSource,
+    client: &Client,
+    mut positions: Positions,
+    ingest: &tokio::sync::mpsc::Sender<HttpIngest>,
+    status: &Arc<Status>,
+) -> (Positions, anyhow::Result<Outcome>) {
+    let consumer = &client.consumer;
     let mut last_check = std::time::Instant::now();
     loop {
         // Gather a batch: wait for a message, then take what is ready.
@@ -166,7 +242,7 @@ pub async fn consume(
         while events.len() < BATCH {
             match tokio::time::timeout(wait, consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    if !positions.take(&consumer, m.partition(), m.offset()) {
+                    if !positions.take(consumer, m.partition(), m.offset()) {
                         continue;
                     }
                     events.push(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
@@ -186,12 +262,19 @@ pub async fn consume(
             last_check = std::time::Instant::now();
             let c = consumer.clone();
             let reset = src.reset;
-            let (p, jumps) = tokio::task::spawn_blocking(move || {
+            let checked = tokio::task::spawn_blocking(move || {
                 let jumps = positions.check_stalled(&c, reset);
                 (positions, jumps)
             })
-            .await?;
-            positions = p;
+            .await;
+            let jumps;
+            (positions, jumps) = match checked {
+                Ok(done) => done,
+                Err(e) => {
+                    let why = anyhow::anyhow!("the Kafka offset check failed: {e}");
+                    return (Positions::new(&src.topic, &BTreeMap::new()), Err(why));
+                }
+            };
             for j in &jumps {
                 let what = j.describe();
                 status
@@ -206,7 +289,7 @@ pub async fn consume(
                 error!(partition = j.partition, want = j.want, low = j.low, high = j.high, policy = ?src.reset, "{what}");
             }
             if src.reset == OffsetReset::Fail && !jumps.is_empty() {
-                anyhow::bail!(
+                let why = anyhow::anyhow!(
                     "stopped consuming (--kafka-offset-reset fail): {}",
                     jumps
                         .iter()
@@ -214,8 +297,13 @@ pub async fn consume(
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
+                return (positions, Err(why));
             }
             status.expire_alarms();
+            if positions.wedged() {
+                positions.restarted();
+                return (positions, Ok(Outcome::Wedged));
+            }
         }
         if events.is_empty() {
             continue;
@@ -229,11 +317,11 @@ pub async fn consume(
         };
         let asked = std::time::Instant::now();
         if ingest.send(req).await.is_err() {
-            return Ok(());
+            return (positions, Ok(Outcome::Closed));
         }
         // One batch at a time: the router has numbered these before the next.
         if rx.await.is_err() {
-            return Ok(());
+            return (positions, Ok(Outcome::Closed));
         }
         if asked.elapsed() >= Duration::from_millis(500) {
             positions.waited();
@@ -274,6 +362,8 @@ struct Part {
     /// The broker's end was below our next offset: its last message was
     /// asked for again, to tell a quirk from lost data (see `check_stalled`).
     probing: bool,
+    /// Re-reads since the partition last delivered anything.
+    stalls: u32,
 }
 
 /// How far before a checkpoint's offset a resumed partition is fetched from.
@@ -297,6 +387,7 @@ impl Positions {
                         progress: now,
                         last_seen: None,
                         probing: false,
+                        stalls: 0,
                     };
                     (*p, part)
                 })
@@ -304,9 +395,30 @@ impl Positions {
         }
     }
 
-    /// Where to start fetching `p`.
-    fn fetch_from(start: Option<&i64>) -> Offset {
-        start.map_or(Offset::Stored, |o| Offset::Offset((o - REWIND).max(0)))
+    /// Where a new client starts fetching `p`: a little before its next
+    /// offset due, else at the group's committed offset.
+    fn fetch_from(&self, p: i32) -> Offset {
+        match self.parts.get(&p).and_then(|part| part.next) {
+            Some(n) => Offset::Offset((n - REWIND).max(0)),
+            None => Offset::Stored,
+        }
+    }
+
+    /// Whether a partition went through [`WEDGED`] re-reads in a row
+    /// without a single message.
+    fn wedged(&self) -> bool {
+        self.parts.values().any(|part| part.stalls >= WEDGED)
+    }
+
+    /// A new client starts: nothing it fetches predates a re-read.
+    fn restarted(&mut self) {
+        let now = std::time::Instant::now();
+        for part in self.parts.values_mut() {
+            part.stalls = 0;
+            part.rewound = false;
+            part.probing = false;
+            part.progress = now;
+        }
     }
 
     /// Whether the message at (`p`, `offset`) is the next one to route.
@@ -318,8 +430,10 @@ impl Positions {
             progress: now,
             last_seen: None,
             probing: false,
+            stalls: 0,
         });
         part.last_seen = Some(offset);
+        part.stalls = 0;
         match part.next {
             None => {
                 part.next = Some(offset + 1);
@@ -423,13 +537,16 @@ impl Positions {
                 match reset {
                     OffsetReset::Fail => {}
                     OffsetReset::Earliest => {
-                        part.next = None;
-                        part.rewound = false;
+                        // The next offset due is the broker's first: if
+                        // the seek delivers nothing, the partition stalls
+                        // and is re-read like any other.
+                        part.next = Some(low);
+                        part.rewound = true;
                         seek(consumer, &self.topic, *p, Offset::Beginning);
                     }
                     OffsetReset::Latest => {
                         part.next = Some(high);
-                        part.rewound = false;
+                        part.rewound = true;
                         seek(consumer, &self.topic, *p, Offset::Offset(high));
                     }
                 }
@@ -441,6 +558,7 @@ impl Positions {
                 high,
                 "no message from a partition that holds more; re-reading it from its start"
             );
+            part.stalls += 1;
             part.rewound = true;
             rewind(consumer, &self.topic, *p);
         }

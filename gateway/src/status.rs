@@ -32,6 +32,8 @@ pub struct Counters {
     /// Kafka partitions whose next offset was outside what the broker holds
     /// (topic recreated, events deleted unread).
     pub kafka_offset_resets: AtomicU64,
+    /// Kafka consumer clients replaced because one stopped delivering.
+    pub kafka_client_restarts: AtomicU64,
     /// Times an in-process node was silent past the node timeout while its
     /// thread ran (busy, so not failed over).
     pub nodes_busy: AtomicU64,
@@ -453,6 +455,11 @@ impl Status {
             "vigil_kafka_offset_resets_total",
             "Kafka partitions found resuming outside the broker's offsets (topic recreated, events deleted unread)",
             &c.kafka_offset_resets,
+        );
+        counter(
+            "vigil_kafka_client_restarts_total",
+            "Kafka consumer clients replaced because a partition holding more delivered nothing through repeated re-reads",
+            &c.kafka_client_restarts,
         );
         counter(
             "vigil_nodes_busy_total",
