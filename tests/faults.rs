@@ -210,6 +210,10 @@ fn a_full_disk_pauses_ingest_says_so_and_loses_nothing_once_freed() {
         health(&ep.http)["status"] == "ok"
     });
     pusher.join().expect("pusher");
+    // A PULL socket fair-queues between connections: the last part goes
+    // on a new one only once the middle part is in, or the two would
+    // interleave (events out of order, late with no lateness allowed).
+    wait_processed(&ep.http, 8_000);
     push_events(&ctx, &ep.pull, &s.events[8_000..], 100);
     wait_processed(&ep.http, s.events.len() as u64);
     assert_eq!(
@@ -486,6 +490,9 @@ fn a_redis_stalled_for_a_minute_moves_no_shard_and_loses_nothing() {
         health(&ep.http)["status"] == "ok"
     });
     pusher.join().expect("pusher");
+    // On a new connection only once the middle part is in (see the disk
+    // test: a PULL socket interleaves connections).
+    wait_processed(&ep.http, 12_000);
     push_events(&ctx, &ep.pull, &s.events[12_000..], 100);
     wait_processed(&ep.http, s.events.len() as u64);
     assert_eq!(
