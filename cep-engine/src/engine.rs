@@ -337,16 +337,55 @@ impl Snapshot {
     }
 }
 
-/// The matching engine.
-pub struct Engine {
+/// What running a rule set needs that does not change until the next
+/// deploy: the rules, which rules read each event type, the type names, the
+/// compiled regexes and each rule's identity. Derived once per deploy and
+/// shared by every engine running the set (a node's shards), so per-shard
+/// memory and deploy time hold only mutable state.
+#[derive(Debug)]
+pub struct Program {
     rules: Arc<RuleSet>,
-    config: EngineConfig,
-    rts: Vec<RuleRt>,
     by_type: Vec<Vec<usize>>,
     type_names: Vec<Arc<str>>,
+    regexes: HashMap<String, regex::Regex>,
+    identities: Vec<String>,
+}
+
+impl Program {
+    pub fn new(rules: Arc<RuleSet>) -> Arc<Program> {
+        let mut by_type = vec![vec![]; rules.schemas.len()];
+        let mut regexes = HashMap::new();
+        for (i, r) in rules.rules.iter().enumerate() {
+            for &t in &r.types {
+                by_type[t as usize].push(i);
+            }
+            collect_regexes(r, &mut regexes);
+        }
+        Arc::new(Program {
+            type_names: rules
+                .schemas
+                .iter()
+                .map(|s| Arc::from(s.name.as_str()))
+                .collect(),
+            identities: rules.rules.iter().map(|r| identity(&rules, r)).collect(),
+            by_type,
+            regexes,
+            rules,
+        })
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+}
+
+/// The matching engine.
+pub struct Engine {
+    program: Arc<Program>,
+    config: EngineConfig,
+    rts: Vec<RuleRt>,
     /// Shared with every engine the owner handed the same table to.
     lists: Arc<Lists>,
-    regexes: HashMap<String, regex::Regex>,
     buffer: BinaryHeap<Reverse<Buffered>>,
     timers: Timers,
     inputs: BTreeMap<u32, Input>,
@@ -383,14 +422,20 @@ impl Engine {
         config: EngineConfig,
         deployments: &[Deployment],
     ) -> Engine {
+        Engine::with_program(Program::new(rules), config, deployments)
+    }
+
+    /// [`Engine::with_deployments`] on a program other engines share.
+    pub fn with_program(
+        program: Arc<Program>,
+        config: EngineConfig,
+        deployments: &[Deployment],
+    ) -> Engine {
         let mut e = Engine {
-            rules: rules.clone(),
+            program: program.clone(),
             config,
             rts: vec![],
-            by_type: vec![],
-            type_names: vec![],
             lists: Arc::default(),
-            regexes: HashMap::new(),
             buffer: BinaryHeap::new(),
             timers: Timers::default(),
             inputs: BTreeMap::new(),
@@ -402,31 +447,20 @@ impl Engine {
             alerts: vec![],
             metrics: Metrics::default(),
         };
-        e.install(rules, deployments, HashMap::new());
+        e.install(program, deployments, HashMap::new());
         e
     }
 
     fn install(
         &mut self,
-        rules: Arc<RuleSet>,
+        program: Arc<Program>,
         deployments: &[Deployment],
         mut keep: HashMap<String, RuleRt>,
     ) {
-        self.type_names = rules
-            .schemas
-            .iter()
-            .map(|s| Arc::from(s.name.as_str()))
-            .collect();
-        self.by_type = vec![vec![]; rules.schemas.len()];
-        self.regexes.clear();
         self.rts.clear();
-        for (i, r) in rules.rules.iter().enumerate() {
-            for &t in &r.types {
-                self.by_type[t as usize].push(i);
-            }
-            collect_regexes(r, &mut self.regexes);
+        for (i, r) in program.rules.rules.iter().enumerate() {
             let dep = deployments.get(i).copied().unwrap_or_default();
-            let rt = match keep.remove(&state_key(&r.name, &identity(&rules, r))) {
+            let rt = match keep.remove(&state_key(&r.name, &program.identities[i])) {
                 Some(mut rt) if rt.version == dep.version => {
                     rt.shadow = dep.shadow;
                     rt
@@ -442,28 +476,40 @@ impl Engine {
             };
             self.rts.push(rt);
         }
-        self.rules = rules;
+        self.program = program;
         self.rebuild_timers();
     }
 
     /// Replaces the rule set while running: a rule whose text, schema and version
     /// are unchanged keeps its partial matches; a changed or new rule starts fresh.
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>, deployments: &[Deployment]) {
+        self.replace_program(Program::new(rules), deployments);
+    }
+
+    /// [`Engine::replace_rules`] with a program other engines share.
+    pub fn replace_program(&mut self, program: Arc<Program>, deployments: &[Deployment]) {
+        let old = self.program.clone();
         let mut keep = HashMap::new();
-        for (r, rt) in self.rules.rules.iter().zip(self.rts.drain(..)) {
-            keep.insert(state_key(&r.name, &identity(&self.rules, r)), rt);
+        for ((r, id), rt) in old
+            .rules
+            .rules
+            .iter()
+            .zip(&old.identities)
+            .zip(self.rts.drain(..))
+        {
+            keep.insert(state_key(&r.name, id), rt);
         }
         // Buffered events keep their place if their type is unchanged.
-        let old = self.rules.clone();
         let buffered: Vec<Buffered> = std::mem::take(&mut self.buffer)
             .into_iter()
             .map(|r| r.0)
             .collect();
-        self.install(rules, deployments, keep);
+        self.install(program, deployments, keep);
+        let new = &self.program.rules;
         for mut b in buffered {
-            let old_schema = &old.schemas[b.event.ty as usize];
-            if let Some(nt) = self.rules.schema_id(&old_schema.name)
-                && self.rules.schemas[nt as usize] == *old_schema
+            let old_schema = &old.rules.schemas[b.event.ty as usize];
+            if let Some(nt) = new.schema_id(&old_schema.name)
+                && new.schemas[nt as usize] == *old_schema
             {
                 b.event.ty = nt;
                 self.buffer.push(Reverse(b));
@@ -473,7 +519,12 @@ impl Engine {
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
+        &self.program.rules
+    }
+
+    /// The program this engine runs (shared with the engines it was handed to).
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -669,10 +720,9 @@ impl Engine {
     /// Splits the engine into what expressions read and what matching writes.
     fn split(&mut self) -> (Env<'_>, Work<'_>) {
         let Engine {
+            program,
             rts,
-            type_names,
             lists,
-            regexes,
             metrics,
             alerts,
             timers,
@@ -683,9 +733,9 @@ impl Engine {
         } = self;
         (
             Env {
-                type_names,
+                type_names: &program.type_names,
                 lists,
-                regexes,
+                regexes: &program.regexes,
             },
             Work {
                 rts,
@@ -704,8 +754,8 @@ impl Engine {
     /// A timer of `key` fired: expire what is due before `now`, emit absence
     /// alerts, release the state if nothing is left to wait for.
     fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
-        let rules = self.rules.clone();
-        let rule = &rules.rules[ri];
+        let program = self.program.clone();
+        let rule = &program.rules.rules[ri];
         let (env, w) = self.split();
         let Work {
             rts,
@@ -758,16 +808,14 @@ impl Engine {
         self.next_seq += 1;
         self.metrics.events_processed += 1;
         let ty = ev.ty as usize;
-        let n_rules = self.by_type.get(ty).map_or(0, Vec::len);
-        if n_rules == 0 {
+        let program = self.program.clone();
+        let Some(readers) = program.by_type.get(ty).filter(|r| !r.is_empty()) else {
             self.metrics.unused += 1;
             return;
-        }
+        };
         let ev = Arc::new(ev);
-        let rules = self.rules.clone();
-        for k in 0..n_rules {
-            let ri = self.by_type[ty][k];
-            let rule = &rules.rules[ri];
+        for &ri in readers {
+            let rule = &program.rules.rules[ri];
             if !route.admits(rule, ty) {
                 continue;
             }
@@ -931,8 +979,9 @@ impl Engine {
     }
 
     fn rebuild_timers(&mut self) {
-        self.timers = Timers::new(self.rules.rules.len());
-        for (ri, (rule, rt)) in self.rules.rules.iter().zip(&self.rts).enumerate() {
+        let rules = &self.program.rules;
+        self.timers = Timers::new(rules.rules.len());
+        for (ri, (rule, rt)) in rules.rules.iter().zip(&self.rts).enumerate() {
             let mut due: Vec<(i64, usize, Key)> = vec![];
             match (&rt.states, &rule.kind) {
                 (States::Pattern(m), RuleKind::Pattern(p)) => {
@@ -968,18 +1017,14 @@ impl Engine {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             rules: self
+                .program
                 .rules
                 .rules
                 .iter()
                 .map(|r| r.name.clone())
                 .zip(self.rts.iter().cloned())
                 .collect(),
-            identities: self
-                .rules
-                .rules
-                .iter()
-                .map(|r| identity(&self.rules, r))
-                .collect(),
+            identities: self.program.identities.clone(),
             buffer: self.buffer.iter().map(|r| r.0.clone()).collect(),
             inputs: self.inputs.clone(),
             watermark: self.watermark,
@@ -996,14 +1041,24 @@ impl Engine {
         deployments: &[Deployment],
         snap: Snapshot,
     ) -> Engine {
-        let mut e = Engine::with_deployments(rules.clone(), config, deployments);
+        Engine::restore_program(Program::new(rules), config, deployments, snap)
+    }
+
+    /// [`Engine::restore`] on a program other engines share.
+    pub fn restore_program(
+        program: Arc<Program>,
+        config: EngineConfig,
+        deployments: &[Deployment],
+        snap: Snapshot,
+    ) -> Engine {
+        let mut e = Engine::with_program(program.clone(), config, deployments);
         let keep: HashMap<String, RuleRt> = snap
             .rules
             .into_iter()
             .zip(snap.identities)
             .map(|((name, rt), id)| (state_key(&name, &id), rt))
             .collect();
-        e.install(rules, deployments, keep);
+        e.install(program, deployments, keep);
         e.buffer = snap.buffer.into_iter().map(Reverse).collect();
         e.inputs = snap.inputs;
         e.watermark = snap.watermark;

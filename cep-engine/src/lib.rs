@@ -20,5 +20,5 @@ pub mod wire;
 
 pub use alert::Alert;
 pub use decode::{Decoder, Rejection};
-pub use engine::{Deployment, Engine, EngineConfig, Metrics, Route, Snapshot};
+pub use engine::{Deployment, Engine, EngineConfig, Metrics, Program, Route, Snapshot};
 pub use value::{Event, Key, Value};

@@ -8,7 +8,7 @@
 //! event copies it has processed, and sends alerts back on the same socket.
 //! `docs/protocol.md` describes the conversation.
 
-use crate::engine::{Deployment, Engine, EngineConfig, Route};
+use crate::engine::{Deployment, Engine, EngineConfig, Program, Route};
 use crate::eval::{List, Lists};
 use crate::shard::SHARDS;
 use crate::wire::{self, Credit, DeployAck, Msg, Stats, Welcome, WireAlert};
@@ -203,6 +203,8 @@ struct Session {
 struct Rules {
     version: u64,
     set: Arc<RuleSet>,
+    /// Derived from `set` once per deploy; every shard's engine shares it.
+    program: Arc<Program>,
     deployments: Vec<Deployment>,
 }
 
@@ -468,7 +470,8 @@ impl Node {
             self.engines.remove(&shard);
         } else {
             let snap = crate::engine::Snapshot::from_bytes(state)?;
-            let mut e = Engine::restore(rules.set.clone(), config, &rules.deployments, snap);
+            let mut e =
+                Engine::restore_program(rules.program.clone(), config, &rules.deployments, snap);
             e.set_lists(self.lists.clone());
             self.engines.insert(shard, e);
         }
@@ -522,8 +525,9 @@ impl Node {
                 Deployment { version, shadow }
             })
             .collect();
+        let program = Program::new(set.clone());
         for e in self.engines.values_mut() {
-            e.replace_rules(set.clone(), &deployments);
+            e.replace_program(program.clone(), &deployments);
         }
         self.status
             .rules_version
@@ -531,6 +535,7 @@ impl Node {
         self.rules = Some(Rules {
             version: d.version,
             set,
+            program,
             deployments,
         });
         Ok(())
@@ -582,7 +587,7 @@ impl Node {
             let lists = &self.lists;
             let engine = self.engines.entry(r.shard).or_insert_with(|| {
                 let mut e =
-                    Engine::with_deployments(rules.set.clone(), config.clone(), &rules.deployments);
+                    Engine::with_program(rules.program.clone(), config.clone(), &rules.deployments);
                 e.set_lists(lists.clone());
                 e
             });
@@ -1160,6 +1165,47 @@ mod tests {
             matches!(&r[..], [Msg::Alerts(a), Msg::Credit(_)] if a.len() == 1),
             "{r:?}"
         );
+    }
+
+    /// Issue 17: what a deploy derives (type tables, compiled regexes, rule
+    /// identities) exists once per node, whatever the number of live shards:
+    /// every shard engine runs the node's one program, after the first
+    /// events, a redeploy and a restore alike.
+    #[test]
+    fn every_shard_runs_one_shared_program() {
+        const REGEX: &str = "event A { k: string, x: int }\nrule r {\n  severity high\n  key k\n  pattern a: A[k =~ \"^k[0-9]+$\"] -> b: A[x > a.x]\n  within 1m\n}\n";
+        let mut n = node();
+        hello(&mut n, 1);
+        let r = deploy(&mut n, 1, REGEX);
+        assert!(
+            matches!(&r[..], [Msg::DeployAck(a)] if a.error.is_none()),
+            "{r:?}"
+        );
+        let keys: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+        n.handle(b"gw", keyed(1, 1, &keys));
+        let shards = n.engines.len();
+        assert!(shards > 800, "most shards are live: {shards}");
+        let shared = |n: &Node| {
+            let program = &n.rules.as_ref().expect("deployed").program;
+            n.engines
+                .values()
+                .all(|e| Arc::ptr_eq(e.program(), program))
+                && Arc::strong_count(program) == n.engines.len() + 1
+        };
+        assert!(shared(&n), "one program after the first events");
+        let text = REGEX.replace("within 1m", "within 2m");
+        deploy(&mut n, 2, &text);
+        assert_eq!(n.engines.len(), shards);
+        assert!(shared(&n), "one program after a redeploy");
+        let (_, states) = checkpoint_bytes(&mut n, 1);
+        let mut b = node();
+        hello(&mut b, 1);
+        deploy(&mut b, 2, &text);
+        for (shard, state) in states.into_iter().take(50) {
+            assert!(b.handle(b"gw", Msg::Restore { shard, state }).is_empty());
+        }
+        assert_eq!(b.engines.len(), 50);
+        assert!(shared(&b), "one program after a restore");
     }
 
     #[test]
