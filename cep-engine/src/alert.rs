@@ -46,7 +46,10 @@ impl Alert {
         h.update(rule.as_bytes());
         h.update([0]);
         h.update(version.to_le_bytes());
-        h.update(key.id_text().as_bytes());
+        match key {
+            Key::Str(s) => h.update(s.as_bytes()),
+            other => h.update(other.id_text().as_bytes()),
+        }
         h.update([0]);
         for (name, ids) in matched {
             h.update(name.as_bytes());
@@ -60,7 +63,13 @@ impl Alert {
             h.update(at.to_le_bytes());
         }
         let digest = h.finalize();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for b in &digest[..16] {
+            id.push(char::from(HEX[usize::from(b >> 4)]));
+            id.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        id
     }
 
     /// Topic for the ZeroMQ alert publisher: `alert.<severity>.<rule>`.

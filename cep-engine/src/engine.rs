@@ -1096,6 +1096,16 @@ struct Found {
     absence: bool,
 }
 
+/// Adds one to a per-rule counter; the name is copied only the first time.
+fn bump(counts: &mut BTreeMap<String, u64>, rule: &str) {
+    match counts.get_mut(rule) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(rule.to_string(), 1);
+        }
+    }
+}
+
 fn suppressing(rule: &Rule, last_alert_at: Option<i64>, now: i64) -> bool {
     last_alert_at.is_some_and(|t| t.saturating_add(rule.suppress_ms) > now)
 }
@@ -1111,13 +1121,9 @@ impl Out<'_> {
         last_alert_at: &mut Option<i64>,
         f: Found,
     ) {
-        *self.metrics.matches.entry(rule.name.clone()).or_default() += 1;
+        bump(&mut self.metrics.matches, &rule.name);
         if last_alert_at.is_some_and(|t| f.at < t.saturating_add(rule.suppress_ms)) {
-            *self
-                .metrics
-                .suppressed
-                .entry(rule.name.clone())
-                .or_default() += 1;
+            bump(&mut self.metrics.suppressed, &rule.name);
             return;
         }
         *last_alert_at = Some(f.at);
@@ -1148,7 +1154,7 @@ impl Out<'_> {
             detected_at: self.wall_ms,
             shadow,
         });
-        *self.metrics.alerts.entry(rule.name.clone()).or_default() += 1;
+        bump(&mut self.metrics.alerts, &rule.name);
     }
 
     /// A completed pattern match: bindings in declaration order, emit fields.

@@ -416,18 +416,18 @@ impl Matcher<'_> {
     pub fn expire(&self, st: &mut PatternState, now: i64) -> SmallVec<[Match; 1]> {
         let within = self.pattern.within_ms;
         let mut done: SmallVec<[(Run, i64, bool); 1]> = SmallVec::new();
-        let mut alive = Vec::with_capacity(st.runs.len());
-        for run in st.runs.drain(..) {
+        // In place (no new vector per timer): an armed absence run is copied
+        // out to complete, every other expired run is just dropped.
+        st.runs.retain(|run| {
             let deadline = run.start_ts.saturating_add(within);
-            if deadline < now {
-                if self.pattern.absence && self.epsilon(run.point, &run.counters).1 {
-                    done.push((run, deadline, true));
-                }
-            } else {
-                alive.push(run);
+            if deadline >= now {
+                return true;
             }
-        }
-        st.runs = alive;
+            if self.pattern.absence && self.epsilon(run.point, &run.counters).1 {
+                done.push((run.clone(), deadline, true));
+            }
+            false
+        });
         self.complete(st, done)
     }
 
