@@ -915,8 +915,18 @@ fn primary(
     let kind = match p.as_rule() {
         Rule::number => {
             let s = p.as_str();
-            if s.contains('.') {
-                ExprKind::Float(s.parse().unwrap_or(f64::NAN))
+            if s.contains(['.', 'e', 'E']) {
+                match s.parse::<f64>() {
+                    Ok(x) if x.is_finite() => ExprKind::Float(x),
+                    _ => {
+                        diags.borrow_mut().push(
+                            Diagnostic::error("bad-number", span, "float literal is out of range")
+                                .with_label("not a finite 64-bit float")
+                                .with_hint("floats go up to about 1.8e308"),
+                        );
+                        ExprKind::Float(0.0)
+                    }
+                }
             } else {
                 match s.parse::<i64>() {
                     Ok(n) => ExprKind::Int(n),

@@ -141,3 +141,17 @@ fn syntax_errors_do_not_hide_other_declarations() {
     let codes: Vec<_> = d.items.iter().map(|d| d.code).collect();
     assert_eq!(codes, ["syntax", "unknown-type"]);
 }
+
+#[test]
+fn numbers_with_an_exponent_are_floats() {
+    assert_eq!(first_pred("x > 1e12"), "$.x >:f 1000000000000.0");
+    assert_eq!(first_pred("x > 2.5E-3"), "$.x >:f 0.0025");
+    assert_eq!(first_pred("x < 1e+2"), "$.x <:f 100.0");
+    let text = format!("{SCHEMA}rule r {{ key k pattern e: E[x > 1e999] within 1m }}");
+    let err = rule_lang::compile_str("p.vgl", &text).expect_err("out of range");
+    assert!(
+        err.render(false).contains("out of range"),
+        "{}",
+        err.render(false)
+    );
+}
