@@ -349,6 +349,9 @@ pub struct Program {
     type_names: Vec<Arc<str>>,
     regexes: HashMap<String, regex::Regex>,
     identities: Vec<String>,
+    /// `state_key(name, identity)` of each rule: what a redeploy matches
+    /// kept state by.
+    state_keys: Vec<String>,
 }
 
 impl Program {
@@ -361,13 +364,20 @@ impl Program {
             }
             collect_regexes(r, &mut regexes);
         }
+        let identities: Vec<String> = rules.rules.iter().map(|r| identity(&rules, r)).collect();
         Arc::new(Program {
+            state_keys: rules
+                .rules
+                .iter()
+                .zip(&identities)
+                .map(|(r, id)| state_key(&r.name, id))
+                .collect(),
+            identities,
             type_names: rules
                 .schemas
                 .iter()
                 .map(|s| Arc::from(s.name.as_str()))
                 .collect(),
-            identities: rules.rules.iter().map(|r| identity(&rules, r)).collect(),
             by_type,
             regexes,
             rules,
@@ -447,20 +457,22 @@ impl Engine {
             alerts: vec![],
             metrics: Metrics::default(),
         };
-        e.install(program, deployments, HashMap::new());
+        e.install(program, deployments, |_| None);
         e
     }
 
+    /// Installs `program`; `keep` hands over the kept state of a rule by
+    /// its state key, if there is one.
     fn install(
         &mut self,
         program: Arc<Program>,
         deployments: &[Deployment],
-        mut keep: HashMap<String, RuleRt>,
+        mut keep: impl FnMut(&str) -> Option<RuleRt>,
     ) {
         self.rts.clear();
         for (i, r) in program.rules.rules.iter().enumerate() {
             let dep = deployments.get(i).copied().unwrap_or_default();
-            let rt = match keep.remove(&state_key(&r.name, &program.identities[i])) {
+            let rt = match keep(&program.state_keys[i]) {
                 Some(mut rt) if rt.version == dep.version => {
                     rt.shadow = dep.shadow;
                     rt
@@ -489,22 +501,22 @@ impl Engine {
     /// [`Engine::replace_rules`] with a program other engines share.
     pub fn replace_program(&mut self, program: Arc<Program>, deployments: &[Deployment]) {
         let old = self.program.clone();
-        let mut keep = HashMap::new();
-        for ((r, id), rt) in old
-            .rules
-            .rules
+        // Borrowed keys: no string is built per shard.
+        let by_key: HashMap<&str, usize> = old
+            .state_keys
             .iter()
-            .zip(&old.identities)
-            .zip(self.rts.drain(..))
-        {
-            keep.insert(state_key(&r.name, id), rt);
-        }
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        let mut kept: Vec<Option<RuleRt>> = self.rts.drain(..).map(Some).collect();
         // Buffered events keep their place if their type is unchanged.
         let buffered: Vec<Buffered> = std::mem::take(&mut self.buffer)
             .into_iter()
             .map(|r| r.0)
             .collect();
-        self.install(program, deployments, keep);
+        self.install(program, deployments, |k| {
+            by_key.get(k).and_then(|&i| kept.get_mut(i)?.take())
+        });
         let new = &self.program.rules;
         for mut b in buffered {
             let old_schema = &old.rules.schemas[b.event.ty as usize];
@@ -980,7 +992,7 @@ impl Engine {
 
     fn rebuild_timers(&mut self) {
         let rules = &self.program.rules;
-        self.timers = Timers::new(rules.rules.len());
+        self.timers = Timers::new();
         for (ri, (rule, rt)) in rules.rules.iter().zip(&self.rts).enumerate() {
             let mut due: Vec<(i64, usize, Key)> = vec![];
             match (&rt.states, &rule.kind) {
@@ -1058,7 +1070,8 @@ impl Engine {
             .zip(snap.identities)
             .map(|((name, rt), id)| (state_key(&name, &id), rt))
             .collect();
-        e.install(program, deployments, keep);
+        let mut keep = keep;
+        e.install(program, deployments, |k| keep.remove(k));
         e.buffer = snap.buffer.into_iter().map(Reverse).collect();
         e.inputs = snap.inputs;
         e.watermark = snap.watermark;
@@ -1223,16 +1236,17 @@ struct Timers {
 }
 
 impl Timers {
-    fn new(rules: usize) -> Timers {
-        Timers {
-            queues: vec![VecDeque::new(); 2 * rules],
-        }
+    /// Queues are created on first use: most shards hold state for few
+    /// of the rules.
+    fn new() -> Timers {
+        Timers { queues: vec![] }
     }
 
     fn push(&mut self, q: usize, due: i64, key: Key) {
-        let Some(queue) = self.queues.get_mut(q) else {
-            return;
-        };
+        if q >= self.queues.len() {
+            self.queues.resize_with(q + 1, VecDeque::new);
+        }
+        let queue = &mut self.queues[q];
         if queue.back().is_none_or(|(d, _)| *d <= due) {
             queue.push_back((due, key));
         } else {
