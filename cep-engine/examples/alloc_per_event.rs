@@ -16,14 +16,10 @@ use std::alloc::System;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [events, files @ ..] = args.as_slice() else {
-        eprintln!("usage: alloc_per_event EVENTS.jsonl RULES.vgl [RULES.vgl...]");
-        std::process::exit(2);
-    };
-    for file in files {
+    let (events, files) = common::events_and_rules("alloc_per_event");
+    for file in &files {
         let rules = common::rules(file);
-        let mut evs = common::decoded(&rules, events);
+        let mut evs = common::decoded(&rules, &events);
         let second = evs.split_off(evs.len() / 2);
         let mut e = Engine::new(rules.clone(), EngineConfig::default());
         for ev in evs {

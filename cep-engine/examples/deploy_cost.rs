@@ -7,23 +7,14 @@
 //!
 //! Run: `cargo run --release -p cep-engine --example deploy_cost`
 
+mod common;
+
 use cep_engine::node::{Node, NodeOptions, NodeStatus};
 use cep_engine::shard::{SHARDS, shard_of};
 use cep_engine::wire::{Batch, Deploy, Hello, Msg, Routed};
 use cep_engine::{Event, Key, Route, Value};
 use std::sync::Arc;
 use std::time::Instant;
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// 40 rules, each with its own regex, over one event type.
 fn rules(within_s: u32) -> String {
@@ -98,7 +89,7 @@ fn fill(n: &mut Node, shards: usize) {
 
 fn main() {
     for shards in [16, SHARDS as usize] {
-        let before = rss_kb();
+        let before = common::rss_kb();
         let mut n = Node::new(NodeOptions::default(), Arc::new(NodeStatus::default()));
         n.handle(
             b"gw",
@@ -112,7 +103,7 @@ fn main() {
         );
         deploy(&mut n, 1, &rules(60));
         fill(&mut n, shards);
-        let live = rss_kb();
+        let live = common::rss_kb();
         // Best of 5 redeploys, alternating two texts so each one changes.
         let best = (0..5)
             .map(|v| deploy(&mut n, 2 + v, &rules(61 + v as u32)))

@@ -15,14 +15,10 @@ use cep_engine::{Engine, EngineConfig};
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [events, files @ ..] = args.as_slice() else {
-        eprintln!("usage: engine_bench EVENTS.jsonl RULES.vgl [RULES.vgl...]");
-        std::process::exit(2);
-    };
-    for file in files {
+    let (events, files) = common::events_and_rules("engine_bench");
+    for file in &files {
         let rules = common::rules(file);
-        let evs = common::decoded(&rules, events);
+        let evs = common::decoded(&rules, &events);
         let mut best = f64::MAX;
         let (mut matches, mut alerts) = (0, 0);
         for _ in 0..3 {

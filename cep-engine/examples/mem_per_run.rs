@@ -4,19 +4,10 @@
 //!
 //! Run: `cargo run --release -p cep-engine --example mem_per_run`
 
+mod common;
+
 use cep_engine::{Engine, EngineConfig, Event, Value};
 use std::sync::Arc;
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn main() {
     const RUNS: usize = 1_000_000;
@@ -36,7 +27,7 @@ fn main() {
             ..Default::default()
         },
     );
-    let before = rss_kb();
+    let before = common::rss_kb();
     for i in 0..RUNS {
         engine.push(Event {
             ty: 0,
@@ -46,7 +37,7 @@ fn main() {
             seq: 0,
         });
     }
-    let after = rss_kb();
+    let after = common::rss_kb();
     assert_eq!(engine.active_runs(), RUNS);
     println!(
         "{} open runs: {:.0} bytes per run (RSS {} kB -> {} kB; key and id strings allocated beforehand)",

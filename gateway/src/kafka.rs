@@ -126,12 +126,10 @@ pub async fn consume(
             let _ = rx.await;
         }
         info!(brokers = %src.brokers, topic = %src.topic, group = %src.group, partitions = client.partitions, resumed = !positions.parts.is_empty(), "consuming Kafka");
-        let (p, outcome) = run(&src, &client, positions, &ingest, &status).await;
-        positions = p;
-        client.close();
-        match outcome? {
+        match run(&src, &client, positions, &ingest, &status).await? {
             Outcome::Closed => return Ok(()),
-            Outcome::Wedged => {
+            Outcome::Wedged(p) => {
+                positions = p;
                 status
                     .counters
                     .kafka_client_restarts
@@ -144,7 +142,8 @@ pub async fn consume(
     }
 }
 
-/// A consumer client and the tasks that share it.
+/// A consumer client and the tasks that share it (stopped when it is
+/// dropped).
 struct Client {
     consumer: Arc<StreamConsumer>,
     partitions: usize,
@@ -201,8 +200,10 @@ impl Client {
             tasks,
         })
     }
+}
 
-    fn close(self) {
+impl Drop for Client {
+    fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
         }
@@ -213,8 +214,8 @@ impl Client {
 enum Outcome {
     /// The router is gone: the gateway is shutting down.
     Closed,
-    /// The client stopped delivering: replace it.
-    Wedged,
+    /// The client stopped delivering: replace it; the positions go on.
+    Wedged(Positions),
 }
 
 /// Re-reads of one partition without a message, in a row, after which the
@@ -222,15 +223,15 @@ enum Outcome {
 /// after a broker restart; seeks then change nothing).
 const WEDGED: u32 = 3;
 
-/// Reads batches from `client` into the router until the router goes away
-/// or the client stops delivering. Returns the positions either way.
+/// Reads batches from `client` into the router until the router goes away,
+/// the client stops delivering, or the offset policy stops the source.
 async fn run(
     src: &KafkaSource,
     client: &Client,
     mut positions: Positions,
     ingest: &tokio::sync::mpsc::Sender<HttpIngest>,
     status: &Arc<Status>,
-) -> (Positions, anyhow::Result<Outcome>) {
+) -> anyhow::Result<Outcome> {
     let consumer = &client.consumer;
     let mut last_check = std::time::Instant::now();
     loop {
@@ -262,19 +263,12 @@ async fn run(
             last_check = std::time::Instant::now();
             let c = consumer.clone();
             let reset = src.reset;
-            let checked = tokio::task::spawn_blocking(move || {
+            let (p, jumps) = tokio::task::spawn_blocking(move || {
                 let jumps = positions.check_stalled(&c, reset);
                 (positions, jumps)
             })
-            .await;
-            let jumps;
-            (positions, jumps) = match checked {
-                Ok(done) => done,
-                Err(e) => {
-                    let why = anyhow::anyhow!("the Kafka offset check failed: {e}");
-                    return (Positions::new(&src.topic, &BTreeMap::new()), Err(why));
-                }
-            };
+            .await?;
+            positions = p;
             for j in &jumps {
                 let what = j.describe();
                 status
@@ -289,7 +283,7 @@ async fn run(
                 error!(partition = j.partition, want = j.want, low = j.low, high = j.high, policy = ?src.reset, "{what}");
             }
             if src.reset == OffsetReset::Fail && !jumps.is_empty() {
-                let why = anyhow::anyhow!(
+                anyhow::bail!(
                     "stopped consuming (--kafka-offset-reset fail): {}",
                     jumps
                         .iter()
@@ -297,12 +291,11 @@ async fn run(
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                return (positions, Err(why));
             }
             status.expire_alarms();
             if positions.wedged() {
                 positions.restarted();
-                return (positions, Ok(Outcome::Wedged));
+                return Ok(Outcome::Wedged(positions));
             }
         }
         if events.is_empty() {
@@ -317,11 +310,11 @@ async fn run(
         };
         let asked = std::time::Instant::now();
         if ingest.send(req).await.is_err() {
-            return (positions, Ok(Outcome::Closed));
+            return Ok(Outcome::Closed);
         }
         // One batch at a time: the router has numbered these before the next.
         if rx.await.is_err() {
-            return (positions, Ok(Outcome::Closed));
+            return Ok(Outcome::Closed);
         }
         if asked.elapsed() >= Duration::from_millis(500) {
             positions.waited();
@@ -366,6 +359,19 @@ struct Part {
     stalls: u32,
 }
 
+impl Part {
+    fn new(next: Option<i64>, now: std::time::Instant) -> Part {
+        Part {
+            next,
+            rewound: false,
+            progress: now,
+            last_seen: None,
+            probing: false,
+            stalls: 0,
+        }
+    }
+}
+
 /// How far before a checkpoint's offset a resumed partition is fetched from.
 const REWIND: i64 = 100_000;
 
@@ -380,17 +386,7 @@ impl Positions {
             topic: topic.to_string(),
             parts: start
                 .iter()
-                .map(|(p, o)| {
-                    let part = Part {
-                        next: Some(*o),
-                        rewound: false,
-                        progress: now,
-                        last_seen: None,
-                        probing: false,
-                        stalls: 0,
-                    };
-                    (*p, part)
-                })
+                .map(|(p, o)| (*p, Part::new(Some(*o), now)))
                 .collect(),
         }
     }
@@ -424,14 +420,7 @@ impl Positions {
     /// Whether the message at (`p`, `offset`) is the next one to route.
     fn take(&mut self, consumer: &StreamConsumer, p: i32, offset: i64) -> bool {
         let now = std::time::Instant::now();
-        let part = self.parts.entry(p).or_insert(Part {
-            next: None,
-            rewound: false,
-            progress: now,
-            last_seen: None,
-            probing: false,
-            stalls: 0,
-        });
+        let part = self.parts.entry(p).or_insert_with(|| Part::new(None, now));
         part.last_seen = Some(offset);
         part.stalls = 0;
         match part.next {

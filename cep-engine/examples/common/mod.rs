@@ -1,5 +1,7 @@
-//! Shared by the engine benchmark examples: reading `vigil-replay gen`
-//! output and decoding it before anything is timed.
+//! Shared by the engine benchmark examples: their command line, reading
+//! `vigil-replay gen` output and decoding it before anything is timed, and
+//! the process's resident set. Each example uses part of it.
+#![allow(dead_code)]
 
 use cep_engine::{Decoder, Event, Value};
 use std::collections::HashMap;
@@ -31,4 +33,29 @@ pub fn decoded(rules: &rule_lang::RuleSet, path: &str) -> Vec<Event> {
             e
         })
         .collect()
+}
+
+/// `EXAMPLE EVENTS.jsonl RULES.vgl [RULES.vgl…]`: the events file and the
+/// rule files; exits with the usage line otherwise.
+pub fn events_and_rules(example: &str) -> (String, Vec<String>) {
+    let mut args = std::env::args().skip(1);
+    match (args.next(), args.collect::<Vec<_>>()) {
+        (Some(events), files) if !files.is_empty() => (events, files),
+        _ => {
+            eprintln!("usage: {example} EVENTS.jsonl RULES.vgl [RULES.vgl...]");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The resident set of this process, in kB (0 if unknown).
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
