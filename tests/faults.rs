@@ -222,7 +222,8 @@ fn a_full_disk_pauses_ingest_says_so_and_loses_nothing_once_freed() {
     );
 
     let published = id_counts(sink.all_published(&ep.http).iter());
-    assert_same_alerts(&published, &expected, "published after a full disk", "");
+    let state = format!("cluster: {}", cluster(&ep.http).unwrap_or_default());
+    assert_same_alerts(&published, &expected, "published after a full disk", &state);
     let mut stored = BTreeMap::new();
     wait_until("every alert stored", Duration::from_secs(30), || {
         stored = stored_ids(&ep.http, &key);

@@ -31,7 +31,7 @@
 use crate::clock::WallClock;
 use crate::rules::Bundle;
 use crate::sample::Sample;
-use crate::status::{NodeView, Status};
+use crate::status::{NodeView, RouterView, Status};
 use crate::store::CheckpointManifest;
 use crate::zmq_ingest::{disconnects, ingest_monitor, recv_capped};
 use cep_engine::engine::Route;
@@ -2167,8 +2167,12 @@ impl Router {
                     .then_some(l.stats.clock),
             })
             .collect();
-        if let Ok(mut n) = self.status.nodes.lock() {
-            *n = views;
+        if let Ok(mut v) = self.status.view.lock() {
+            *v = RouterView {
+                events_accepted: self.status.counters.events_accepted.load(Ordering::Relaxed),
+                clock_ms: (self.clock != i64::MIN).then_some(self.clock),
+                nodes: views,
+            };
         }
     }
 }

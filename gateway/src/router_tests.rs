@@ -83,7 +83,7 @@ fn a_far_future_event_cannot_poison_the_clock_a_restart_reports_an_old_poisoned_
     ))));
     r.publish_view();
     assert!(r.status.clock_ahead_ms.load(Ordering::Relaxed) > 0);
-    r.status.nodes.lock().expect("lock").push(NodeView {
+    r.status.view.lock().expect("lock").nodes.push(NodeView {
         state: "up".into(),
         rules_version: 1,
         ..NodeView::default()

@@ -106,6 +106,19 @@ pub struct NodeView {
     pub clock_ms: Option<i64>,
 }
 
+/// What the router publishes in one piece (every 100 ms and on stop): its
+/// nodes and the accepted count and clock they are measured against, taken
+/// at the same instant, so "every node caught up with every accepted event"
+/// can be read off one snapshot (the live counters run ahead of the nodes'
+/// figures between two publications).
+#[derive(Debug, Default, Clone)]
+pub struct RouterView {
+    pub events_accepted: u64,
+    /// The event clock, `None` before the first event.
+    pub clock_ms: Option<i64>,
+    pub nodes: Vec<NodeView>,
+}
+
 #[derive(Debug, Default)]
 pub struct Status {
     pub counters: Counters,
@@ -113,7 +126,8 @@ pub struct Status {
     /// The recent-events sample: events and bytes held.
     pub sample_events: AtomicU64,
     pub sample_bytes: AtomicU64,
-    pub nodes: Mutex<Vec<NodeView>>,
+    /// The router's view of its nodes, published as one piece.
+    pub view: Mutex<RouterView>,
     pub rules_version: AtomicU64,
     pub rules: AtomicU64,
     /// The router's event-time clock (highest accepted `ts`), epoch ms.
@@ -200,6 +214,8 @@ pub struct ClusterView {
     pub clock_ms: Option<i64>,
     pub rules_version: u64,
     pub rules: u64,
+    /// Events accepted when the nodes' figures below were taken (the live
+    /// total is `vigil_events_accepted_total`).
     pub events_accepted: u64,
     pub events_rejected: BTreeMap<String, u64>,
     pub alerts_published: u64,
@@ -250,23 +266,26 @@ impl Status {
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
-        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+        self.view
+            .lock()
+            .map(|v| v.nodes.clone())
+            .unwrap_or_default()
     }
 
     pub fn cluster(&self) -> ClusterView {
         let c = &self.counters;
-        let clock = self.clock_ms.load(Ordering::Relaxed);
+        let view = self.view.lock().map(|v| v.clone()).unwrap_or_default();
         ClusterView {
-            clock_ms: (clock != 0).then_some(clock),
+            clock_ms: view.clock_ms,
             rules_version: self.rules_version.load(Ordering::Relaxed),
             rules: self.rules.load(Ordering::Relaxed),
-            events_accepted: c.events_accepted.load(Ordering::Relaxed),
+            events_accepted: view.events_accepted,
             events_rejected: self.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
             alerts_published: c.alerts_published.load(Ordering::Relaxed),
             copies_shed: c.copies_shed.load(Ordering::Relaxed),
             alerts_deduplicated: c.alerts_deduplicated.load(Ordering::Relaxed),
             checkpoint: self.checkpoint_view(),
-            nodes: self.nodes(),
+            nodes: view.nodes,
         }
     }
 
