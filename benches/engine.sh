@@ -45,8 +45,7 @@ out() { tee -a "$WORK/results"; }
 # Replay from JSONL: the summary's own events/s (decode + engine + alert
 # output to a file), best of 3.
 replay() { # rules threads
-  local best=0 eps args=()
-  if [ "$2" != 1 ]; then args=(--threads "$2"); fi
+  local best=0 eps args=(--threads "$2")
   for _ in 1 2 3; do
     if ! "$BIN/vigil-replay" run --rules "$1" --events "$WORK/gen.jsonl" --out "$WORK/alerts.jsonl" \
         --json-summary "${args[@]}" 2>"$WORK/summary.json"; then

@@ -627,6 +627,17 @@ impl Engine {
         self.admit(ev, route, wm);
     }
 
+    /// Feeds one routed copy with the watermark its dispatcher computed for
+    /// the whole stream (see [`crate::parallel`]): what [`Engine::push_from`]
+    /// does with a watermark of its own.
+    pub fn push_routed(&mut self, ev: Event, route: Route, watermark: i64) {
+        if self.is_late(ev.ts) {
+            return;
+        }
+        self.admit(ev, route, watermark);
+        self.advance_to(watermark);
+    }
+
     /// Counts an arriving event; true (and counted late) if it is behind the
     /// watermark.
     fn is_late(&mut self, ts: i64) -> bool {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod eval;
 #[cfg(feature = "node")]
 pub mod node;
+pub mod parallel;
 pub mod pattern;
 pub mod shard;
 pub mod time;
@@ -21,4 +22,5 @@ pub mod wire;
 pub use alert::Alert;
 pub use decode::{Decoder, Rejection};
 pub use engine::{Deployment, Engine, EngineConfig, Metrics, Program, Route, Snapshot};
+pub use parallel::Parallel;
 pub use value::{Event, Key, Value};

@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use vigil_replay::replay as run;
 
+/// Decoded events live for a round and are freed on other threads: glibc
+/// malloc spends a fifth of a replay consolidating its free lists there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Check, explain and replay Vigil rules over recorded events.
 #[derive(Parser)]
 #[command(name = "vigil-replay", version, about, long_about = None)]

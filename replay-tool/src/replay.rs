@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use cep_engine::decode::DeadLetters;
-use cep_engine::{Alert, Decoder, Engine, EngineConfig};
+use cep_engine::{Alert, Decoder, EngineConfig, Event, Parallel, Program, Rejection};
 use clap::Args;
 use rule_lang::RuleSet;
 use rule_lang::program::Type;
@@ -40,6 +40,11 @@ pub struct ReplayOpts {
     /// once (a clock jump: every older event after it is late).
     #[arg(long, default_value = "1h", value_parser = parse_dur)]
     pub clock_jump: i64,
+    /// Worker threads, each matching the keys of its share of the key
+    /// shards (0: one per core). The alerts are the same, in the same
+    /// order, for any number.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 impl ReplayOpts {
@@ -53,6 +58,7 @@ impl ReplayOpts {
             max_run_events: EngineConfig::default().max_run_events,
             lists: None,
             clock_jump: 3_600_000,
+            threads: 0,
         }
     }
 }
@@ -226,7 +232,98 @@ fn open_events(spec: &str) -> anyhow::Result<(Box<dyn BufRead>, bool, String)> {
     ))
 }
 
-/// Runs events through an engine; `on_alert` sees alerts as they come.
+/// Lines decoded and matched per round: large enough that starting the
+/// workers is noise, small enough to hold (a few MB).
+const CHUNK_LINES: usize = 16_384;
+
+/// One round of input: the lines' text end to end, and where each starts.
+#[derive(Default)]
+struct Chunk {
+    text: Vec<u8>,
+    items: Vec<Item>,
+}
+
+struct Item {
+    line: u64,
+    offset: u64,
+    text: std::ops::Range<usize>,
+    /// Refused before decoding (a malformed CSV record).
+    refused: Option<Rejection>,
+}
+
+impl Chunk {
+    fn push(&mut self, line: u64, offset: u64, bytes: &[u8]) {
+        let at = self.text.len();
+        self.text.extend_from_slice(bytes);
+        self.items.push(Item {
+            line,
+            offset,
+            text: at..self.text.len(),
+            refused: None,
+        });
+    }
+
+    fn refuse(&mut self, line: u64, offset: u64, r: Rejection) {
+        self.items.push(Item {
+            line,
+            offset,
+            text: 0..0,
+            refused: Some(r),
+        });
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.items.clear();
+    }
+
+    /// Every line decoded, `workers` slices at a time, in line order.
+    fn decode(
+        &self,
+        decoder: &Decoder,
+        source: &str,
+        workers: usize,
+    ) -> Vec<Result<Event, Rejection>> {
+        let decode = |items: &[Item]| -> Vec<Result<Event, Rejection>> {
+            items
+                .iter()
+                .map(|it| match &it.refused {
+                    Some(r) => Err(r.clone()),
+                    None => decoder.decode(&self.text[it.text.clone()], || {
+                        format!("{source}:{}", it.line)
+                    }),
+                })
+                .collect()
+        };
+        if workers <= 1 || self.items.len() < 1024 {
+            return decode(&self.items);
+        }
+        let per = self.items.len().div_ceil(workers);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = self
+                .items
+                .chunks(per)
+                .map(|part| s.spawn(move || decode(part)))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+}
+
+/// The number of workers `--threads` asks for (0: one per core).
+pub fn workers(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+/// Runs events through the engine, split by key over `--threads` workers
+/// (see [`cep_engine::parallel`]); `on_alert` sees alerts in order of `at`
+/// (then rule, key, id), the same order for any number of workers.
 pub fn replay(
     rules: Arc<RuleSet>,
     opts: &ReplayOpts,
@@ -239,15 +336,18 @@ pub fn replay(
         ..EngineConfig::default()
     };
     let decoder = Decoder::new(&rules);
-    let mut engine = Engine::new(rules.clone(), config);
+    let workers = workers(opts.threads);
+    let mut engine = Parallel::new(Program::new(rules.clone()), config, workers);
     if let Some(p) = &opts.lists {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
         let lists: BTreeMap<String, Vec<String>> = serde_json::from_str(&text)
             .with_context(|| format!("{}: expected {{\"name\": [\"entry\", ...]}}", p.display()))?;
-        for (name, entries) in lists {
-            engine.set_list(&name, entries);
-        }
+        let table: cep_engine::eval::Lists = lists
+            .into_iter()
+            .map(|(name, entries)| (name, Arc::new(entries.into_iter().map(Arc::from).collect())))
+            .collect();
+        engine.set_lists(Arc::new(table));
     }
     let wall = || chrono::Utc::now().timestamp_millis();
     engine.set_wall_clock(wall());
@@ -268,43 +368,50 @@ pub fn replay(
     });
     let start = Instant::now();
     let mut lines = 0u64;
-    let mut offset = 0u64;
-    let mut feed = |engine: &mut Engine,
-                    line: u64,
-                    off: u64,
-                    bytes: &[u8],
-                    dead: &mut DeadLetters|
+    // A round: decode (in parallel), then in line order record what was
+    // refused, watch the clock and hand events to the engine, then match
+    // (in parallel) and pass on the alerts that are final.
+    let mut round = |chunk: &mut Chunk,
+                     engine: &mut Parallel,
+                     dead: &mut DeadLetters,
+                     lines: u64|
      -> anyhow::Result<()> {
-        match decoder.decode(bytes, || format!("{source}:{line}")) {
-            Ok(ev) => {
-                // No wall clock here: old data is the point of a replay, so
-                // only the absurd range is refused (by the decoder); a far
-                // jump is reported.
-                if let Some(c) = clock
-                    && ev.ts.saturating_sub(c) > jump_ms
-                {
-                    jumps.saw(ClockJump {
-                        line,
-                        from: c,
-                        to: ev.ts,
-                    });
+        for (it, decoded) in chunk
+            .items
+            .iter()
+            .zip(chunk.decode(&decoder, &source, workers))
+        {
+            match decoded {
+                Ok(ev) => {
+                    // No wall clock here: old data is the point of a replay,
+                    // so only the absurd range is refused (by the decoder); a
+                    // far jump is reported.
+                    if let Some(c) = clock
+                        && ev.ts.saturating_sub(c) > jump_ms
+                    {
+                        jumps.saw(ClockJump {
+                            line: it.line,
+                            from: c,
+                            to: ev.ts,
+                        });
+                    }
+                    clock = Some(clock.map_or(ev.ts, |c| c.max(ev.ts)));
+                    engine.push(ev);
                 }
-                clock = Some(clock.map_or(ev.ts, |c| c.max(ev.ts)));
-                engine.push(ev)
-            }
-            Err(r) => dead.record(&source, line, off, &r),
-        }
-        if line.is_multiple_of(4096) {
-            engine.set_wall_clock(wall());
-            if let Some(pb) = &progress {
-                pb.set_position(line);
+                Err(r) => dead.record(&source, it.line, it.offset, &r),
             }
         }
-        for a in engine.drain_alerts() {
+        chunk.clear();
+        engine.set_wall_clock(wall());
+        for a in engine.run() {
             on_alert(a)?;
+        }
+        if let Some(pb) = &progress {
+            pb.set_position(lines);
         }
         Ok(())
     };
+    let mut chunk = Chunk::default();
     if csv {
         let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let headers = rdr.headers()?.clone();
@@ -318,13 +425,7 @@ pub fn replay(
                 Ok(true) => {
                     lines += 1;
                     let json = csv_to_json(&rules, &headers, &rec);
-                    feed(
-                        &mut engine,
-                        at.line(),
-                        at.byte(),
-                        json.as_bytes(),
-                        &mut dead,
-                    )?;
+                    chunk.push(at.line(), at.byte(), json.as_bytes());
                 }
                 Err(e) if e.is_io_error() => return Err(e.into()),
                 Err(e) => {
@@ -333,12 +434,16 @@ pub fn replay(
                         reason: "malformed_csv",
                         detail: e.to_string(),
                     };
-                    dead.record(&source, at.line(), at.byte(), &r);
+                    chunk.refuse(at.line(), at.byte(), r);
                 }
+            }
+            if chunk.items.len() >= CHUNK_LINES {
+                round(&mut chunk, &mut engine, &mut dead, lines)?;
             }
         }
     } else {
         let mut buf = Vec::with_capacity(4096);
+        let mut offset = 0u64;
         loop {
             buf.clear();
             let n = reader.read_until(b'\n', &mut buf)?;
@@ -348,14 +453,17 @@ pub fn replay(
             lines += 1;
             let trimmed = buf.trim_ascii();
             if !trimmed.is_empty() {
-                feed(&mut engine, lines, offset, trimmed, &mut dead)?;
+                chunk.push(lines, offset, trimmed);
             }
             offset += n as u64;
+            if chunk.items.len() >= CHUNK_LINES {
+                round(&mut chunk, &mut engine, &mut dead, lines)?;
+            }
         }
     }
+    round(&mut chunk, &mut engine, &mut dead, lines)?;
     engine.set_wall_clock(wall());
-    engine.finish(opts.flush_all);
-    for a in engine.drain_alerts() {
+    for a in engine.finish(opts.flush_all) {
         on_alert(a)?;
     }
     if let Some(pb) = progress {
@@ -364,7 +472,7 @@ pub fn replay(
     Ok(Replay {
         dead,
         jumps,
-        engine_metrics: engine.metrics().clone(),
+        engine_metrics: engine.metrics(),
         lines,
         secs: start.elapsed().as_secs_f64(),
     })

@@ -385,3 +385,54 @@ fn run_refuses_absurd_times_and_reports_clock_jumps() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--threads N` splits the keys over N workers: the output is the one of
+/// `--threads 1`, line for line (the rule library over its own events: many
+/// rules, key fields, absence and global rules).
+#[test]
+fn run_gives_the_same_output_with_any_number_of_threads() {
+    let dir = scratch("threads");
+    let events = dir.join("library.jsonl");
+    let generated = bin()
+        .args([
+            "gen", "--flavor", "library", "--events", "40000", "--cards", "300", "--out",
+        ])
+        .arg(&events)
+        .output()
+        .expect("gen");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let run = |threads: &str| {
+        let out = bin()
+            .args(["run", "--flush-all", "--threads", threads, "--rules"])
+            .arg(root().join("rules"))
+            .arg("--events")
+            .arg(&events)
+            .output()
+            .expect("run");
+        let mut alerts = alerts_of(&out);
+        for a in &mut alerts {
+            a.as_object_mut().map(|o| o.remove("detected_at"));
+        }
+        alerts
+    };
+    let one = run("1");
+    assert!(one.len() > 100, "the library raises alerts: {}", one.len());
+    let rules: std::collections::BTreeSet<&str> =
+        one.iter().filter_map(|a| a["rule"].as_str()).collect();
+    assert!(rules.len() >= 5, "several rules fire: {rules:?}");
+    for threads in ["2", "3", "7"] {
+        let many = run(threads);
+        assert_eq!(many.len(), one.len(), "--threads {threads}");
+        if let Some(i) = (0..one.len()).find(|&i| one[i] != many[i]) {
+            panic!(
+                "--threads {threads} differs at alert {i}:\n  1: {}\n  {threads}: {}",
+                one[i], many[i]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
