@@ -387,6 +387,22 @@ impl Program {
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }
+
+    /// For each rule of this program, the index of the rule of `old` whose
+    /// state it keeps on a redeploy (same name and compiled identity).
+    /// Computed once per deploy and handed to every shard engine.
+    pub fn carry_from(&self, old: &Program) -> Vec<Option<usize>> {
+        let by_key: HashMap<&str, usize> = old
+            .state_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        self.state_keys
+            .iter()
+            .map(|k| by_key.get(k.as_str()).copied())
+            .collect()
+    }
 }
 
 /// The matching engine.
@@ -457,22 +473,23 @@ impl Engine {
             alerts: vec![],
             metrics: Metrics::default(),
         };
-        e.install(program, deployments, |_| None);
+        e.install(program, deployments, |_, _| None);
         e
     }
 
-    /// Installs `program`; `keep` hands over the kept state of a rule by
-    /// its state key, if there is one.
+    /// Installs `program`; `keep` hands over the kept state of a rule (by
+    /// its index and state key), if there is one.
     fn install(
         &mut self,
         program: Arc<Program>,
         deployments: &[Deployment],
-        mut keep: impl FnMut(&str) -> Option<RuleRt>,
+        mut keep: impl FnMut(usize, &str) -> Option<RuleRt>,
     ) {
-        self.rts.clear();
+        // Exactly one per rule: every shard holds this vector.
+        self.rts = Vec::with_capacity(program.rules.rules.len());
         for (i, r) in program.rules.rules.iter().enumerate() {
             let dep = deployments.get(i).copied().unwrap_or_default();
-            let rt = match keep(&program.state_keys[i]) {
+            let rt = match keep(i, &program.state_keys[i]) {
                 Some(mut rt) if rt.version == dep.version => {
                     rt.shadow = dep.shadow;
                     rt
@@ -500,22 +517,29 @@ impl Engine {
 
     /// [`Engine::replace_rules`] with a program other engines share.
     pub fn replace_program(&mut self, program: Arc<Program>, deployments: &[Deployment]) {
+        let carry = program.carry_from(&self.program);
+        self.replace_program_carrying(program, deployments, &carry);
+    }
+
+    /// [`Engine::replace_program`] with the rules' carry-over computed by
+    /// [`Program::carry_from`] from the program this engine runs (once for
+    /// all the shards of a node).
+    pub fn replace_program_carrying(
+        &mut self,
+        program: Arc<Program>,
+        deployments: &[Deployment],
+        carry: &[Option<usize>],
+    ) {
         let old = self.program.clone();
-        // Borrowed keys: no string is built per shard.
-        let by_key: HashMap<&str, usize> = old
-            .state_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.as_str(), i))
-            .collect();
         let mut kept: Vec<Option<RuleRt>> = self.rts.drain(..).map(Some).collect();
         // Buffered events keep their place if their type is unchanged.
         let buffered: Vec<Buffered> = std::mem::take(&mut self.buffer)
             .into_iter()
             .map(|r| r.0)
             .collect();
-        self.install(program, deployments, |k| {
-            by_key.get(k).and_then(|&i| kept.get_mut(i)?.take())
+        self.install(program, deployments, |new, _| {
+            let old = carry.get(new).copied().flatten()?;
+            kept.get_mut(old)?.take()
         });
         let new = &self.program.rules;
         for mut b in buffered {
@@ -879,7 +903,15 @@ impl Engine {
         let States::Pattern(map) = &mut rt.states else {
             return;
         };
-        let st = map.entry(key.clone()).or_default();
+        // A key without state gets some only if this event leaves some
+        // (a run started, a suppression in force): most events of most
+        // rules start nothing, and an entry put in and taken out again
+        // would leave every rule's table allocated in every shard.
+        let mut fresh = PatternState::default();
+        let (st, existing) = match map.get_mut(&key) {
+            Some(st) => (st, true),
+            None => (&mut fresh, false),
+        };
         let before = st.runs.len();
         let mut limits = Limits {
             max_runs_per_key: config.max_runs_per_key,
@@ -916,8 +948,15 @@ impl Engine {
             );
         }
         *active_runs = (*active_runs + st.runs.len()).saturating_sub(before);
-        if st.runs.is_empty() && !suppressing(rule, st.last_alert_at, ev.ts) {
-            map.remove(&key);
+        let keep = !st.runs.is_empty() || suppressing(rule, st.last_alert_at, ev.ts);
+        match (existing, keep) {
+            (true, false) => {
+                map.remove(&key);
+            }
+            (false, true) => {
+                map.insert(key, fresh);
+            }
+            _ => {}
         }
     }
 
@@ -1082,7 +1121,7 @@ impl Engine {
             .map(|((name, rt), id)| (state_key(&name, &id), rt))
             .collect();
         let mut keep = keep;
-        e.install(program, deployments, |k| keep.remove(k));
+        e.install(program, deployments, |_, k| keep.remove(k));
         e.buffer = snap.buffer.into_iter().map(Reverse).collect();
         e.inputs = snap.inputs;
         e.watermark = snap.watermark;

@@ -526,8 +526,17 @@ impl Node {
             })
             .collect();
         let program = Program::new(set.clone());
+        // Which old rule's state each new rule keeps: once for every shard
+        // that runs the node's current program.
+        let current = self.rules.as_ref().map(|r| r.program.clone());
+        let carry = current.as_ref().map(|old| program.carry_from(old));
         for e in self.engines.values_mut() {
-            e.replace_program(program.clone(), &deployments);
+            match (&current, &carry) {
+                (Some(old), Some(carry)) if Arc::ptr_eq(old, e.program()) => {
+                    e.replace_program_carrying(program.clone(), &deployments, carry)
+                }
+                _ => e.replace_program(program.clone(), &deployments),
+            }
         }
         self.status
             .rules_version
