@@ -25,6 +25,14 @@ use std::sync::Arc;
 /// Counters of a run (one per quantified step or group).
 pub type Counters = SmallVec<[u32; 4]>;
 
+/// The events a run has bound: two inline (most patterns have two or three
+/// steps and a run is mostly short-lived), so starting and ending a run
+/// costs no allocation. Serialized as a plain sequence, like a `Vec`.
+pub type Bound = SmallVec<[(StepId, Arc<Event>); 2]>;
+
+/// The partial matches of one key: one inline (most keys hold one).
+pub type Runs = SmallVec<[Run; 1]>;
+
 /// A partial match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
@@ -35,13 +43,13 @@ pub struct Run {
     pub point: u16,
     pub counters: Counters,
     /// Bound events with the step that took them, in match order.
-    pub events: Vec<(StepId, Arc<Event>)>,
+    pub events: Bound,
 }
 
 /// The partial matches of one (rule, key).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PatternState {
-    pub runs: Vec<Run>,
+    pub runs: Runs,
     /// `at` of the last alert actually emitted (for `suppress`).
     pub last_alert_at: Option<i64>,
 }
@@ -247,10 +255,6 @@ impl Matcher<'_> {
     fn take(&self, mut run: Run, s: StepId, mut counters: Counters, e: &Arc<Event>) -> (Run, bool) {
         let step = &self.pattern.steps[s as usize];
         counters[step.counter as usize] = 1;
-        if run.events.capacity() == 0 {
-            run.events
-                .reserve_exact(self.pattern.steps.len().clamp(1, 4));
-        }
         run.events.push((s, e.clone()));
         run.point = s + 1;
         run.counters = counters;
@@ -356,7 +360,7 @@ impl Matcher<'_> {
         });
         if !forks.is_empty() {
             let old = std::mem::take(&mut st.runs);
-            let mut merged = Vec::with_capacity(old.len() + forks.len());
+            let mut merged = Runs::with_capacity(old.len() + forks.len());
             let mut forks = forks.into_iter().peekable();
             for (i, run) in std::iter::once(None)
                 .chain(old.into_iter().map(Some))
@@ -371,10 +375,6 @@ impl Matcher<'_> {
             st.runs = merged;
         }
         let mut alive = std::mem::take(&mut st.runs);
-        if alive.capacity() == 0 {
-            // Most keys hold one run: do not let the first push reserve four.
-            alive.reserve_exact(1);
-        }
         // Every event that can begin a match starts a run.
         let start = &self.pattern.points[0];
         let mut acc = SmallVec::new();
@@ -383,7 +383,7 @@ impl Matcher<'_> {
             start_ts: e.ts,
             point: 0,
             counters: SmallVec::from_elem(0, self.pattern.counters as usize),
-            events: Vec::new(),
+            events: Bound::new(),
         };
         if self.accepting(&start.exits, &fresh.counters, &[], e, &mut acc) {
             if limits.may_start {
@@ -496,6 +496,6 @@ fn empty_run() -> Run {
         start_ts: 0,
         point: 0,
         counters: SmallVec::new(),
-        events: Vec::new(),
+        events: Bound::new(),
     }
 }
