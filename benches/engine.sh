@@ -5,6 +5,7 @@
 #   - the floor's W1 and W2 (../shared/bench/floor, built outside the tree);
 #   - the engine's W1 and W2 on pre-decoded events (one core);
 #   - `vigil-replay run` W1 and W2 from JSONL, one thread and all cores;
+#   - the decoder on serde_json, sonic-rs and simd-json (events/s);
 #   - heap allocations per event in steady state (W1, W2);
 #   - bytes per open partial match;
 #   - a node's redeploy time and memory with 1,024 vs 16 live shards;
@@ -64,6 +65,7 @@ for w in w1 w2; do
   done
 done
 
+"$BIN/examples/json_bench" "$WORK/gen.jsonl" "$ROOT/benches/w1.vgl" | out
 "$BIN/examples/alloc_per_event" "$WORK/gen.jsonl" "$ROOT/benches/w1.vgl" "$ROOT/benches/w2.vgl" | out
 "$BIN/examples/mem_per_run" | out
 "$BIN/examples/deploy_cost" | out

@@ -99,6 +99,31 @@ impl Decoder {
         self.build(pairs, default_id)
     }
 
+    /// [`Decoder::decode`] driven by another JSON parser's serde
+    /// deserializer (the JSON benchmark, `examples/json_bench.rs`, runs the
+    /// same schema-directed decoding on serde_json, simd-json and sonic-rs).
+    /// Parse errors are reported without serde_json's positions.
+    #[doc(hidden)]
+    pub fn decode_with<'de, D>(
+        &self,
+        de: D,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Event, Rejection>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let pairs = ObjectSeed
+            .deserialize(de)
+            .map_err(|e| Rejection::new("malformed_json", e.to_string()))?;
+        if let Some(k) = duplicate_key(&pairs) {
+            return Err(Rejection::new(
+                "duplicate_key",
+                format!("key `{k}` appears more than once in the event"),
+            ));
+        }
+        self.build(pairs, default_id)
+    }
+
     fn build(
         &self,
         pairs: Pairs<'_>,
