@@ -21,6 +21,7 @@ use crate::window::{WindowCtx, WindowState};
 use rule_lang::program::{Rule, RuleKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -813,8 +814,13 @@ impl Engine {
         let rt = &mut rts[ri];
         let (version, shadow) = (rt.version, rt.shadow);
         match (&mut rt.states, &rule.kind) {
+            // One lookup per timer: the entry is found once, then read,
+            // updated or removed in place.
             (States::Pattern(map), RuleKind::Pattern(p)) => {
-                let Some(st) = map.get_mut(&key) else { return };
+                let Entry::Occupied(mut slot) = map.entry(key) else {
+                    return;
+                };
+                let st = slot.get_mut();
                 let before = st.runs.len();
                 let matches = Matcher {
                     pattern: p,
@@ -822,28 +828,36 @@ impl Engine {
                 }
                 .expire(st, now);
                 *active_runs = active_runs.saturating_sub(before) + st.runs.len();
-                for m in matches {
-                    out.pattern_match(
-                        ri,
-                        rule,
-                        (version, shadow),
-                        &key,
-                        &mut st.last_alert_at,
-                        m,
-                        &env,
-                    );
+                if !matches.is_empty() {
+                    let key = slot.key().clone();
+                    let st = slot.get_mut();
+                    for m in matches {
+                        out.pattern_match(
+                            ri,
+                            rule,
+                            (version, shadow),
+                            &key,
+                            &mut st.last_alert_at,
+                            m,
+                            &env,
+                        );
+                    }
                 }
+                let st = slot.get();
                 if st.runs.is_empty() && !suppressing(rule, st.last_alert_at, now) {
-                    map.remove(&key);
+                    slot.remove();
                 }
             }
             (States::Window(map), RuleKind::Aggregate(a)) => {
-                let Some(st) = map.get(&key) else { return };
+                let Entry::Occupied(slot) = map.entry(key) else {
+                    return;
+                };
+                let st = slot.get();
                 let live = st
                     .newest_ts()
                     .is_some_and(|t| t.saturating_add(a.over_ms) >= now);
                 if !live && !suppressing(rule, st.last_alert_at, now) {
-                    map.remove(&key);
+                    slot.remove();
                 }
             }
             _ => {}
@@ -903,14 +917,17 @@ impl Engine {
         let States::Pattern(map) = &mut rt.states else {
             return;
         };
-        // A key without state gets some only if this event leaves some
-        // (a run started, a suppression in force): most events of most
-        // rules start nothing, and an entry put in and taken out again
-        // would leave every rule's table allocated in every shard.
+        // One lookup: the key's entry is found once and updated, removed or
+        // (a new key) filled in place. A key without state gets some only
+        // if this event leaves some (a run started, a suppression in
+        // force): most events of most rules start nothing, and an entry put
+        // in and taken out again would leave every rule's table allocated
+        // in every shard.
         let mut fresh = PatternState::default();
-        let (st, existing) = match map.get_mut(&key) {
-            Some(st) => (st, true),
-            None => (&mut fresh, false),
+        let mut slot = map.entry(key.clone());
+        let st = match &mut slot {
+            Entry::Occupied(o) => o.get_mut(),
+            Entry::Vacant(_) => &mut fresh,
         };
         let before = st.runs.len();
         let mut limits = Limits {
@@ -949,12 +966,12 @@ impl Engine {
         }
         *active_runs = (*active_runs + st.runs.len()).saturating_sub(before);
         let keep = !st.runs.is_empty() || suppressing(rule, st.last_alert_at, ev.ts);
-        match (existing, keep) {
-            (true, false) => {
-                map.remove(&key);
+        match slot {
+            Entry::Occupied(o) if !keep => {
+                o.remove();
             }
-            (false, true) => {
-                map.insert(key, fresh);
+            Entry::Vacant(v) if keep => {
+                v.insert(fresh);
             }
             _ => {}
         }
