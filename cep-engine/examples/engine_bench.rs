@@ -12,6 +12,10 @@
 mod common;
 
 use cep_engine::{Engine, EngineConfig};
+
+/// The allocator the shipped binaries use (gateway, vigil-node, vigil-replay).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
 fn main() {

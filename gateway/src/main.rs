@@ -7,6 +7,12 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
+
+/// The router thread decodes events and the node threads free them: glibc
+/// malloc handles that cross-thread pattern poorly (consolidation, arena
+/// locks); mimalloc frees to the owning thread's list.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;

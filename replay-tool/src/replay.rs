@@ -45,6 +45,9 @@ pub struct ReplayOpts {
     /// order, for any number.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Lines per round of decoding and matching (tests use small rounds).
+    #[arg(long, default_value_t = ROUND_LINES, hide = true)]
+    pub round_lines: usize,
 }
 
 impl ReplayOpts {
@@ -59,6 +62,7 @@ impl ReplayOpts {
             lists: None,
             clock_jump: 3_600_000,
             threads: 0,
+            round_lines: ROUND_LINES,
         }
     }
 }
@@ -233,8 +237,9 @@ fn open_events(spec: &str) -> anyhow::Result<(Box<dyn BufRead>, bool, String)> {
 }
 
 /// Lines decoded and matched per round: large enough that starting the
-/// workers is noise, small enough to hold (a few MB).
-const CHUNK_LINES: usize = 16_384;
+/// workers is noise (each round starts its threads), small enough to hold
+/// (some 20 MB of text and decoded events).
+pub const ROUND_LINES: usize = 65_536;
 
 /// One round of input: the lines' text end to end, and where each starts.
 #[derive(Default)]
@@ -277,39 +282,42 @@ impl Chunk {
         self.items.clear();
     }
 
-    /// Every line decoded, `workers` slices at a time, in line order.
+    /// Every line decoded, `workers` slices at a time: `parts` gets one
+    /// vector per slice, in line order (kept from round to round, so their
+    /// memory is reused).
     fn decode(
         &self,
         decoder: &Decoder,
         source: &str,
         workers: usize,
-    ) -> Vec<Result<Event, Rejection>> {
-        let decode = |items: &[Item]| -> Vec<Result<Event, Rejection>> {
-            items
-                .iter()
-                .map(|it| match &it.refused {
-                    Some(r) => Err(r.clone()),
-                    None => decoder.decode(&self.text[it.text.clone()], || {
-                        format!("{source}:{}", it.line)
-                    }),
-                })
-                .collect()
+        parts: &mut Vec<Vec<Result<Event, Rejection>>>,
+    ) {
+        let decode = |items: &[Item], out: &mut Vec<Result<Event, Rejection>>| {
+            out.clear();
+            out.extend(items.iter().map(|it| match &it.refused {
+                Some(r) => Err(r.clone()),
+                None => decoder.decode(&self.text[it.text.clone()], || {
+                    format!("{source}:{}", it.line)
+                }),
+            }));
         };
-        if workers <= 1 || self.items.len() < 1024 {
-            return decode(&self.items);
+        let n = if self.items.len() < 1024 {
+            1
+        } else {
+            workers.max(1)
+        };
+        parts.resize_with(n, Vec::new);
+        parts.truncate(n);
+        if n == 1 {
+            decode(&self.items, &mut parts[0]);
+            return;
         }
-        let per = self.items.len().div_ceil(workers);
+        let per = self.items.len().div_ceil(n);
         std::thread::scope(|s| {
-            let parts: Vec<_> = self
-                .items
-                .chunks(per)
-                .map(|part| s.spawn(move || decode(part)))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+            for (items, out) in self.items.chunks(per).zip(parts.iter_mut()) {
+                s.spawn(move || decode(items, out));
+            }
+        });
     }
 }
 
@@ -371,16 +379,15 @@ pub fn replay(
     // A round: decode (in parallel), then in line order record what was
     // refused, watch the clock and hand events to the engine, then match
     // (in parallel) and pass on the alerts that are final.
+    let mut parts = Vec::new();
     let mut round = |chunk: &mut Chunk,
                      engine: &mut Parallel,
                      dead: &mut DeadLetters,
                      lines: u64|
      -> anyhow::Result<()> {
-        for (it, decoded) in chunk
-            .items
-            .iter()
-            .zip(chunk.decode(&decoder, &source, workers))
-        {
+        chunk.decode(&decoder, &source, workers, &mut parts);
+        let decoded = parts.iter_mut().flat_map(|p| p.drain(..));
+        for (it, decoded) in chunk.items.iter().zip(decoded) {
             match decoded {
                 Ok(ev) => {
                     // No wall clock here: old data is the point of a replay,
@@ -412,6 +419,7 @@ pub fn replay(
         Ok(())
     };
     let mut chunk = Chunk::default();
+    let round_lines = opts.round_lines.max(1);
     if csv {
         let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let headers = rdr.headers()?.clone();
@@ -437,7 +445,7 @@ pub fn replay(
                     chunk.refuse(at.line(), at.byte(), r);
                 }
             }
-            if chunk.items.len() >= CHUNK_LINES {
+            if chunk.items.len() >= round_lines {
                 round(&mut chunk, &mut engine, &mut dead, lines)?;
             }
         }
@@ -456,7 +464,7 @@ pub fn replay(
                 chunk.push(lines, offset, trimmed);
             }
             offset += n as u64;
-            if chunk.items.len() >= CHUNK_LINES {
+            if chunk.items.len() >= round_lines {
                 round(&mut chunk, &mut engine, &mut dead, lines)?;
             }
         }

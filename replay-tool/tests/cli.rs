@@ -407,7 +407,16 @@ fn run_gives_the_same_output_with_any_number_of_threads() {
     );
     let run = |threads: &str| {
         let out = bin()
-            .args(["run", "--flush-all", "--threads", threads, "--rules"])
+            // Small rounds: many hand-overs between decoding and matching.
+            .args([
+                "run",
+                "--flush-all",
+                "--round-lines",
+                "2500",
+                "--threads",
+                threads,
+            ])
+            .arg("--rules")
             .arg(root().join("rules"))
             .arg("--events")
             .arg(&events)

@@ -7,6 +7,11 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
+
+/// Events are freed on the node's thread in bulk as runs and windows end:
+/// mimalloc, as the other binaries (see `gateway/src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cep_engine::node::{NodeOptions, NodeStatus, serve};
 use clap::Parser;
 use serde::Deserialize;
