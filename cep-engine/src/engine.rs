@@ -18,14 +18,17 @@ use crate::eval::{Env, List, Lists, eval};
 use crate::pattern::{Limits, Match, Matcher, PatternState, RunCtx};
 use crate::value::{Event, Key};
 use crate::window::{WindowCtx, WindowState};
+use hashbrown::hash_map::Entry;
 use rule_lang::program::{Rule, RuleKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// Per-key state. hashbrown's own map: its `entry` finds a key once and
+/// reserves nothing for a vacant one (std's does), so a lookup that leaves
+/// no state costs no memory.
+type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Engine settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,11 +96,43 @@ enum States {
     Window(#[serde(with = "crate::value::map_as_pairs")] FastMap<Key, WindowState>),
 }
 
+impl States {
+    fn is_empty(&self) -> bool {
+        match self {
+            States::Pattern(m) => m.is_empty(),
+            States::Window(m) => m.is_empty(),
+        }
+    }
+}
+
+/// One rule's state in one engine. Every shard of a node holds one per
+/// rule, so it is two words until a key of the rule holds state: the map is
+/// created on the first key that keeps some and dropped when the last goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RuleRt {
     version: u32,
     shadow: bool,
-    states: States,
+    #[serde(with = "lazy_states")]
+    states: Option<Box<States>>,
+}
+
+/// Snapshots keep their format: no state is written as an empty map (the
+/// kind does not matter for an empty one), and an empty map is read as none.
+mod lazy_states {
+    use super::{FastMap, States};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Box<States>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(states) => states.serialize(s),
+            None => States::Pattern(FastMap::default()).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<States>>, D::Error> {
+        let states = States::deserialize(d)?;
+        Ok((!states.is_empty()).then(|| Box::new(states)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -488,7 +523,7 @@ impl Engine {
     ) {
         // Exactly one per rule: every shard holds this vector.
         self.rts = Vec::with_capacity(program.rules.rules.len());
-        for (i, r) in program.rules.rules.iter().enumerate() {
+        for i in 0..program.rules.rules.len() {
             let dep = deployments.get(i).copied().unwrap_or_default();
             let rt = match keep(i, &program.state_keys[i]) {
                 Some(mut rt) if rt.version == dep.version => {
@@ -498,10 +533,7 @@ impl Engine {
                 _ => RuleRt {
                     version: dep.version,
                     shadow: dep.shadow,
-                    states: match r.kind {
-                        RuleKind::Pattern(_) => States::Pattern(FastMap::default()),
-                        RuleKind::Aggregate(_) => States::Window(FastMap::default()),
-                    },
+                    states: None,
                 },
             };
             self.rts.push(rt);
@@ -581,9 +613,10 @@ impl Engine {
     pub fn active_keys(&self) -> usize {
         self.rts
             .iter()
-            .map(|rt| match &rt.states {
-                States::Pattern(m) => m.len(),
-                States::Window(m) => m.len(),
+            .map(|rt| match rt.states.as_deref() {
+                Some(States::Pattern(m)) => m.len(),
+                Some(States::Window(m)) => m.len(),
+                None => 0,
             })
             .sum()
     }
@@ -760,8 +793,8 @@ impl Engine {
     }
 
     fn fire_timers(&mut self, before: i64) {
-        while let Some((q, key)) = self.timers.pop_due(before) {
-            self.expire_key(q / 2, key, before);
+        while let Some((q, due, key)) = self.timers.pop_due(before) {
+            self.expire_key(q / 2, key, due, before);
         }
     }
 
@@ -799,9 +832,10 @@ impl Engine {
         )
     }
 
-    /// A timer of `key` fired: expire what is due before `now`, emit absence
-    /// alerts, release the state if nothing is left to wait for.
-    fn expire_key(&mut self, ri: usize, key: Key, now: i64) {
+    /// A timer of `key` due at `due` fired while time moves to `now`: expire
+    /// the runs whose window closed by `due`, emit their absence alerts,
+    /// release the state if nothing is left to wait for at `now`.
+    fn expire_key(&mut self, ri: usize, key: Key, due: i64, now: i64) {
         let program = self.program.clone();
         let rule = &program.rules.rules[ri];
         let (env, w) = self.split();
@@ -813,10 +847,10 @@ impl Engine {
         } = w;
         let rt = &mut rts[ri];
         let (version, shadow) = (rt.version, rt.shadow);
-        match (&mut rt.states, &rule.kind) {
+        match (rt.states.as_deref_mut(), &rule.kind) {
             // One lookup per timer: the entry is found once, then read,
             // updated or removed in place.
-            (States::Pattern(map), RuleKind::Pattern(p)) => {
+            (Some(States::Pattern(map)), RuleKind::Pattern(p)) => {
                 let Entry::Occupied(mut slot) = map.entry(key) else {
                     return;
                 };
@@ -826,7 +860,12 @@ impl Engine {
                     pattern: p,
                     env: &env,
                 }
-                .expire(st, now);
+                // Only the runs whose window closed by this timer's time:
+                // a later deadline has its own timer, so absence alerts
+                // come out in deadline order, whatever stale timers (of
+                // runs already gone) the key still has queued; a restored
+                // engine, which has none, gives the same order.
+                .expire(st, due.saturating_add(1));
                 *active_runs = active_runs.saturating_sub(before) + st.runs.len();
                 if !matches.is_empty() {
                     let key = slot.key().clone();
@@ -848,7 +887,7 @@ impl Engine {
                     slot.remove();
                 }
             }
-            (States::Window(map), RuleKind::Aggregate(a)) => {
+            (Some(States::Window(map)), RuleKind::Aggregate(a)) => {
                 let Entry::Occupied(slot) = map.entry(key) else {
                     return;
                 };
@@ -861,6 +900,10 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+        // The rule's last key went quiet: its map goes too.
+        if rt.states.as_deref().is_some_and(States::is_empty) {
+            rt.states = None;
         }
     }
 
@@ -914,9 +957,6 @@ impl Engine {
         } = w;
         let rt = &mut rts[ri];
         let (version, shadow) = (rt.version, rt.shadow);
-        let States::Pattern(map) = &mut rt.states else {
-            return;
-        };
         // One lookup: the key's entry is found once and updated, removed or
         // (a new key) filled in place. A key without state gets some only
         // if this event leaves some (a run started, a suppression in
@@ -924,10 +964,14 @@ impl Engine {
         // in and taken out again would leave every rule's table allocated
         // in every shard.
         let mut fresh = PatternState::default();
-        let mut slot = map.entry(key.clone());
+        let mut slot = match rt.states.as_deref_mut() {
+            Some(States::Pattern(map)) => Some(map.entry(key.clone())),
+            Some(States::Window(_)) => return,
+            None => None,
+        };
         let st = match &mut slot {
-            Entry::Occupied(o) => o.get_mut(),
-            Entry::Vacant(_) => &mut fresh,
+            Some(Entry::Occupied(o)) => o.get_mut(),
+            _ => &mut fresh,
         };
         let before = st.runs.len();
         let mut limits = Limits {
@@ -967,11 +1011,16 @@ impl Engine {
         *active_runs = (*active_runs + st.runs.len()).saturating_sub(before);
         let keep = !st.runs.is_empty() || suppressing(rule, st.last_alert_at, ev.ts);
         match slot {
-            Entry::Occupied(o) if !keep => {
+            Some(Entry::Occupied(o)) if !keep => {
                 o.remove();
             }
-            Entry::Vacant(v) if keep => {
+            Some(Entry::Vacant(v)) if keep => {
                 v.insert(fresh);
+            }
+            None if keep => {
+                let mut map = FastMap::default();
+                map.insert(key, fresh);
+                rt.states = Some(Box::new(States::Pattern(map)));
             }
             _ => {}
         }
@@ -1005,7 +1054,10 @@ impl Engine {
         }
         let rt = &mut rts[ri];
         let (version, shadow) = (rt.version, rt.shadow);
-        let States::Window(map) = &mut rt.states else {
+        let states = rt
+            .states
+            .get_or_insert_with(|| Box::new(States::Window(FastMap::default())));
+        let States::Window(map) = &mut **states else {
             return;
         };
         let st = map.entry(key.clone()).or_default();
@@ -1050,9 +1102,9 @@ impl Engine {
     fn count_runs(&self) -> usize {
         self.rts
             .iter()
-            .map(|rt| match &rt.states {
-                States::Pattern(m) => m.values().map(|s| s.runs.len()).sum(),
-                States::Window(_) => 0,
+            .map(|rt| match rt.states.as_deref() {
+                Some(States::Pattern(m)) => m.values().map(|s| s.runs.len()).sum(),
+                _ => 0,
             })
             .sum()
     }
@@ -1062,8 +1114,8 @@ impl Engine {
         self.timers = Timers::new();
         for (ri, (rule, rt)) in rules.rules.iter().zip(&self.rts).enumerate() {
             let mut due: Vec<(i64, usize, Key)> = vec![];
-            match (&rt.states, &rule.kind) {
-                (States::Pattern(m), RuleKind::Pattern(p)) => {
+            match (rt.states.as_deref(), &rule.kind) {
+                (Some(States::Pattern(m)), RuleKind::Pattern(p)) => {
                     for (k, st) in m {
                         for r in &st.runs {
                             due.push((r.start_ts.saturating_add(p.within_ms), 2 * ri, k.clone()));
@@ -1073,7 +1125,7 @@ impl Engine {
                         }
                     }
                 }
-                (States::Window(m), RuleKind::Aggregate(a)) => {
+                (Some(States::Window(m)), RuleKind::Aggregate(a)) => {
                     for (k, st) in m {
                         if let Some(t) = st.newest_ts() {
                             due.push((t.saturating_add(a.over_ms), 2 * ri, k.clone()));
@@ -1323,7 +1375,7 @@ impl Timers {
     }
 
     /// The next entry due strictly before `before`, earliest first across queues.
-    fn pop_due(&mut self, before: i64) -> Option<(usize, Key)> {
+    fn pop_due(&mut self, before: i64) -> Option<(usize, i64, Key)> {
         let (q, _) = self
             .queues
             .iter()
@@ -1331,7 +1383,7 @@ impl Timers {
             .filter_map(|(i, q)| q.front().map(|(d, _)| (i, *d)))
             .filter(|(_, d)| *d < before)
             .min_by_key(|(i, d)| (*d, *i))?;
-        self.queues[q].pop_front().map(|(_, k)| (q, k))
+        self.queues[q].pop_front().map(|(d, k)| (q, d, k))
     }
 }
 

@@ -215,7 +215,9 @@ pub struct Node {
     instance: u64,
     session: Option<Session>,
     rules: Option<Rules>,
-    engines: HashMap<u16, Engine>,
+    /// Boxed: the table holds a pointer per live shard, not a whole engine
+    /// (at its load factor, that would double every shard's share).
+    engines: HashMap<u16, Box<Engine>>,
     /// Restored shards whose replay is still arriving: kept off the node's
     /// clock (their events carry the clock they first had) until `Resume`.
     held: HashSet<u16>,
@@ -473,7 +475,7 @@ impl Node {
             let mut e =
                 Engine::restore_program(rules.program.clone(), config, &rules.deployments, snap);
             e.set_lists(self.lists.clone());
-            self.engines.insert(shard, e);
+            self.engines.insert(shard, Box::new(e));
         }
         if let Some(o) = self
             .session
@@ -598,7 +600,7 @@ impl Node {
                 let mut e =
                     Engine::with_program(rules.program.clone(), config.clone(), &rules.deployments);
                 e.set_lists(lists.clone());
-                e
+                Box::new(e)
             });
             engine.set_wall_clock(now);
             if r.clock != i64::MIN {
