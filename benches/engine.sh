@@ -7,7 +7,7 @@
 #   - `vigil-replay run` W1 and W2 from JSONL, one thread and all cores;
 #   - the decoder on serde_json, sonic-rs and simd-json (events/s);
 #   - heap allocations per event in steady state (W1, W2);
-#   - bytes per open partial match;
+#   - bytes per open partial match; the Kleene case's state at 1k/2k/3k events;
 #   - a node's redeploy time and memory with 1,024 vs 16 live shards;
 #   - every engine/floor ratio.
 #
@@ -69,6 +69,7 @@ done
 "$BIN/examples/alloc_per_event" "$WORK/gen.jsonl" "$ROOT/benches/w1.vgl" "$ROOT/benches/w2.vgl" | out
 "$BIN/examples/mem_per_run" | out
 "$BIN/examples/deploy_cost" | out
+"$BIN/examples/kleene_state" | out
 
 python3 - "$WORK/results" <<'PY'
 import re, sys
@@ -85,8 +86,8 @@ for w in ("w1", "w2"):
     for m in re.finditer(rf"replay {w} threads (\d+): ([0-9]+) events/s", text):
         print(f"{w}: replay from JSONL, {m.group(1)} thread(s) {float(m.group(2)):,.0f} / floor = {float(m.group(2)) / floor[w]:.3f}")
 deploys = {int(m.group(1)): (float(m.group(2)), int(m.group(3))) for m in re.finditer(
-    r"(\d+) live shards: redeploy of 40 rules ([0-9.]+) ms; node RSS (\d+) kB", text)}
+    r"(\d+) live shards: redeploy of 40 rules ([0-9.]+) ms; node heap (\d+) kB", text)}
 if 16 in deploys and 1024 in deploys:
     (t16, r16), (t1k, r1k) = deploys[16], deploys[1024]
-    print(f"node with 1024 vs 16 live shards (the target is <= 2): redeploy {t1k / t16:.2f}x, RSS {r1k / max(r16, 1):.2f}x")
+    print(f"node with 1024 vs 16 live shards (the target is <= 2): redeploy {t1k / t16:.2f}x, heap {r1k / max(r16, 1):.2f}x")
 PY

@@ -50,11 +50,20 @@ pub fn events_and_rules(example: &str) -> (String, Vec<String>) {
 
 /// The resident set of this process, in kB (0 if unknown).
 pub fn rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+/// The peak resident set of this process, in kB (0 if unknown).
+pub fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
